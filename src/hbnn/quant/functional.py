@@ -1,0 +1,189 @@
+"""Residual binarization, homogeneous (Eq. 4) and heterogeneous (Eq. 5).
+
+With ``E_0 = x`` and a bit map ``M`` (``M = n`` everywhere for the homogeneous case), for
+bit ``i = 1..max(M)`` and the active set ``A_i = {j : M_j >= i}``::
+
+    s_i  = sign(E_{i-1})            (sign(0) = -1)
+    mu_i = mean(|E_{i-1, j}|, j in A_i)
+    E_i  = E_{i-1} - mu_i * s_i     on A_i, unchanged elsewhere
+    x_hat = sum_i mu_i * s_i * 1{j in A_i}
+
+Per-channel scales take the mean over ``A_i`` within each slice of ``channel_dim``.
+Gradients use the clipped straight-through estimator ``d x_hat / d x = 1{|x| <= 1}``
+with the scales treated as constants (:class:`hbnn.quant.ste.ClippedSTE`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hbnn.quant.checks import check_bitmap, check_float_tensor
+from hbnn.quant.mix import MAX_BITS, MIN_BITS
+from hbnn.quant.ste import ClippedSTE
+
+__all__ = [
+    "residual_binarize",
+    "hetero_binarize",
+    "binarize_planes",
+    "binarize_with_scales",
+    "residual_forward",
+]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _signs(e: torch.Tensor) -> torch.Tensor:
+    """``sign`` with ``sign(0) = -1`` (the author's op), in e's dtype."""
+    return torch.where(e > 0, 1.0, -1.0).to(e.dtype)
+
+
+def _masked_mean(values: torch.Tensor, active: torch.Tensor | None, channel_dim: int | None) -> torch.Tensor:
+    """Mean of ``values`` over active entries, per tensor or per slice of ``channel_dim``.
+
+    Empty active sets give 0 (never NaN), so an all-zero tensor binarizes to zeros.
+    """
+    if active is not None:
+        values = values * active
+    if channel_dim is None:
+        count = values.numel() if active is None else int(active.sum())
+        return values.sum() / max(count, 1)
+    dims = [d for d in range(values.dim()) if d != channel_dim % values.dim()]
+    sums = values.sum(dim=dims, keepdim=True)
+    if active is None:
+        count = values.numel() // values.shape[channel_dim]
+        return sums / max(count, 1)
+    counts = active.sum(dim=dims, keepdim=True).clamp_min(1)
+    return sums / counts
+
+
+def residual_forward(
+    x: torch.Tensor,
+    bitmap: torch.Tensor | None,
+    n_bits: int,
+    channel_dim: int | None = None,
+    scales: torch.Tensor | None = None,
+    keep_planes: bool = False,
+):
+    """The residual loop itself (no autograd, no argument checks).
+
+    Args:
+        x: input (float16/bfloat16 are computed in float32 and cast back).
+        bitmap: per-entry bitwidths, or ``None`` for ``n_bits`` everywhere.
+        n_bits: number of planes (``max(bitmap)``).
+        channel_dim: per-channel scales along this dim, or ``None`` for per-tensor.
+        scales: fixed scales ``[n_bits]`` (or ``[n_bits, C]``) to use instead of the means
+            (inference with running estimates).
+        keep_planes: also return the planes.
+
+    Returns:
+        ``(x_hat, scales)`` or, with ``keep_planes``, ``(x_hat, scales, signs, masks)`` where
+        ``scales`` has shape ``[n_bits]`` or ``[n_bits, C]``.
+    """
+    work = x.float() if x.dtype in _LOW_PRECISION else x
+    residual = work.clone()
+    out = torch.zeros_like(work)
+    mus, signs, masks = [], [], []
+    for i in range(n_bits):
+        active = None if bitmap is None or i == 0 else bitmap > i
+        s = _signs(residual)
+        if scales is None:
+            mu = _masked_mean(residual.abs(), active, channel_dim)
+        else:
+            mu = _broadcast_scale(scales[i], work, channel_dim)
+        step = mu * s if active is None else mu * s * active
+        out += step
+        residual -= step
+        mus.append(mu.reshape(-1) if channel_dim is not None else mu.reshape(()))
+        if keep_planes:
+            signs.append(s > 0)
+            masks.append(torch.ones_like(s, dtype=torch.bool) if active is None else active)
+    stacked = torch.stack(mus)
+    result = out.to(x.dtype)
+    if keep_planes:
+        return result, stacked, torch.stack(signs), torch.stack(masks)
+    return result, stacked
+
+
+def _broadcast_scale(mu: torch.Tensor, like: torch.Tensor, channel_dim: int | None) -> torch.Tensor:
+    mu = mu.to(like.dtype)
+    if channel_dim is None:
+        return mu
+    shape = [1] * like.dim()
+    shape[channel_dim] = -1
+    return mu.reshape(shape)
+
+
+def _check_channel_dim(x: torch.Tensor, channel_dim: int | None) -> int | None:
+    if channel_dim is None:
+        return None
+    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or not -x.dim() <= channel_dim < x.dim():
+        raise ValueError(f"channel_dim: expected None or an int in [{-x.dim()}, {x.dim() - 1}], got {channel_dim!r}")
+    return channel_dim % x.dim()
+
+
+def residual_binarize(x: torch.Tensor, bits: int, channel_dim: int | None = None) -> torch.Tensor:
+    """Homogeneous ``bits``-bit residual binarization (the paper's Eq. 4), differentiable.
+
+    Example:
+        >>> residual_binarize(torch.tensor([-2.0, -1.0, 1.0, 2.0]), 1)
+        tensor([-1.5000, -1.5000,  1.5000,  1.5000])
+    """
+    check_float_tensor(x)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits: expected an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+    channel_dim = _check_channel_dim(x, channel_dim)
+    return ClippedSTE.apply(x, lambda t: residual_forward(t, None, bits, channel_dim)[0])
+
+
+def hetero_binarize(x: torch.Tensor, bitmap: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
+    """Heterogeneous residual binarization (the paper's Eq. 5), differentiable.
+
+    Bit ``i``'s scale is the mean ``|residual|`` over the entries whose bitmap value is
+    ``>= i``; entries with fewer bits are left alone from then on.
+
+    Args:
+        x: a non-empty, finite floating-point tensor.
+        bitmap: integer tensor of x's shape, values in 1..8 (e.g. from :func:`make_bitmap`).
+        channel_dim: per-channel scales along this dim (default: one scale per bit).
+
+    Example:
+        >>> x = torch.tensor([1.0, -3.0, 2.0, -6.0])
+        >>> hetero_binarize(x, torch.tensor([1, 1, 2, 2]))  # mu_1 = 3, mu_2 = mean(|-1|, |-3|) = 2
+        tensor([ 3., -3.,  1., -5.])
+    """
+    check_float_tensor(x)
+    check_bitmap(bitmap, x)
+    channel_dim = _check_channel_dim(x, channel_dim)
+    bitmap = bitmap.to(x.device)
+    n_bits = int(bitmap.max())
+    return ClippedSTE.apply(x, lambda t: residual_forward(t, bitmap, n_bits, channel_dim)[0])
+
+
+def binarize_planes(x: torch.Tensor, bitmap: torch.Tensor, channel_dim: int | None = None):
+    """The bit planes of Eq. 5, as a packed exporter needs them.
+
+    Returns:
+        ``(signs, masks, scales)``: ``signs`` bool ``[n, *x.shape]`` (True = +1), ``masks`` bool
+        ``[n, *x.shape]`` (``bitmap >= i + 1``), ``scales`` ``[n]`` or ``[n, C]``, such that
+        ``hetero_binarize(x, bitmap) == sum_i scales_i * where(signs_i, 1, -1) * masks_i``.
+    """
+    check_float_tensor(x)
+    check_bitmap(bitmap, x)
+    channel_dim = _check_channel_dim(x, channel_dim)
+    with torch.no_grad():
+        _, scales, signs, masks = residual_forward(
+            x.detach(), bitmap.to(x.device), int(bitmap.max()), channel_dim, keep_planes=True
+        )
+    return signs, masks, scales
+
+
+def binarize_with_scales(
+    x: torch.Tensor, bitmap: torch.Tensor | None, scales: torch.Tensor, channel_dim: int | None = None
+) -> torch.Tensor:
+    """Residual binarization with given per-bit scales (inference with calibrated estimates).
+
+    Same loop as :func:`hetero_binarize` but ``mu_i = scales[i]``, so the result is an
+    elementwise function of ``x`` (no reduction over the batch). Differentiable with the STE.
+    """
+    n_bits = scales.shape[0]
+    return ClippedSTE.apply(x, lambda t: residual_forward(t, bitmap, n_bits, channel_dim, scales=scales)[0])

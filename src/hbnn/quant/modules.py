@@ -1,0 +1,204 @@
+"""Quantizer modules: a weight quantizer and an activation quantizer.
+
+Training recomputes the bit map at every forward pass (Algorithm 1 on the current
+tensor). At inference:
+
+* weights use the bit map of the current weights (cached until the weights change);
+* activations use calibrated running estimates gathered during training like batch-norm
+  statistics — mean magnitude, the Algorithm 1 thresholds on the heuristic key, and the
+  per-bit scales — so the map and the planes are an elementwise function of the input
+  (no per-input selection). ``eval_mode="exact"`` recomputes everything per input instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hbnn.quant.bitmap import DEFAULT_SEED, _bitmap, heuristic_key, select_slices
+from hbnn.quant.config import QuantSpec
+from hbnn.quant.functional import residual_forward
+from hbnn.quant.ste import clipped_ste
+
+__all__ = ["WeightQuantizer", "ActQuantizer"]
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(DEFAULT_SEED + seed)
+
+
+class WeightQuantizer(nn.Module):
+    """Binarizes a weight tensor with a bit mix (Eq. 5 + Algorithm 1) and the clipped STE.
+
+    Args:
+        spec: the :class:`QuantSpec` (bits, heuristic, block, per_channel).
+        channel_dim: the output-channel dim for per-channel scales (0 for conv/linear).
+    """
+
+    def __init__(self, spec: QuantSpec | dict | float | int, channel_dim: int = 0):
+        super().__init__()
+        self.spec = QuantSpec.from_dict(spec)
+        self.channel_dim = channel_dim
+        self.register_buffer("realized", torch.tensor(float(self.spec.mix.average)))
+        self._cache: tuple | None = None
+
+    @property
+    def mix(self):
+        """The bit mix."""
+        return self.spec.mix
+
+    def bitmap(self, weight: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1 on ``weight``: an int8 map of its shape."""
+        spec = self.spec
+        gen = _generator(spec.seed) if spec.heuristic == "random" else None
+        with torch.no_grad():
+            return _bitmap(weight.detach(), spec.mix, spec.heuristic, gen, spec.block)
+
+    def _current_bitmap(self, weight: torch.Tensor) -> torch.Tensor | None:
+        if self.spec.mix.is_homogeneous:
+            return None
+        if self.training:
+            self._cache = None
+            return self.bitmap(weight)
+        key = (weight.data_ptr(), weight._version, weight.shape, weight.device)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.bitmap(weight))
+        return self._cache[1]
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """``w_hat`` (Eq. 5) with the STE gradient ``grad * 1{|w| <= 1}``."""
+        bitmap = self._current_bitmap(weight)
+        if bitmap is not None:
+            self.realized.fill_(bitmap.float().mean().item())
+        cdim = self.channel_dim if self.spec.per_channel else None
+        n_bits = self.spec.mix.max_bits
+        return clipped_ste(weight, lambda w: residual_forward(w, bitmap, n_bits, cdim)[0])
+
+    def realized_bits(self, weight: torch.Tensor | None = None) -> float:
+        """Mean of the bit map of ``weight`` (default: as of the last forward pass)."""
+        if weight is None:
+            return float(self.realized)
+        return float(self.bitmap(weight).float().mean())
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return f"bits={s.mix}, heuristic={s.heuristic}, block={s.block}, per_channel={s.per_channel}"
+
+
+class ActQuantizer(nn.Module):
+    """Binarizes activations with a bit mix; keeps running estimates for inference.
+
+    Buffers (updated in training with ``r <- (1 - momentum) r + momentum * batch``):
+    ``running_mean_abs`` (mean ``|x|``, the middle-out reference), ``running_thresholds``
+    (the heuristic-key values at Algorithm 1's cuts), ``running_scales`` (``mu_i``),
+    ``running_bits`` (realized average bits).
+    """
+
+    def __init__(self, spec: QuantSpec | dict | float | int):
+        super().__init__()
+        self.spec = QuantSpec.from_dict(spec)
+        mix = self.spec.mix
+        self.register_buffer("running_mean_abs", torch.tensor(1.0))
+        self.register_buffer("running_thresholds", torch.zeros(len(mix.bits) - 1))
+        self.register_buffer("running_scales", torch.zeros(mix.max_bits))
+        self.register_buffer("running_bits", torch.tensor(float(mix.average)))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    @property
+    def mix(self):
+        """The bit mix."""
+        return self.spec.mix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x_hat`` with the clipped STE; batch statistics in training, running ones in eval."""
+        if self.training or self.spec.eval_mode == "exact" or int(self.num_batches_tracked) == 0:
+            return self._forward_batch(x)
+        return self._forward_running(x)
+
+    # ---------------------------------------------------------------- training
+    def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
+        mix, spec = self.spec.mix, self.spec
+        bitmap, thresholds, mean_abs = None, [], None
+        if not mix.is_homogeneous:
+            with torch.no_grad():
+                bitmap, thresholds, mean_abs = self._select(x.detach())
+        scales_out: list[torch.Tensor] = []
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            x_hat, scales = residual_forward(t, bitmap, mix.max_bits)
+            scales_out.append(scales)
+            return x_hat
+
+        out = clipped_ste(x, fn)
+        if self.training:
+            with torch.no_grad():
+                if mean_abs is None and spec.heuristic == "middle_out":
+                    mean_abs = x.detach().abs().mean()
+                self._update(scales_out[0], thresholds, mean_abs, bitmap)
+        return out
+
+    def _select(self, x: torch.Tensor):
+        spec = self.spec
+        if spec.heuristic == "random":
+            return _bitmap(x, spec.mix, "random", _generator(spec.seed), 1), [], None
+        mean_abs = x.abs().mean() if spec.heuristic == "middle_out" else None
+        key = heuristic_key(x, spec.heuristic, mean_abs).reshape(-1)
+        bitmap, thresholds = select_slices(key, spec.mix)
+        return bitmap.reshape(x.shape), thresholds, mean_abs
+
+    def _update(self, scales, thresholds, mean_abs, bitmap) -> None:
+        first = int(self.num_batches_tracked) == 0
+        m = 1.0 if first else self.spec.momentum
+
+        def ema(buf: torch.Tensor, value) -> None:
+            value = torch.as_tensor(value, dtype=buf.dtype, device=buf.device)
+            buf.mul_(1 - m).add_(value * m)
+
+        ema(self.running_scales, scales.float())
+        if thresholds:
+            finite = torch.tensor(thresholds, dtype=torch.float64).clamp(-1e30, 1e30)
+            ema(self.running_thresholds, finite)
+        if mean_abs is not None:
+            ema(self.running_mean_abs, mean_abs.float())
+        bits = self.spec.mix.average if bitmap is None else float(bitmap.float().mean())
+        ema(self.running_bits, bits)
+        self.num_batches_tracked += 1
+
+    # --------------------------------------------------------------- inference
+    def running_bitmap(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The inference bit map: ``bits[0] + sum_j (bits[j+1] - bits[j]) * [key > t_j]``."""
+        mix, spec = self.spec.mix, self.spec
+        if mix.is_homogeneous:
+            return None
+        if spec.heuristic == "random":
+            return _bitmap(x.detach(), mix, "random", _generator(spec.seed), 1)
+        key = heuristic_key(x.detach(), spec.heuristic, self.running_mean_abs.to(x.device))
+        out = torch.full(x.shape, mix.bits[0], dtype=torch.int8, device=x.device)
+        for j, t in enumerate(self.running_thresholds.tolist()):
+            out += ((key > t) * (mix.bits[j + 1] - mix.bits[j])).to(torch.int8)
+        return out
+
+    def _forward_running(self, x: torch.Tensor) -> torch.Tensor:
+        bitmap = self.running_bitmap(x)
+        scales = self.running_scales.to(x.device)
+        return clipped_ste(x, lambda t: residual_forward(t, bitmap, scales.shape[0], scales=scales)[0])
+
+    def realized_bits(self) -> float:
+        """Average activation bits: the running estimate gathered in training."""
+        return float(self.running_bits)
+
+    def eval_params(self) -> dict:
+        """Everything an inference engine needs to binarize inputs elementwise."""
+        s = self.spec
+        return {
+            "bits": list(s.mix.bits),
+            "fractions": list(s.mix.fractions),
+            "heuristic": s.heuristic,
+            "mean_abs": float(self.running_mean_abs),
+            "thresholds": self.running_thresholds.tolist(),
+            "scales": self.running_scales.tolist(),
+        }
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return f"bits={s.mix}, heuristic={s.heuristic}, eval_mode={s.eval_mode}"
