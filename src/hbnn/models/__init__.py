@@ -1,0 +1,25 @@
+"""Model zoo: a registry plus one architecture per file.
+
+Importing this package registers every architecture:
+
+- ``cifar_fc4`` -- the paper's hobbled 4-conv, fully convolutional CIFAR net
+  (:mod:`hbnn.models.cifar_fc4`);
+- ``alexnet_bn`` -- AlexNet with batch norm, ImageNet and small-input variants
+  (:mod:`hbnn.models.alexnet_bn`);
+- ``mobilenet_v1`` -- MobileNet v1 with width multiplier and named ``dw``/``pw`` convs,
+  plus the pointwise-only quantization preset (:mod:`hbnn.models.mobilenet_v1`);
+- ``vgg8_cnv`` -- FINN's CNV CIFAR-10 net of the paper's Table 2
+  (:mod:`hbnn.models.vgg8_cnv`).
+
+Example:
+    >>> from hbnn.models import build_model, list_models
+    >>> list_models()
+    ['alexnet_bn', 'cifar_fc4', 'mobilenet_v1', 'vgg8_cnv']
+    >>> model = build_model("cifar_fc4", in_channels=1, image_size=28, activation="hardtanh")
+"""
+
+from hbnn.models import alexnet_bn, cifar_fc4, mobilenet_v1, vgg8_cnv  # noqa: F401  (register)
+from hbnn.models.mobilenet_v1 import POINTWISE_ONLY_QUANT
+from hbnn.models.registry import build_model, list_models, model_options, register_model
+
+__all__ = ["POINTWISE_ONLY_QUANT", "build_model", "list_models", "model_options", "register_model"]
