@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from hbnn.quant.checks import check_bitmap, check_float_tensor
-from hbnn.quant.mix import MAX_BITS, MIN_BITS
+from hbnn.quant.mix import MAX_BITS, MIN_BITS, BitMix
 from hbnn.quant.ste import ClippedSTE
 
 __all__ = [
@@ -135,7 +135,9 @@ def residual_binarize(x: torch.Tensor, bits: int, channel_dim: int | None = None
     return ClippedSTE.apply(x, lambda t: residual_forward(t, None, bits, channel_dim)[0])
 
 
-def hetero_binarize(x: torch.Tensor, bitmap: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
+def hetero_binarize(
+    x: torch.Tensor, bitmap: torch.Tensor, channel_dim: int | None = None, mix: "BitMix | None" = None
+) -> torch.Tensor:
     """Heterogeneous residual binarization (the paper's Eq. 5), differentiable.
 
     Bit ``i``'s scale is the mean ``|residual|`` over the entries whose bitmap value is
@@ -145,6 +147,7 @@ def hetero_binarize(x: torch.Tensor, bitmap: torch.Tensor, channel_dim: int | No
         x: a non-empty, finite floating-point tensor.
         bitmap: integer tensor of x's shape, values in 1..8 (e.g. from :func:`make_bitmap`).
         channel_dim: per-channel scales along this dim (default: one scale per bit).
+        mix: if given, the bitmap's values must be bitwidths of this mix.
 
     Example:
         >>> x = torch.tensor([1.0, -3.0, 2.0, -6.0])
@@ -152,7 +155,7 @@ def hetero_binarize(x: torch.Tensor, bitmap: torch.Tensor, channel_dim: int | No
         tensor([ 3., -3.,  1., -5.])
     """
     check_float_tensor(x)
-    check_bitmap(bitmap, x)
+    check_bitmap(bitmap, x, None if mix is None else BitMix.coerce(mix).bits)
     channel_dim = _check_channel_dim(x, channel_dim)
     bitmap = bitmap.to(x.device)
     n_bits = int(bitmap.max())
