@@ -32,11 +32,6 @@ __all__ = [
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _signs(e: torch.Tensor) -> torch.Tensor:
-    """``sign`` with ``sign(0) = -1`` (the author's op), in e's dtype."""
-    return torch.where(e > 0, 1.0, -1.0).to(e.dtype)
-
-
 def _masked_mean(values: torch.Tensor, active: torch.Tensor | None, channel_dim: int | None) -> torch.Tensor:
     """Mean of ``values`` over active entries, per tensor or per slice of ``channel_dim``.
 
@@ -45,8 +40,9 @@ def _masked_mean(values: torch.Tensor, active: torch.Tensor | None, channel_dim:
     if active is not None:
         values = values * active
     if channel_dim is None:
-        count = values.numel() if active is None else int(active.sum())
-        return values.sum() / max(count, 1)
+        if active is None:
+            return values.mean()
+        return values.sum() / active.sum().clamp_min(1)
     dims = [d for d in range(values.dim()) if d != channel_dim % values.dim()]
     sums = values.sum(dim=dims, keepdim=True)
     if active is None:
@@ -85,18 +81,20 @@ def residual_forward(
     mus, signs, masks = [], [], []
     for i in range(n_bits):
         active = None if bitmap is None or i == 0 else bitmap > i
-        s = _signs(residual)
         if scales is None:
             mu = _masked_mean(residual.abs(), active, channel_dim)
         else:
             mu = _broadcast_scale(scales[i], work, channel_dim)
-        step = mu * s if active is None else mu * s * active
+        positive = residual > 0  # sign(0) = -1
+        step = torch.where(positive, mu, -mu)  # mu_i * s_i
+        if active is not None:
+            step *= active
         out += step
         residual -= step
         mus.append(mu.reshape(-1) if channel_dim is not None else mu.reshape(()))
         if keep_planes:
-            signs.append(s > 0)
-            masks.append(torch.ones_like(s, dtype=torch.bool) if active is None else active)
+            signs.append(positive)
+            masks.append(torch.ones_like(positive) if active is None else active)
     stacked = torch.stack(mus)
     result = out.to(x.dtype)
     if keep_planes:
