@@ -1,0 +1,187 @@
+"""``hbnn hw``: the hardware cost model on the command line.
+
+Subcommands: ``table2`` (the paper's Table 2, ours beside the paper's), ``estimate`` (any
+network on every platform), ``compare`` (dataflow vs paper scaling on Table 2's nets),
+``platforms`` (list or validate platform files) and ``plot`` (accuracy vs estimated
+cost from result files). Heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _emit(args: argparse.Namespace, obj: Any, render: Any) -> int:
+    """Print ``obj`` as JSON with ``--json``, else ``render(obj)``; exit code 0."""
+    print(json.dumps(obj, indent=2, default=float) if args.json else render(obj))
+    return 0
+
+
+def _cmd_table2(args: argparse.Namespace) -> int:
+    from hbnn.hw.table2 import format_table2, reproduce_table2
+
+    return _emit(args, reproduce_table2(), format_table2)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from hbnn.hw.estimate import compare_table2
+    from hbnn.hw.report import format_compare
+
+    return _emit(args, compare_table2(), format_compare)
+
+
+def _cmd_platforms(args: argparse.Namespace) -> int:
+    from hbnn.hw.platforms import load_catalog
+    from hbnn.hw.report import format_platforms
+
+    catalog = load_catalog(args.platforms)
+    return _emit(args, catalog.to_dict() if args.json else catalog, format_platforms)
+
+
+def _model_layers(args: argparse.Namespace, catalog: Any) -> tuple[list[Any], str]:
+    """Layer profiles for ``--model`` / ``--run`` / ``--packed`` plus a title."""
+    from hbnn.errors import ConfigError
+    from hbnn.hw.validate import coerce_bits
+    from hbnn.hw.workloads import WORKLOAD_LAYERS, workload_layers
+
+    wbits = None if args.wbits is None else coerce_bits(args.wbits, "wbits")
+    abits = wbits if args.abits is None else coerce_bits(args.abits, "abits")
+    if args.model is None:
+        if wbits is not None or abits is not None:
+            raise ConfigError("wbits: bits of a trained or packed model come from its layers; drop --wbits/--abits")
+        return _loaded_layers(args)
+    name = catalog.workloads[args.model].layers if args.model in catalog.workloads else args.model
+    if name not in WORKLOAD_LAYERS:
+        return _registry_layers(args, catalog, quantize=wbits is not None), args.model
+    if wbits is None:
+        raise ConfigError(f"wbits: built-in network {args.model!r} needs --wbits (and optionally --abits)")
+    return workload_layers(name, wbits, abits), args.model
+
+
+def _loaded_layers(args: argparse.Namespace) -> tuple[list[Any], str]:
+    """Profile a trained run (``--run``) or packed file (``--packed``) via the loader hooks."""
+    from hbnn.hw.loaders import load_for_estimate
+    from hbnn.hw.profile import profile_model
+
+    kind, path = ("run", args.run) if args.run else ("packed", args.packed)
+    model, shape = load_for_estimate(kind, path)
+    return profile_model(model, shape), str(path)
+
+
+def _registry_layers(args: argparse.Namespace, catalog: Any, quantize: bool) -> list[Any]:
+    """Build ``--model`` with ``hbnn.models``, convert it with ``quantize_`` and profile it."""
+    from hbnn.errors import ConfigError
+    from hbnn.hw.profile import profile_model
+    from hbnn.hw.workloads import WORKLOAD_LAYERS
+
+    try:
+        from hbnn.models import build_model
+    except ImportError:
+        known = ", ".join(sorted({*WORKLOAD_LAYERS, *catalog.workloads}))
+        raise ConfigError(f"model: {args.model!r} is not built in ({known}) and hbnn.models is not available") from None
+    model = build_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels, image_size=args.image_size)
+    if quantize:
+        from hbnn.convert import quantize_
+
+        weight, act = _spec_bits(args.wbits), _spec_bits(args.abits if args.abits is not None else args.wbits)
+        config = {"default": {"weight": weight, "act": act}, "keep_first": args.keep_first, "keep_last": args.keep_last}
+        quantize_(model, config)
+    return profile_model(model, (args.in_channels, args.image_size, args.image_size))
+
+
+def _spec_bits(text: str) -> Any:
+    """A CLI bits string as ``QuantSpec`` takes it: ``"2"`` -> 2, ``"1.4"`` -> 1.4, mixes as text."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() else value
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from hbnn.hw.estimate import estimate_layers
+    from hbnn.hw.platforms import load_catalog
+    from hbnn.hw.report import format_estimate
+
+    catalog = load_catalog(args.platforms)
+    layers, title = _model_layers(args, catalog)
+    report = estimate_layers(
+        layers,
+        catalog=catalog,
+        platforms=args.platform,
+        unfolding=args.unfold,
+        lut_budget=args.lut_budget,
+        per_layer=args.per_layer,
+    )
+    report["network"]["name"] = title
+    workload = catalog.workloads.get(args.model) if args.model else None
+    ratio = report["platforms"][0]["op_ratio"] if report["platforms"] else None
+    if workload is not None and ratio is not None and abs(ratio / workload.op_ratio - 1) > 0.01:
+        report["notes"].append(
+            f"{args.model}: costed by its counted MACs ({ratio:.3g}x the baseline net); "
+            f"the paper's Table 2 uses an op ratio of {workload.op_ratio:g} (hbnn hw table2)"
+        )
+    return _emit(args, report, lambda r: format_estimate(r, title))
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from hbnn.hw.plot import cost_points, plot_accuracy_vs_cost, read_results
+    from hbnn.hw.platforms import load_catalog
+
+    catalog = load_catalog(args.platforms)
+    points = cost_points(read_results(args.results), catalog=catalog, workload=args.model, fpga=args.fpga, asic=args.asic)
+    plot_accuracy_vs_cost(points, args.out)
+    print(f"wrote {args.out} ({len(points)} points; costs are estimates from the paper's scaling)")
+    return 0
+
+
+def _add_estimate(hw: Any) -> None:
+    p = hw.add_parser("estimate", help="estimate a network on every platform (area, kFPS, W, energy, op counts)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="built-in network (vgg8, mobilenet, finn_cnv, mobilenet_v1_224) or hbnn.models name")
+    src.add_argument("--run", help="trained run directory or checkpoint (needs hbnn.train's loader)")
+    src.add_argument("--packed", help="packed model file (needs hbnn.export's loader)")
+    p.add_argument("--wbits", help="weight bits in [1, 8]: a number or a mix such as 70/20/10 (with --model)")
+    p.add_argument("--abits", help="activation bits (default: --wbits)")
+    p.add_argument("--keep-first", action=argparse.BooleanOptionalAction, default=True, help="first layer stays float")
+    p.add_argument("--keep-last", action=argparse.BooleanOptionalAction, default=True, help="last layer stays float")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--platform", action="append", help="platform name (repeatable; default: all)")
+    p.add_argument("--platforms", help="YAML file of extra platforms")
+    p.add_argument("--unfold", type=float, help="FPGA unfolding k of the paper's rule (capped at the device)")
+    p.add_argument("--lut-budget", type=float, help="dataflow LUT budget, fraction of the device (default: scaling occupancy)")
+    p.add_argument("--per-layer", action="store_true", help="also show per-layer shapes, bits and op counts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_estimate)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``hw`` with ``table2``, ``estimate``, ``compare``, ``platforms`` and ``plot``."""
+    hw = subparsers.add_parser("hw", help="FPGA/ASIC cost model (paper Table 2 and estimates)")
+    sub = hw.add_subparsers(dest="hw_command", metavar="SUBCOMMAND", parser_class=type(hw))
+    sub.required = True
+    p = sub.add_parser("table2", help="the paper's Table 2 recomputed, ours beside the paper's")
+    p.add_argument("--json", action="store_true", help="print a list of row objects")
+    p.set_defaults(func=_cmd_table2)
+    _add_estimate(sub)
+    p = sub.add_parser("compare", help="dataflow model vs the paper's scaling on Table 2's FPGA rows")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser("platforms", help="list (and validate) the known platforms")
+    p.add_argument("--platforms", help="YAML file of extra platforms to validate and include")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_platforms)
+    p = sub.add_parser("plot", help="accuracy vs estimated area/energy from result JSONL files")
+    p.add_argument("--results", required=True, help="JSONL file: one object per line with config bits and top1")
+    p.add_argument("--out", required=True, help="image file to write (PNG)")
+    p.add_argument("--model", default="vgg8", help="workload to cost (default: vgg8)")
+    p.add_argument("--fpga", default="zc706")
+    p.add_argument("--asic", default="alemdar2017")
+    p.add_argument("--platforms", help="YAML file of extra platforms")
+    p.set_defaults(func=_cmd_plot)
