@@ -1,0 +1,195 @@
+"""Training-step cost of HBNN vs float for ``cifar_fc4`` on CPU, measured side by side.
+
+Run: ``python -m benchmarks.bench_train [--batch-size 128] [--rounds 7] [--steps 5] [--threads N]``.
+Prints one JSON object.
+
+One "step" is what ``hbnn.train.loop.train_one_epoch`` does per batch: forward,
+cross-entropy, backward, SGD (momentum, weight decay) update. Variants, all built from
+the same seed on the same CIFAR-shaped batch:
+
+- ``float``: the plain model;
+- ``w1.4``: 1.4-bit (70/20/10, middle-out) weights, float activations;
+- ``w1.4a1.4``: 1.4-bit weights and activations (hardtanh model), first/last layer float.
+
+The variants run interleaved (round-robin, ``--rounds`` rounds of ``--steps`` steps each)
+so machine noise hits them alike; the reported step time is the median. The bit-map
+selection share is the time spent inside Algorithm 1 (``WeightQuantizer.bitmap`` and the
+activation quantizer's per-batch selection), timed by wrapping those methods on the
+model's own quantizer instances during separate timed steps, divided by those steps' time.
+
+Targets (issue 3): ``w1.4`` <= 1.15x float, ``w1.4a1.4`` <= 1.5x float, selection <= 2 %.
+
+On a shared machine prefer ``--threads 1``: with more OpenMP threads than free cores every
+parallel op waits for its threads to be scheduled, which swamps the differences measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from hbnn.convert import quantize_
+from hbnn.models import build_model
+from hbnn.quant.modules import ActQuantizer, WeightQuantizer
+from hbnn.train.config import OptimConfig
+from hbnn.train.loop import build_optimizer
+
+VARIANTS = {
+    "float": (None, "relu"),
+    "w1.4": ({"default": {"weight": {"bits": 1.4, "heuristic": "middle_out"}}}, "relu"),
+    "w1.4a1.4": ({"default": {"weight": {"bits": 1.4, "heuristic": "middle_out"},
+                              "act": {"bits": 1.4}}}, "hardtanh"),
+}
+TARGETS = {"w1.4_vs_float": 1.15, "w1.4a1.4_vs_float": 1.5, "bitmap_share": 0.02}
+
+
+def make_step(name: str, batch: tuple[torch.Tensor, torch.Tensor], seed: int = 0) -> tuple[Callable, torch.nn.Module]:
+    """A closure running one training step of variant ``name`` on ``batch``, and its model."""
+    quant, activation = VARIANTS[name]
+    x, y = batch
+    torch.manual_seed(seed)
+    model = build_model("cifar_fc4", num_classes=10, in_channels=x.shape[1], image_size=x.shape[2],
+                        activation=activation)
+    if quant is not None:
+        quantize_(model, quant)
+    model.train()
+    opt = build_optimizer(model.parameters(), OptimConfig())
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, model
+
+
+class SelectionTimer:
+    """Wraps the bit-map selection methods of a model's quantizers and sums their time."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._undo: list[tuple[torch.nn.Module, str]] = []
+        for module in model.modules():
+            if isinstance(module, WeightQuantizer):
+                self._wrap(module, "bitmap")
+            elif isinstance(module, ActQuantizer):
+                self._wrap(module, "_select")
+
+    def _wrap(self, module: torch.nn.Module, attr: str) -> None:
+        inner = getattr(module, attr)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+                self.calls += 1
+
+        object.__setattr__(module, attr, timed)  # instance attribute shadows the method
+        self._undo.append((module, attr))
+
+    def remove(self) -> None:
+        """Restore the original methods."""
+        for module, attr in self._undo:
+            object.__delattr__(module, attr)
+        self._undo.clear()
+
+
+def _time(fn: Callable[[], None], steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def run(batch_size: int = 128, rounds: int = 7, steps: int = 5, warmup: int = 3,
+        image_size: int = 32, channels: int = 3) -> dict:
+    """Measure every variant side by side; returns the JSON-ready result."""
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(batch_size, channels, image_size, image_size, generator=g),
+             torch.randint(0, 10, (batch_size,), generator=g))
+    built = {name: make_step(name, batch) for name in VARIANTS}
+    for step, _ in built.values():
+        _time(step, warmup)
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(rounds):
+        for name, (step, _) in built.items():
+            times[name] += _time(step, steps)
+    median = {name: statistics.median(t) for name, t in times.items()}
+
+    share = {}
+    for name in ("w1.4", "w1.4a1.4"):
+        step, model = built[name]
+        timer = SelectionTimer(model)
+        try:
+            total = sum(_time(step, rounds * steps))
+        finally:
+            timer.remove()
+        share[name] = {"selection_s": timer.seconds, "step_s": total, "share": timer.seconds / total,
+                       "calls_per_step": timer.calls / (rounds * steps)}
+
+    ratios = {"w1.4_vs_float": median["w1.4"] / median["float"],
+              "w1.4a1.4_vs_float": median["w1.4a1.4"] / median["float"]}
+    worst_share = max(s["share"] for s in share.values())
+    return {
+        "benchmark": "train_step",
+        "model": "cifar_fc4",
+        "input": [batch_size, channels, image_size, image_size],
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],  # > cores: other processes share the CPU
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "step_ms_median": {k: 1000 * v for k, v in median.items()},
+        "ratios": ratios,
+        "bitmap_selection": share,
+        "targets": TARGETS,
+        "meets_targets": {
+            "w1.4_vs_float": ratios["w1.4_vs_float"] <= TARGETS["w1.4_vs_float"],
+            "w1.4a1.4_vs_float": ratios["w1.4a1.4_vs_float"] <= TARGETS["w1.4a1.4_vs_float"],
+            "bitmap_share": worst_share <= TARGETS["bitmap_share"],
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: parse arguments, run, print JSON (and write it with ``--out``)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", help="also write the JSON to this file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args.batch_size, args.rounds, args.steps, args.warmup, args.image_size, args.channels)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        from hbnn.io import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

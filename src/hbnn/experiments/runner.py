@@ -1,0 +1,208 @@
+"""The sweep runner: expand an experiment, skip finished runs, resume interrupted ones.
+
+For each run (``<experiment>/<point>/seed<k>``) the state is
+
+* ``done``: the results file has a line with this run name *and* config hash -> skipped;
+* ``resume``: its run directory holds a checkpoint -> ``fit(..., resume=True)`` continues
+  exactly where it stopped (a run that finished training but has no line yet just gets
+  measured and recorded);
+* ``restart``: its run directory exists without a checkpoint (killed in the first epoch)
+  -> started over in place;
+* ``new``: nothing yet.
+
+Run directories are ``<runs_dir>/<experiment>/<point>/seed<k>-<sha8>``, so changing an
+experiment's config never resumes a run trained under another config. After each run one
+line is appended to the results file (:mod:`hbnn.experiments.results`); an interrupted
+sweep loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from hbnn.experiments.results import append_result, bookkeeping, read_results
+from hbnn.experiments.spec import RunSpec
+
+__all__ = ["RunStatus", "select_runs", "run_status", "execute_run", "sweep", "rerun", "verify"]
+
+STATES = ("done", "resume", "restart", "new")
+
+
+@dataclass
+class RunStatus:
+    """A run and what the sweep will do with it (``state`` in :data:`STATES`)."""
+
+    run: RunSpec
+    state: str
+    detail: str = ""
+    line: dict | None = None
+
+
+def select_runs(runs: Iterable[RunSpec], only: Iterable[str] = ()) -> list[RunSpec]:
+    """Runs whose point name or run name matches one of the ``only`` patterns (fnmatch); all if none.
+
+    ``--only w1.4_mo`` selects every seed of that point, ``--only 'w1.4_*'`` several
+    points, ``--only w1.4_mo/seed1`` (or the full run name) a single run.
+    """
+    patterns = list(only)
+    if not patterns:
+        return list(runs)
+
+    def hit(run: RunSpec) -> bool:
+        names = (run.point, run.name, f"{run.point}/seed{run.seed}")
+        return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+
+    return [r for r in runs if hit(r)]
+
+
+def _checkpoint_epoch(run_dir: Path) -> str:
+    import json
+
+    try:
+        meta = json.loads((run_dir / "last.json").read_text(encoding="utf-8"))
+        return f"epoch {meta.get('epoch')}/{meta.get('config', {}).get('train', {}).get('epochs')}"
+    except (OSError, ValueError, AttributeError):
+        return "checkpoint"
+
+
+def run_status(runs: Iterable[RunSpec], lines: Iterable[Mapping[str, Any]], runs_dir: str | Path) -> list[RunStatus]:
+    """The state of every run given the results file's lines and the runs folder."""
+    by_key = {(line["run"], line.get("config_sha")): dict(line) for line in lines}
+    names = {key[0] for key in by_key}
+    out = []
+    for run in runs:
+        line = by_key.get((run.name, run.sha))
+        if line is not None:
+            out.append(RunStatus(run, "done", _done_detail(line), line))
+            continue
+        note = " (recorded under another config)" if run.name in names else ""
+        run_dir = run.run_dir(runs_dir)
+        if run.kind == "train" and (run_dir / "last.safetensors").exists():
+            out.append(RunStatus(run, "resume", _checkpoint_epoch(run_dir) + note))
+        elif run.kind == "train" and run_dir.exists() and any(run_dir.iterdir()):
+            out.append(RunStatus(run, "restart", "no checkpoint yet" + note))
+        else:
+            out.append(RunStatus(run, "new", note.strip()))
+    return out
+
+
+def _done_detail(line: Mapping[str, Any]) -> str:
+    if line.get("kind") == "fig2a":
+        return f"error {line.get('error', float('nan')):.4f}"
+    top1 = line.get("top1")
+    return "top1 n/a" if top1 is None else f"top1 {100 * top1:.2f}%"
+
+
+def _measure(run_dir: Path) -> dict:
+    """Realized bits, sizes and wall time of a finished run, from its last checkpoint."""
+    from hbnn.train.checkpoint import load_checkpoint
+    from hbnn.train.evaluation import summary_for
+
+    _, summary = summary_for(str(run_dir / "last.safetensors"))
+    meta = load_checkpoint(run_dir, "last").metadata
+    m = summary["model"]
+    return {"weight_bits": m["avg_weight_bits"], "act_bits": m["avg_act_bits"], "params": m["params"],
+            "binarized_params": m["binarized_params"], "stored_bytes": m["stored_bytes"],
+            "epochs": meta.get("epoch"), "wall_s": meta.get("wall_time_s")}
+
+
+def _train(status: RunStatus, runs_dir: Path, quiet: bool) -> dict:
+    from hbnn.train.config import config_from_dict
+    from hbnn.train.distributed import resolve_device
+    from hbnn.train.run import fit
+
+    run = status.run
+    cfg = config_from_dict(run.config)
+    run_dir = run.run_dir(runs_dir)
+    result = fit(cfg, run_dir, resume=status.state == "resume", overwrite=status.state == "restart",
+                 quiet=quiet)
+    line = bookkeeping(run, str(resolve_device(cfg.train.device)))
+    line.update(top1=result.get("top1"), top5=result.get("top5"), loss=result.get("loss"),
+                best_top1=result.get("best_metric"))
+    line.update(_measure(run_dir))
+    line["run_dir"] = str(run_dir)
+    return line
+
+
+def execute_run(status: RunStatus, runs_dir: str | Path, *, quiet: bool = True, cache: dict | None = None) -> dict:
+    """Run (or resume) one run and return its result line (not yet written)."""
+    if status.run.kind == "fig2a":
+        from hbnn.experiments.fig2a import run_fig2a
+
+        return {**bookkeeping(status.run), **run_fig2a(status.run, cache)}
+    return _train(status, Path(runs_dir), quiet)
+
+
+def sweep(runs: Iterable[RunSpec], results: str | Path, runs_dir: str | Path, *, dry_run: bool = False,
+          quiet: bool = True, echo: Callable[[str], None] = print) -> list[RunStatus]:
+    """Run every run that is not done, appending one result line per finished run.
+
+    Args:
+        runs: the (selected) runs of one experiment.
+        results: the results file.
+        runs_dir: the root of the run directories.
+        dry_run: only report the states.
+        quiet: no per-epoch output from training.
+        echo: where progress lines go.
+
+    Returns:
+        The states found before running.
+    """
+    statuses = run_status(runs, read_results(results), runs_dir)
+    counts = {s: sum(1 for x in statuses if x.state == s) for s in STATES}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    echo(f"{len(statuses)} runs ({summary or 'none'}) -> {results}")
+    todo = [s for s in statuses if s.state != "done"]
+    if dry_run:
+        for s in statuses:
+            extra = s.run.spec.get("layer_average")
+            extra = "" if extra is None or s.state == "done" else f"layer-level average {extra:.3f} "
+            echo(f"  {s.state:<8} {s.run.name:<40} {extra}{s.detail}".rstrip())
+        return statuses
+    cache: dict = {}
+    for index, status in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        line = execute_run(status, runs_dir, quiet=quiet, cache=cache)
+        append_result(results, line)
+        echo(f"[{index}/{len(todo)}] {status.run.name}: {_done_detail(line)} "
+             f"({status.state}, {time.perf_counter() - t0:.1f} s)")
+    return statuses
+
+
+def rerun(line: Mapping[str, Any], run_dir: str | Path, *, quiet: bool = True) -> dict:
+    """Train a recorded run again from its recorded config into ``run_dir`` (started over).
+
+    Returns:
+        ``{"run", "top1", "top5", "recorded_top1", "recorded_top5", "same"}``; ``same`` is
+        exact equality of both accuracies.
+    """
+    from hbnn.train.config import config_from_dict
+    from hbnn.train.run import fit
+
+    run_dir = Path(run_dir)
+    overwrite = run_dir.exists() and (run_dir / "config.yaml").exists()
+    result = fit(config_from_dict(line["config"]), run_dir, overwrite=overwrite, quiet=quiet)
+    same = result.get("top1") == line.get("top1") and result.get("top5") == line.get("top5")
+    return {"run": line["run"], "top1": result.get("top1"), "top5": result.get("top5"),
+            "recorded_top1": line.get("top1"), "recorded_top5": line.get("top5"), "same": same}
+
+
+def verify(statuses: Iterable[RunStatus], runs_dir: str | Path, *, quiet: bool = True,
+           echo: Callable[[str], None] = print) -> bool:
+    """Re-run every finished training run in ``statuses`` from its recorded config and compare.
+
+    Re-runs go to ``<runs_dir>/_verify/<run>``. Returns True when every accuracy matched exactly.
+    """
+    ok = True
+    for status in statuses:
+        if status.state != "done" or status.line is None or status.run.kind != "train":
+            continue
+        out = rerun(status.line, Path(runs_dir) / "_verify" / status.run.name, quiet=quiet)
+        ok &= out["same"]
+        echo(f"{out['run']}: recorded top1 {out['recorded_top1']!r}, re-run {out['top1']!r} -> "
+             f"{'same' if out['same'] else 'DIFFERENT'}")
+    return ok

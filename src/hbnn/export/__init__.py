@@ -1,0 +1,51 @@
+"""Packed deployment: the ``hbnn-packed`` file format, its inference engine, ONNX export.
+
+``import hbnn`` never imports this package. Entry points:
+
+- :func:`export_model` -- write a trained (binarized) model as real packed bits;
+- :func:`load` -- read it back as a runnable :class:`PackedModel` whose binarized layers
+  run the bit-serial kernels of :mod:`hbnn.kernels`;
+- :func:`storage_report` / :func:`format_report` -- file size vs fp32, bits per parameter;
+- :func:`to_onnx` -- a standard-ops ONNX model of a packed model (needs ``onnx``);
+- :func:`evaluate_packed` -- accuracy of a packed file on its dataset's test split.
+
+Example:
+    >>> report = export_model(model, "model.hbnn", meta={"model": {"name": "cifar_fc4"}})  # doctest: +SKIP
+    >>> engine = load("model.hbnn")                                                       # doctest: +SKIP
+    >>> logits = engine(images)                                                           # doctest: +SKIP
+"""
+
+from hbnn.export.engine import PackedConv2d, PackedLinear, PackedModel
+from hbnn.export.format import FORMAT, VERSION, export_model, format_report, load, pack_model, read_packed, storage_report
+from hbnn.export.ops import SUPPORTED_LAYERS
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "SUPPORTED_LAYERS",
+    "PackedModel",
+    "PackedConv2d",
+    "PackedLinear",
+    "export_model",
+    "pack_model",
+    "read_packed",
+    "load",
+    "storage_report",
+    "format_report",
+    "to_onnx",
+    "evaluate_packed",
+]
+
+
+def to_onnx(*args, **kwargs):
+    """See :func:`hbnn.export.onnx_export.to_onnx` (imported lazily: needs ``onnx``)."""
+    from hbnn.export.onnx_export import to_onnx as impl
+
+    return impl(*args, **kwargs)
+
+
+def evaluate_packed(*args, **kwargs):
+    """See :func:`hbnn.export.evaluate.evaluate_packed`."""
+    from hbnn.export.evaluate import evaluate_packed as impl
+
+    return impl(*args, **kwargs)

@@ -1,0 +1,166 @@
+"""Whole-network benchmark: a packed ``cifar_fc4`` against torch fp32 eval on the same batch.
+
+For each bit setting (first and last layers float, as in the paper) the same
+randomly initialised ``cifar_fc4`` is timed three ways, interleaved in one process so
+the ratios survive a noisy machine: the float model in fp32 eval (``fp32_ms``, PyTorch's
+default NCHW layout; ``fp32_channels_last_ms`` with model and input in channels-last,
+which is much faster on CPU for these shapes), the training-time binarized model in eval mode (``simulated_ms``, float convs on
+``x_hat``/``w_hat``) and the exported packed engine (``packed_ms``). Medians of ``reps``.
+``profile_ms`` splits the packed time by stage: float layers, activation binarize+pack,
+bit-serial kernels, and the rest (pooling, hardtanh, pooling/flatten).
+Parity is checked on the same batch (prediction mismatches, largest logit difference).
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+__all__ = ["CASES", "bench_infer", "profile_packed"]
+
+#: bit settings: name -> quant.default (keep_first/keep_last on).
+CASES = {
+    "W1A1": {"weight": 1, "act": 1},
+    "W2A2": {"weight": 2, "act": 2},
+    "W1.4A1.4": {"weight": 1.4, "act": 1.4},
+}
+
+
+def _median_ms(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median ms of each function, timed round-robin (one warm-up call each)."""
+    for f in fns.values():
+        f()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _models(quant: dict, shape: tuple[int, int, int], widths, calib: torch.Tensor, seed: int):
+    from hbnn.convert import quantize_
+    from hbnn.models import build_model
+
+    def fresh():
+        torch.manual_seed(seed)
+        return build_model("cifar_fc4", num_classes=10, in_channels=shape[0], image_size=shape[1],
+                           activation="hardtanh", widths=widths)
+
+    fp32 = fresh().eval()
+    sim = fresh()
+    quantize_(sim, {"default": quant})
+    sim.train()
+    with torch.no_grad():
+        for chunk in calib.split(max(1, calib.shape[0] // 4)):
+            sim(chunk)  # calibrates BN and the activation quantizers' running estimates
+    return fp32, sim.eval()
+
+
+def profile_packed(engine, x: torch.Tensor, reps: int) -> tuple[dict, list]:
+    """Median ms per stage and per layer of one packed forward pass on ``x``."""
+    from hbnn.export.engine import PackedLayer
+
+    stages = {"float_layers": 0.0, "act_binarize_pack": 0.0, "binary_kernels": 0.0, "other": 0.0}
+    rows = []
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)  # as PackedModel.forward does
+    with torch.no_grad():
+        for name, layer in engine.named_layers():
+            if isinstance(layer, PackedLayer) and layer.binary:
+                xp = layer.pack_input(x)
+                t_pack = _median_ms(lambda: layer.pack_input(x), reps)
+                t_kernel = _median_ms(lambda: layer.compute(xp), reps)
+                stages["act_binarize_pack"] += t_pack
+                stages["binary_kernels"] += t_kernel
+                rows.append({"layer": name, "kind": "binary", "pack_ms": t_pack, "kernel_ms": t_kernel})
+                x = layer.compute(xp)
+                continue
+            t = _median_ms(lambda: layer(x), reps)
+            kind = "float" if isinstance(layer, (PackedLayer, torch.nn.Conv2d, torch.nn.Linear)) else "other"
+            stages["float_layers" if kind == "float" else "other"] += t
+            rows.append({"layer": name, "kind": kind, "ms": t})
+            x = layer(x)
+    return stages, rows
+
+
+def _case(name: str, quant: dict, x: torch.Tensor, shape, widths, reps: int, seed: int, folder: Path) -> dict:
+    from hbnn.export.format import export_model, load
+
+    fp32, sim = _models(quant, shape, widths, torch.randn(128, *shape), seed)
+    report = export_model(sim, folder / f"{name}.hbnn", input_shape=list(shape))
+    engine = load(folder / f"{name}.hbnn")
+    fp32_cl = copy.deepcopy(fp32).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref, out = sim(x), engine(x)
+        times = _interleaved({"fp32": lambda: fp32(x), "fp32_cl": lambda: fp32_cl(x_cl),
+                              "simulated": lambda: sim(x), "packed": lambda: engine(x)}, reps)
+    stages, layers = profile_packed(engine, x, reps)
+    return {
+        "config": name, "quant": quant, "fp32_ms": times["fp32"], "fp32_channels_last_ms": times["fp32_cl"],
+        "simulated_ms": times["simulated"], "packed_ms": times["packed"],
+        "speedup_vs_fp32": times["fp32"] / times["packed"],
+        "speedup_vs_fp32_channels_last": times["fp32_cl"] / times["packed"],
+        "speedup_vs_simulated": times["simulated"] / times["packed"],
+        "mismatches": int((ref.argmax(1) != out.argmax(1)).sum()),
+        "max_abs_logit_diff": float((ref - out).abs().max()),
+        "file_bytes": report["model"]["file_bytes"], "fp32_bytes": report["model"]["fp32_bytes"],
+        "bits_per_binarized_weight": report["model"]["bits_per_binarized_weight"],
+        "profile_ms": stages, "layers": layers,
+    }
+
+
+def bench_infer(*, batch: int = 64, reps: int = 9, threads: int | None = None, quick: bool = False,
+                cases: list[str] | None = None, image_size: int = 32, in_channels: int = 3,
+                widths=(32, 64, 128), seed: int = 0) -> dict:
+    """Run the whole-net benchmark and return its JSON-safe result.
+
+    Args:
+        batch: images per forward pass (one batch, reused).
+        reps: timed repetitions (medians).
+        threads: ``torch.set_num_threads`` for the run (default: leave as is); the C
+            kernels use the same count.
+        quick: 3 reps and batch 16 (a smoke run).
+        cases: subset of :data:`CASES` (default all).
+        image_size, in_channels, widths: the ``cifar_fc4`` shape (default CIFAR-10, 32-64-128).
+    """
+    from hbnn.kernels import cpu_features
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if quick:
+        reps, batch = 3, min(batch, 16)
+    names = cases or list(CASES)
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        raise ValueError(f"cases: unknown {unknown[0]!r}; allowed: {', '.join(CASES)}")
+    shape = (in_channels, image_size, image_size)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, *shape, generator=gen)
+    with tempfile.TemporaryDirectory(prefix="hbnn-bench-") as tmp:
+        results = [_case(n, CASES[n], x, shape, tuple(widths), reps, seed, Path(tmp)) for n in names]
+    feats = cpu_features()
+    return {
+        "benchmark": "bench_infer", "model": "cifar_fc4", "widths": list(widths), "input": [batch, *shape],
+        "threads": torch.get_num_threads(), "reps": reps, "torch": torch.__version__,
+        "machine": platform.machine(), "processor": platform.processor() or None,
+        "kernel_variant": feats.get("selected"), "cases": results,
+    }

@@ -1,0 +1,112 @@
+"""``hbnn export``, ``hbnn infer`` and ``hbnn bench infer``: packed deployment from the command line.
+
+- ``hbnn export RUN_DIR|CHECKPOINT --out FILE [--onnx FILE]`` writes the packed file (and
+  optionally an ONNX model) and prints the size report;
+- ``hbnn infer FILE [--compare RUN_DIR|CHECKPOINT]`` evaluates a packed file on its test
+  split (:func:`hbnn.export.evaluate.evaluate_packed`, also behind ``hbnn eval --packed``);
+- ``hbnn bench infer`` runs the whole-net benchmark (:mod:`hbnn.export.bench`) and prints JSON.
+
+Heavy imports live in the handlers; errors surface as one line and exit code 2 (``hbnn.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["register", "format_eval"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``export``, ``infer`` and ``bench`` subcommands."""
+    p = subparsers.add_parser("export", help="write a trained model as a packed file (and ONNX)")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--out", required=True, metavar="FILE", help="packed model file to write (.hbnn)")
+    p.add_argument("--onnx", metavar="FILE", help="also write a standard-ops ONNX model")
+    p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint inside a run directory")
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep batch norms as separate ops")
+    p.add_argument("--json", action="store_true", help="print the size report as JSON")
+    p.set_defaults(func=_cmd_export)
+
+    p = subparsers.add_parser("infer", help="evaluate a packed model on its test split")
+    _eval_arguments(p)
+    p.add_argument("--compare", metavar="RUN_DIR|CHECKPOINT",
+                   help="also run the training-time model on the same batches and count differing predictions")
+    p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint inside --compare's run")
+    p.set_defaults(func=_cmd_infer)
+
+    p = subparsers.add_parser("bench", help="benchmarks (JSON)")
+    sub = p.add_subparsers(dest="bench", metavar="WHAT", parser_class=type(p))
+    sub.required = True
+    b = sub.add_parser("infer", help="whole cifar_fc4 net: packed engine vs torch fp32 eval")
+    b.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
+    b.add_argument("--reps", type=int, default=9, help="timed repetitions, medians (default 9)")
+    b.add_argument("--threads", type=int, help="torch/kernel threads (default: torch's)")
+    b.add_argument("--cases", nargs="+", metavar="CASE", help="subset of W1A1 W2A2 W1.4A1.4")
+    b.add_argument("--quick", action="store_true", help="3 reps, batch 16 (smoke run)")
+    b.add_argument("--out", metavar="FILE", help="also write the JSON here")
+    b.set_defaults(func=_cmd_bench_infer)
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("packed", metavar="FILE", help="packed model file")
+    p.add_argument("--dataset", help="dataset name (default: the one recorded at export)")
+    p.add_argument("--data-dir", help="dataset folder (default: the recorded one)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--limit", type=int, help="evaluate a fixed subset of this many test samples")
+    p.add_argument("--backend", default="auto", choices=("auto", "c", "torch"), help="kernel backend")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hbnn.export.format import export_model, format_report
+    from hbnn.export.source import model_from_checkpoint
+
+    model, meta = model_from_checkpoint(args.target, args.which)
+    report = export_model(model, args.out, meta=meta, fold_bn=args.fold_bn)
+    if args.onnx:
+        from hbnn.export.onnx_export import to_onnx
+
+        to_onnx(args.out, args.onnx)
+    if args.json:
+        print(json.dumps({"out": args.out, "onnx": args.onnx, **report}, indent=2))
+    else:
+        print(f"wrote {args.out}" + (f" and {args.onnx}" if args.onnx else ""))
+        print(format_report(report))
+    return 0
+
+
+def format_eval(result: dict) -> str:
+    """One line (two with ``compare``) describing an :func:`evaluate_packed` result."""
+    line = (f"{result['checkpoint']}: {result['model']} packed ({result['backend']} kernels) on {result['dataset']} "
+            f"test ({result['count']} images): top1 {100 * result['top1']:.2f}%  top5 {100 * result['top5']:.2f}%  "
+            f"loss {result['loss']:.4f}")
+    cmp = result.get("compare")
+    if cmp:
+        line += (f"\nvs {cmp['checkpoint']}: top1 {100 * cmp['top1']:.2f}%, {cmp['mismatches']} of {result['count']} "
+                 f"predictions differ, max |logit diff| {cmp['max_abs_logit_diff']:.3g}")
+    return line
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from hbnn.export.evaluate import evaluate_packed
+
+    result = evaluate_packed(args.packed, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
+                             limit=args.limit, backend=args.backend, compare=args.compare, which=args.which)
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_eval(result))
+    return 0
+
+
+def _cmd_bench_infer(args: argparse.Namespace) -> int:
+    from hbnn.export.bench import bench_infer
+    from hbnn.io import atomic_write_json
+
+    for name in ("batch", "reps", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name}: {value} is invalid; expected an integer >= 1")
+    result = bench_infer(batch=args.batch, reps=args.reps, threads=args.threads, quick=args.quick, cases=args.cases)
+    if args.out:
+        atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,236 @@
+"""The packed inference engine: binarized conv/linear layers on the bit-serial kernels.
+
+A packed layer computes (``y`` per output channel ``o``)::
+
+    y = out_scale[o] * op(Q_a(x), W)[o] + bias[o]
+
+with ``Q_a`` the activation quantizer at its calibrated running estimates (elementwise:
+map ``b_1 + sum_j (b_{j+1} - b_j) [key(x) > t_j]``, residual with fixed ``mu_j``),
+``W`` the binarized weight ``sum_i mu_i (2 s_i - 1) 1{A_i}``, and ``out_scale``/``bias``
+holding the layer's output scale, bias and any folded batch norm.
+
+When both the input and the weight are binarized (and ``groups == 1``) the layer runs
+``hbnn.kernels.binary_conv2d``/``binary_linear``: the input is binarized and packed in one
+pass (:func:`hbnn.kernels.pack_activations`) and the output is
+``sum_i sum_j (mu_w_i out_scale) mu_x_j popcount-dot_ij + bias`` (``out_scale`` is folded
+into the per-row weight scales). Otherwise (weights-only, activations-only or grouped
+layers) it runs ``F.conv2d``/``F.linear`` on ``Q_a(x)`` and the dequantized weight, which
+is the training-time computation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hbnn.kernels import PackedPlanes, binary_conv2d, binary_linear, pack_activations, pack_conv_weight, pack_planes
+from hbnn.quant import ActQuantizer, QuantSpec
+from hbnn.quant.bitmap import heuristic_key
+
+__all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "make_act_quantizer", "dequantize_planes",
+           "running_bitmap"]
+
+
+def dequantize_planes(signs: torch.Tensor, masks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``w_hat = sum_i mu_i (2 s_i - 1) 1{A_i}`` accumulated plane by plane, as training does.
+
+    Args:
+        signs, masks: bool ``[n, O, ...]``.
+        scales: ``[n]`` or ``[n, O]``.
+    """
+    out = torch.zeros(signs.shape[1:], dtype=torch.float32)
+    for i in range(signs.shape[0]):
+        mu = scales[i].reshape(-1, *([1] * (signs.dim() - 2))) if scales.dim() == 2 else scales[i]
+        out += torch.where(signs[i], mu, -mu) * masks[i]
+    return out
+
+
+def make_act_quantizer(bits, fractions, heuristic: str, scales, thresholds, mean_abs) -> ActQuantizer:
+    """An eval-mode :class:`ActQuantizer` holding calibrated running estimates."""
+    spec = QuantSpec(bits={int(b): float(f) for b, f in zip(bits, fractions)}, heuristic=heuristic)
+    q = ActQuantizer(spec)
+    with torch.no_grad():
+        q.running_scales.copy_(scales)
+        q.running_thresholds.copy_(thresholds)
+        q.running_mean_abs.copy_(mean_abs)
+        q.num_batches_tracked.fill_(1)
+    return q.eval()
+
+
+def running_bitmap(act: ActQuantizer, x: torch.Tensor) -> torch.Tensor | None:
+    """``act.running_bitmap(x)`` in int8 arithmetic (same comparisons, fewer passes).
+
+    ``M = b_0 + sum_j (b_{j+1} - b_j) [key(x) > t_j]`` with the running thresholds ``t_j``
+    and, for middle_out, ``key = ||x| - m|`` at the running mean magnitude ``m``.
+    """
+    mix = act.mix
+    if mix.is_homogeneous:
+        return None
+    key = heuristic_key(x.detach(), act.spec.heuristic, act.running_mean_abs)
+    out = torch.full(x.shape, mix.bits[0], dtype=torch.int8)
+    for j, t in enumerate(act.running_thresholds.tolist()):
+        step = mix.bits[j + 1] - mix.bits[j]
+        above = key > t
+        out += above if step == 1 else above.to(torch.int8) * step
+    return out
+
+
+class PackedLayer(nn.Module):
+    """Shared state of packed conv/linear layers (see the module docstring for the maths).
+
+    Args:
+        weight: float weight: ``w_hat`` for a binarized weight, else the float weight.
+        planes: the binarized weight as bool ``(signs, masks, scales)``, or None (float).
+        act: calibrated activation quantizer, or None (float input).
+        bias: ``[O]`` or None.
+        out_scale: ``[O]`` or None.
+        backend: kernel backend ``"auto"``, ``"c"`` or ``"torch"``.
+    """
+
+    def __init__(self, weight, planes, act, bias, out_scale, backend: str = "auto"):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.register_buffer("out_scale", out_scale)
+        self.act = act
+        self.planes = planes
+        self.backend = backend
+        self.kernel_weight: PackedPlanes | None = None
+
+    @property
+    def binary(self) -> bool:
+        """True when this layer runs the bit-serial kernels."""
+        return self.kernel_weight is not None
+
+    def _kernel_scales(self) -> torch.Tensor:
+        """Weight scales with ``out_scale`` folded in: ``[n]`` or ``[n, O]``."""
+        scales = self.planes[2].to(torch.float32)
+        if self.out_scale is None:
+            return scales
+        if scales.dim() == 1:
+            scales = scales[:, None]
+        return (scales * self.out_scale[None, :]).contiguous()
+
+    def _finish(self, y: torch.Tensor, channel_shape: tuple[int, ...], scaled: bool) -> torch.Tensor:
+        """Apply ``out_scale`` (unless already in the kernel scales) and the bias, in place on ``y``."""
+        if not scaled and self.out_scale is not None:
+            y.mul_(self.out_scale.reshape(channel_shape))
+        if self.bias is not None:
+            y.add_(self.bias.reshape(channel_shape))
+        return y
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``Q_a(x)`` as a float tensor (identity for float inputs)."""
+        return x if self.act is None else self.act(x)
+
+    def pack_input(self, x: torch.Tensor) -> PackedPlanes:
+        """Binarize ``x`` at the running estimates and pack it (the kernel path's first step).
+
+        A 4-d input is packed from its NHWC view as ``(B*H*W, C)`` rows -- the same words
+        :func:`hbnn.kernels.pack_conv_input` produces -- so a channels-last input (what
+        the engine passes between layers) is packed without a transpose.
+        """
+        scales = self.act.running_scales
+        if x.dim() != 4:
+            return pack_activations(x, scales, running_bitmap(self.act, x), backend=self.backend)
+        b, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view when x is channels-last
+        p = pack_activations(rows, scales, running_bitmap(self.act, rows), backend=self.backend)
+        return PackedPlanes(p.signs, p.masks, p.full, p.scales, (b, h, w, c))
+
+    def train(self, mode: bool = True) -> "PackedLayer":
+        """Packed layers are inference-only: they stay in eval mode."""
+        return super().train(False)
+
+
+class PackedConv2d(PackedLayer):
+    """A packed 2-d convolution (zero padding, any stride/dilation; kernels need groups=1)."""
+
+    def __init__(self, weight, planes, act, bias, out_scale, *, stride, padding, dilation, groups, backend="auto"):
+        super().__init__(weight, planes, act, bias, out_scale, backend)
+        self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
+        if planes is not None and act is not None and groups == 1:
+            signs, masks, _ = planes
+            self.kernel_weight = pack_conv_weight(signs, masks, self._kernel_scales(), backend=backend)
+
+    def compute(self, xp: PackedPlanes) -> torch.Tensor:
+        """Kernel path after packing: ``binary_conv2d`` plus the bias."""
+        y = binary_conv2d(xp, self.kernel_weight, stride=self.stride, padding=self.padding,
+                          dilation=self.dilation, backend=self.backend)
+        return self._finish(y, (1, -1, 1, 1), scaled=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``out_scale * conv2d(Q_a(x), W) + bias`` (bit-serial when binary)."""
+        if self.binary:
+            return self.compute(self.pack_input(x))
+        xq = self.quantize_input(x)
+        if self.out_scale is None:  # bias inside the op, exactly as the float layer computes it
+            return F.conv2d(xq, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        y = F.conv2d(xq, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        return self._finish(y, (1, -1, 1, 1), scaled=False)
+
+    def extra_repr(self) -> str:
+        o, c, kh, kw = self.weight.shape
+        return f"{c * self.groups}, {o}, kernel_size=({kh}, {kw}), stride={self.stride}, padding={self.padding}, " \
+               f"binary={self.binary}, act={self.act is not None}, planes={self.planes is not None}"
+
+
+class PackedLinear(PackedLayer):
+    """A packed linear layer."""
+
+    def __init__(self, weight, planes, act, bias, out_scale, *, backend="auto"):
+        super().__init__(weight, planes, act, bias, out_scale, backend)
+        if planes is not None and act is not None:
+            signs, masks, _ = planes
+            self.kernel_weight = pack_planes(signs, masks, self._kernel_scales(), backend=backend)
+
+    def compute(self, xp: PackedPlanes) -> torch.Tensor:
+        """Kernel path after packing: ``binary_linear`` plus the bias."""
+        return self._finish(binary_linear(xp, self.kernel_weight, backend=self.backend), (1, -1), scaled=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``out_scale * linear(Q_a(x), W) + bias`` (bit-serial when binary)."""
+        if self.binary:
+            return self.compute(self.pack_input(x))
+        xq = self.quantize_input(x)
+        if self.out_scale is None:
+            return F.linear(xq, self.weight, self.bias)
+        return self._finish(F.linear(xq, self.weight), (1, -1), scaled=False)
+
+    def extra_repr(self) -> str:
+        o, k = self.weight.shape
+        return f"{k}, {o}, binary={self.binary}, act={self.act is not None}, planes={self.planes is not None}"
+
+
+class PackedModel(nn.Module):
+    """A chain of packed and float layers read from a packed file (inference only).
+
+    Attributes:
+        names: the source model's layer names, one per entry of ``layers``.
+        header: the file's JSON header (format, version, model config, layer records).
+    """
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], header: dict):
+        super().__init__()
+        self.names = [n for n, _ in layers]
+        self.layers = nn.ModuleList(m for _, m in layers)
+        self.header = header
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the chain on ``x`` (no autograd)."""
+        with torch.no_grad():
+            if x.dim() == 4:  # NHWC end to end: packing needs no transpose, pools and convs run faster
+                x = x.contiguous(memory_format=torch.channels_last)
+            for layer in self.layers:
+                x = layer(x)
+        return x
+
+    def train(self, mode: bool = True) -> "PackedModel":
+        """A packed model is inference-only: it stays in eval mode."""
+        return super().train(False)
+
+    def named_layers(self) -> list[tuple[str, nn.Module]]:
+        """``(source layer name, engine module)`` pairs in execution order."""
+        return list(zip(self.names, self.layers))

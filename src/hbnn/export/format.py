@@ -1,0 +1,292 @@
+"""The packed model file (``hbnn-packed``, version 1): write, read, load, size report.
+
+One safetensors file. Its header metadata key ``"hbnn-packed"`` holds the JSON header::
+
+    {"format": "hbnn-packed", "version": 1, "hbnn_version", "torch_version",
+     "model": {name, config, quant, num_classes, in_channels, image_size} | null,
+     "meta": {...anything else the exporter passed...},
+     "input_shape": [C, H, W] | null, "source_params": int, "fold_bn": bool,
+     "layers": [layer records, in execution order],
+     "payload_sha256": sha256 over every tensor (name, dtype, shape, bytes)}
+
+Layer records and tensor names: :mod:`hbnn.export.records`; bit streams:
+:mod:`hbnn.export.encode`; the full specification: ``docs/deploy.md``.
+Every problem with a file (missing, truncated, corrupt, other format, unknown version,
+tensors that do not fit the records, unknown layer ops, shapes that do not chain)
+raises :class:`hbnn.errors.FormatError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from hbnn.errors import FormatError
+from hbnn.export.engine import PackedModel
+from hbnn.export.ops import trace_chain
+from hbnn.export.records import build_layer, can_fold, layer_record
+from hbnn.io import atomic_write_bytes
+
+__all__ = ["FORMAT", "VERSION", "pack_model", "export_model", "read_packed", "load", "storage_report",
+           "format_report"]
+
+FORMAT = "hbnn-packed"
+VERSION = 1
+_META_KEY = "hbnn-packed"
+
+
+def _payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _input_shape(model: Any, input_shape) -> list[int] | None:
+    """``input_shape`` as a list, else ``[in_channels, image_size, image_size]`` from the model meta."""
+    if input_shape is not None:
+        return [int(s) for s in input_shape]
+    if isinstance(model, Mapping) and "in_channels" in model and "image_size" in model:
+        return [int(model["in_channels"]), int(model["image_size"]), int(model["image_size"])]
+    return None
+
+
+def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_bn: bool = True,
+               input_shape=None) -> tuple[dict, dict]:
+    """``(header, tensors)`` of the packed file of ``model`` (nothing is written).
+
+    Args:
+        model: a chain of supported layers (see :data:`hbnn.export.SUPPORTED_LAYERS`) with
+            calibrated activation quantizers; its training mode is irrelevant (eval
+            semantics are exported) and it is not modified.
+        meta: JSON-safe metadata; ``meta["model"]`` (name, config, quant and dataset
+            shape) lets tools rebuild the source model.
+        fold_bn: fold each batch norm that follows a conv/linear layer into it.
+        input_shape: ``[C, H, W]`` of one input (default: from ``meta["model"]``); the
+            loader checks that the layers chain on it.
+
+    Raises:
+        FormatError: unsupported layers, uncalibrated or non-elementwise quantizers.
+        TypeError: ``meta`` is not JSON-serialisable.
+    """
+    meta = dict(meta or {})
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"meta: must be JSON-serialisable ({exc})") from None
+    chain = trace_chain(model)
+    records: list[dict] = []
+    tensors: dict[str, torch.Tensor] = {}
+    i = 0
+    while i < len(chain):
+        name, layer = chain[i]
+        bn = bn_name = None
+        if fold_bn and isinstance(layer, (nn.Conv2d, nn.Linear)) and i + 1 < len(chain) and can_fold(layer, chain[i + 1][1]):
+            bn_name, bn = chain[i + 1]
+        records.append(layer_record(len(records), name, layer, tensors, bn, bn_name))
+        i += 1 if bn is None else 2
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
+    import hbnn
+
+    model_meta = meta.pop("model", None)
+    header = {
+        "format": FORMAT, "version": VERSION, "hbnn_version": hbnn.__version__, "torch_version": torch.__version__,
+        "model": model_meta, "meta": meta, "input_shape": _input_shape(model_meta, input_shape),
+        "source_params": sum(p.numel() for p in model.parameters()), "fold_bn": bool(fold_bn), "layers": records,
+        "payload_sha256": _payload_sha256(tensors),
+    }
+    return header, tensors
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, *, meta: Mapping[str, Any] | None = None,
+                 fold_bn: bool = True, input_shape=None) -> dict:
+    """Write ``model`` as a packed file (atomically) and return its :func:`storage_report`.
+
+    Arguments as :func:`pack_model`. Example::
+
+        report = export_model(model.eval(), "model.hbnn", meta={"model": ckpt.metadata["model"]})
+        print(report["model"]["bits_per_param"])
+    """
+    from safetensors.torch import save as st_save
+
+    header, tensors = pack_model(model, meta=meta, fold_bn=fold_bn, input_shape=input_shape)
+    data = st_save(tensors, metadata={_META_KEY: json.dumps(header, sort_keys=True)})
+    atomic_write_bytes(path, data)
+    return _report(header, tensors, len(data))
+
+
+def _parse_header(data: bytes, where: Path) -> dict:
+    if len(data) < 8:
+        raise FormatError(f"packed model {where} is truncated ({len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise FormatError(f"packed model {where} is truncated or corrupt (header of {n} bytes, file of {len(data)})")
+    try:
+        header = json.loads(json.loads(data[8:8 + n])["__metadata__"][_META_KEY])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise FormatError(f"{where} is corrupt or not an hbnn packed model (no readable {_META_KEY!r} header)") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else None
+        raise FormatError(f"{where} is not an hbnn packed model (format {got!r}, expected {FORMAT!r})")
+    version = header.get("version")
+    if version != VERSION:
+        raise FormatError(f"packed model {where} has unknown format version {version!r}; this hbnn reads version {VERSION}")
+    if not isinstance(header.get("layers"), list):
+        raise FormatError(f"packed model {where} has no layer list")
+    return header
+
+
+def read_packed(path: str | os.PathLike) -> tuple[dict, dict, int]:
+    """``(header, tensors, file size in bytes)`` of a packed file, verified.
+
+    Raises:
+        FormatError: missing, truncated, corrupt (checksum), foreign or unknown-version file.
+    """
+    from safetensors.torch import load as st_load
+
+    where = Path(path)
+    try:
+        data = where.read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"packed model not found: {where}") from None
+    except OSError as exc:
+        raise FormatError(f"cannot read packed model {where}: {exc.strerror}") from None
+    header = _parse_header(data, where)
+    try:
+        tensors = st_load(data)
+    except Exception:  # safetensors raises its own error type for malformed files
+        raise FormatError(f"packed model {where} is truncated or corrupt (unreadable tensors)") from None
+    if _payload_sha256(tensors) != header.get("payload_sha256"):
+        raise FormatError(f"packed model {where} is corrupt (tensor checksum mismatch)")
+    return header, tensors, len(data)
+
+
+def _check_chain(model: PackedModel, shape: list[int]) -> None:
+    """Run one zero input through the layers so mismatched shapes fail here, in one line."""
+    x = torch.zeros(1, *shape)
+    with torch.no_grad():
+        for i, (name, layer) in enumerate(model.named_layers()):
+            try:
+                x = layer(x)
+            except (RuntimeError, ValueError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise FormatError(f"layer {i} ({name}): shapes do not chain on input {shape}: {first}") from None
+
+
+def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) -> PackedModel:
+    """Read a packed file into a runnable :class:`PackedModel`.
+
+    Args:
+        path: the file written by :func:`export_model`.
+        backend: kernel backend of the binarized layers (``auto``, ``c``, ``torch``).
+        check: run one zero input through the layers (needs ``input_shape`` in the header).
+
+    Raises:
+        FormatError: see :func:`read_packed`; also unknown layer ops, tensors that do not
+            fit their records and layers whose shapes do not chain.
+    """
+    header, tensors, _ = read_packed(path)
+    layers = [build_layer(i, rec, tensors, backend) for i, rec in enumerate(header["layers"])]
+    model = PackedModel(layers, header)
+    shape = header.get("input_shape")
+    if check and shape is not None:
+        if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise FormatError(f"packed model {path}: invalid input_shape {shape!r}")
+        _check_chain(model, shape)
+    return model
+
+
+# ----------------------------------------------------------------------------- size report
+
+_KINDS = {"signs": "sign_bits", "map": "map_bits", "scales": "scale_bits", "weight": "float_bits"}
+
+
+def _layer_row(i: int, rec: dict, tensors: Mapping[str, torch.Tensor]) -> dict:
+    row = {"name": rec.get("name"), "op": rec.get("op"), "weights": 0, "sign_bits": 0, "map_bits": 0,
+           "scale_bits": 0, "float_bits": 0, "other_bits": 0}
+    prefix = f"{i}."
+    for key, t in tensors.items():
+        if key.startswith(prefix):
+            field = key[len(prefix):]
+            bits = t.numel() * t.element_size() * 8
+            row[_KINDS.get(field, "other_bits") if rec.get("op") in ("conv2d", "linear") else "other_bits"] += bits
+    w = rec.get("weight") or {}
+    if rec.get("op") in ("conv2d", "linear"):
+        g = rec["geometry"]
+        row["weights"] = (g["out_features"] * g["in_features"] if rec["op"] == "linear" else
+                          g["out_channels"] * g["in_channels"] // g["groups"] * math.prod(g["kernel_size"]))
+    row["binarized"] = w.get("encoding") == "planes"
+    row["act_bits"] = None if rec.get("act") is None else max(rec["act"]["bits"])
+    row["stored_bits"] = row["sign_bits"] + row["map_bits"] + row["scale_bits"] + row["float_bits"] + row["other_bits"]
+    if row["binarized"]:
+        row["avg_weight_bits"] = w["sign_bits"] / row["weights"]
+        row["bits_per_weight"] = (row["sign_bits"] + row["map_bits"] + row["scale_bits"]) / row["weights"]
+        k = len(w["bits"])
+        row["map_bits_fixed_width"] = 0 if k == 1 else w["units"] * math.ceil(math.log2(k))
+    return row
+
+
+def _report(header: dict, tensors: Mapping[str, torch.Tensor], file_bytes: int) -> dict:
+    rows = [_layer_row(i, rec, tensors) for i, rec in enumerate(header["layers"])]
+    tensor_bits = sum(t.numel() * t.element_size() * 8 for t in tensors.values())
+    params = int(header.get("source_params") or 0)
+    binarized = [r for r in rows if r["binarized"]]
+    nbin = sum(r["weights"] for r in binarized)
+    return {"layers": rows, "model": {
+        "file_bytes": file_bytes, "tensor_bytes": tensor_bits // 8, "header_bytes": file_bytes - tensor_bits // 8,
+        "source_params": params, "fp32_bytes": 4 * params,
+        "compression": (4 * params / file_bytes) if file_bytes else 0.0,
+        "bits_per_param": tensor_bits / params if params else 0.0,
+        "file_bits_per_param": 8 * file_bytes / params if params else 0.0,
+        "binarized_weights": nbin,
+        "bits_per_binarized_weight": (sum(r["sign_bits"] + r["map_bits"] + r["scale_bits"] for r in binarized) / nbin
+                                      if nbin else None),
+    }}
+
+
+def storage_report(path: str | os.PathLike) -> dict:
+    """File size against fp32 and the bits per parameter actually stored, per layer and in all.
+
+    Every stored tensor counts at its full size (bit streams in whole 64-bit words).
+    Per layer: ``sign_bits``, ``map_bits``, ``scale_bits``, ``float_bits``, ``other_bits``
+    (bias, output scale, activation estimates, batch norm), ``stored_bits``; binarized
+    layers add ``avg_weight_bits`` (sign bits per weight), ``bits_per_weight``
+    ((signs + map + scales) / weights) and ``map_bits_fixed_width`` (what a
+    ``ceil(log2 K)``-bit code would need). Model: ``file_bytes``, ``header_bytes``,
+    ``tensor_bytes``, ``fp32_bytes`` (4 bytes per source parameter), ``compression``
+    (fp32 / file), ``bits_per_param`` (tensor bits / source parameters),
+    ``file_bits_per_param``, ``binarized_weights``, ``bits_per_binarized_weight``.
+    """
+    header, tensors, size = read_packed(path)
+    return _report(header, tensors, size)
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """A fixed-width text table of :func:`storage_report`."""
+    head = f"{'layer':<22} {'op':<10} {'weights':>8} {'signs':>8} {'map':>8} {'scales':>7} {'other':>8} {'bits/w':>7}"
+    lines = [head, "-" * len(head)]
+    for r in report["layers"]:
+        if r["op"] not in ("conv2d", "linear", "batch_norm"):
+            continue
+        bpw = f"{r['bits_per_weight']:.3f}" if r.get("bits_per_weight") is not None else (
+            "32" if r["float_bits"] else "-")
+        lines.append(f"{str(r['name'])[:22]:<22} {r['op']:<10} {r['weights']:>8} {r['sign_bits']:>8} {r['map_bits']:>8} "
+                     f"{r['scale_bits']:>7} {r['float_bits'] + r['other_bits']:>8} {bpw:>7}")
+    m = report["model"]
+    lines.append("-" * len(head))
+    per_bin = m["bits_per_binarized_weight"]
+    lines.append(
+        f"file {m['file_bytes']} bytes (header {m['header_bytes']}) vs fp32 {m['fp32_bytes']} bytes: "
+        f"{m['compression']:.2f}x smaller; {m['bits_per_param']:.3f} bits/parameter stored"
+        + (f", {per_bin:.3f} bits per binarized weight (planes + map + scales)" if per_bin is not None else ""))
+    return "\n".join(lines)

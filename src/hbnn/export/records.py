@@ -1,0 +1,350 @@
+"""Layer records: model layers -> (JSON record, tensors) at export, and back to engine modules at load.
+
+Tensor names are ``"<layer index>.<field>"``. A conv/linear record is::
+
+    {"op": "conv2d" | "linear", "name": source name, "folded": [batch-norm names],
+     "geometry": {...constructor arguments...},
+     "weight": {"encoding": "float32"} | {"encoding": "planes", "bits", "fractions",
+                "heuristic", "block", "per_channel", "planes", "units", "plane_counts",
+                "sign_bits", "map_bits"},
+     "act": null | {"bits", "fractions", "heuristic"},
+     "bias": bool, "out_scale": bool}
+
+with tensors ``weight`` (float32) or ``signs``/``map``/``scales`` (see
+:mod:`hbnn.export.encode`), ``bias`` ``[O]``, ``out_scale`` ``[O]`` and, for a binarized
+input, ``act.scales`` ``[n]``, ``act.thresholds`` ``[K-1]``, ``act.mean_abs`` ``[]``.
+A kept batch norm is ``{"op": "batch_norm", "dim", "num_features", "eps"}`` with
+``weight``/``bias``/``running_mean``/``running_var``; stateless ops carry attributes only.
+
+Batch-norm folding (``BN(y) = a y + c``, ``a = gamma / sqrt(var + eps)``,
+``c = beta - mean a``) applies to a BN directly after a conv/linear layer:
+
+* after a float layer: ``W' = a W``, ``b' = a b + c`` (a float layer again);
+* after a binarized layer ``y = alpha (op(Q_a(x), W_hat) + b)``: ``out_scale = a alpha``,
+  ``bias = a alpha b + c``; the engine folds ``out_scale`` into the per-row weight scales
+  of the kernel, so it costs nothing at run time.
+
+A BN *before* a binarized layer's quantizer (e.g. after a pool) is kept as an op: a sign
+sits between it and the weights, so it could only move into the quantizer's thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from hbnn.errors import FormatError
+from hbnn.export import encode
+from hbnn.export.engine import PackedConv2d, PackedLinear, dequantize_planes, make_act_quantizer
+from hbnn.export.ops import build_simple, simple_record, unsupported
+from hbnn.nn import HBConv2d, HBLayerMixin, HBLinear
+from hbnn.quant.bitmap import block_view_shape
+from hbnn.quant.functional import residual_forward
+
+__all__ = ["bn_affine", "can_fold", "layer_record", "build_layer"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+# ----------------------------------------------------------------------------- export side
+
+def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, c)`` with ``BN(y) = a y + c`` in eval mode (computed in float64)."""
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    a = gamma / torch.sqrt(var + bn.eps)
+    return a, beta - mean * a
+
+
+def _check_bn(name: str, bn: nn.Module) -> None:
+    if bn.running_mean is None or bn.running_var is None:
+        raise unsupported(f"batch norm {name!r} without running statistics (track_running_stats=False)")
+
+
+def can_fold(layer: nn.Module, bn: nn.Module) -> bool:
+    """Whether ``bn`` right after ``layer`` can be folded into it."""
+    if type(bn) not in _BN or bn.running_var is None:
+        return False
+    out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+    return bn.num_features == out
+
+
+def _geometry(layer: nn.Module, name: str) -> dict:
+    if isinstance(layer, nn.Linear):
+        return {"in_features": layer.in_features, "out_features": layer.out_features}
+    if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+        if isinstance(layer, HBLayerMixin):
+            raise unsupported(f"binarized conv {name!r} with padding={layer.padding!r}, "
+                              f"padding_mode={layer.padding_mode!r} (use integer zero padding)")
+    return {"in_channels": layer.in_channels, "out_channels": layer.out_channels,
+            "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
+            "padding": layer.padding if isinstance(layer.padding, str) else list(layer.padding),
+            "dilation": list(layer.dilation), "groups": layer.groups, "padding_mode": layer.padding_mode}
+
+
+def _mix_fields(mix) -> dict:
+    return {"bits": list(mix.bits), "fractions": list(mix.fractions)}
+
+
+def _weight_planes(layer: HBLayerMixin, out: dict, p: str) -> dict:
+    """Binarize the weight as training does (Eq. 5 + Algorithm 1) and encode it."""
+    wq, w = layer.weight_quantizer, layer.weight.detach().float().cpu()
+    mix, spec = wq.mix, wq.spec
+    bitmap = None if mix.is_homogeneous else wq.bitmap(w)
+    cdim = wq.channel_dim if spec.per_channel else None
+    with torch.no_grad():
+        _, scales, signs, masks = residual_forward(w, bitmap, mix.max_bits, cdim, keep_planes=True)
+    sign_stream = encode.encode_signs(signs, masks)
+    full = torch.full(w.shape, mix.bits[0], dtype=torch.int8) if bitmap is None else bitmap
+    levels = encode.unit_levels(full, mix.bits, spec.block)
+    map_stream = encode.encode_levels(levels, len(mix.bits))
+    out[f"{p}.signs"] = encode.pack_stream(sign_stream)
+    out[f"{p}.scales"] = scales.detach().float().contiguous()
+    if map_stream.numel():
+        out[f"{p}.map"] = encode.pack_stream(map_stream)
+    return {"encoding": "planes", **_mix_fields(mix), "heuristic": spec.heuristic, "block": spec.block,
+            "per_channel": spec.per_channel, "planes": mix.max_bits, "units": int(levels.numel()),
+            "plane_counts": [int(m.sum()) for m in masks], "sign_bits": int(sign_stream.numel()),
+            "map_bits": int(map_stream.numel())}
+
+
+def _act_record(layer: HBLayerMixin, name: str, out: dict, p: str) -> dict | None:
+    aq = layer.act_quantizer
+    if aq is None:
+        return None
+    spec = aq.spec
+    if spec.eval_mode != "running" or spec.heuristic == "random":
+        raise unsupported(f"activation quantizer of {name!r} with eval_mode={spec.eval_mode!r}, "
+                          f"heuristic={spec.heuristic!r} (need running estimates and a key heuristic)")
+    if int(aq.num_batches_tracked) == 0:
+        raise FormatError(f"activation quantizer of {name!r} was never calibrated (no training-mode "
+                          "forward pass); run a few batches in train mode before exporting")
+    out[f"{p}.act.scales"] = aq.running_scales.detach().float().clone()
+    out[f"{p}.act.mean_abs"] = aq.running_mean_abs.detach().float().clone()
+    if not aq.mix.is_homogeneous:
+        out[f"{p}.act.thresholds"] = aq.running_thresholds.detach().float().clone()
+    return {**_mix_fields(aq.mix), "heuristic": spec.heuristic}
+
+
+def _product(*factors):
+    """Product of the factors that are not None (None if all are)."""
+    kept = [f for f in factors if f is not None]
+    if not kept:
+        return None
+    out = kept[0]
+    for f in kept[1:]:
+        out = out * f
+    return out
+
+
+def _affine_layer(name: str, layer: nn.Module, bn, bn_name, p: str, out: dict) -> dict:
+    """Record of a conv/linear layer ``y = alpha (op(x, W) + b)``, optionally followed by a folded BN.
+
+    With ``scale = alpha a`` and ``shift = alpha a b + c``: a float weight becomes
+    ``scale W`` (no output scale); a binarized one keeps its planes and gets
+    ``out_scale = scale``. The bias is ``shift``.
+    """
+    rec = {"op": "conv2d" if isinstance(layer, nn.Conv2d) else "linear", "name": name,
+           "folded": [bn_name] if bn is not None else [], "geometry": _geometry(layer, name)}
+    hb = isinstance(layer, (HBConv2d, HBLinear))
+    n_out = layer.weight.shape[0]
+    alpha = None
+    if hb and layer.output_scale is not None:
+        alpha = layer.output_scale.detach().double().reshape(()).expand(n_out)
+    a, c = bn_affine(bn) if bn is not None else (None, None)
+    scale = _product(alpha, a)
+    b = layer.bias.detach().double() if layer.bias is not None else None
+    shift = _product(b, scale) if b is not None else None
+    if c is not None:
+        shift = c if shift is None else shift + c
+    out_scale = None
+    if hb and layer.weight_quantizer is not None:
+        rec["weight"] = _weight_planes(layer, out, p)
+        out_scale = scale
+    else:
+        w = layer.weight.detach().double()
+        if scale is not None:
+            w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
+        out[f"{p}.weight"] = w.float().contiguous()
+        rec["weight"] = {"encoding": "float32"}
+    rec["act"] = _act_record(layer, name, out, p) if hb else None
+    rec["bias"], rec["out_scale"] = shift is not None, out_scale is not None
+    if shift is not None:
+        out[f"{p}.bias"] = shift.float().contiguous()
+    if out_scale is not None:
+        out[f"{p}.out_scale"] = out_scale.float().contiguous()
+    return rec
+
+
+def _bn_record(name: str, bn: nn.Module, p: str, out: dict) -> dict:
+    _check_bn(name, bn)
+    n = bn.num_features
+    out[f"{p}.weight"] = (bn.weight if bn.weight is not None else torch.ones(n)).detach().float().clone()
+    out[f"{p}.bias"] = (bn.bias if bn.bias is not None else torch.zeros(n)).detach().float().clone()
+    out[f"{p}.running_mean"] = bn.running_mean.detach().float().clone()
+    out[f"{p}.running_var"] = bn.running_var.detach().float().clone()
+    return {"op": "batch_norm", "name": name, "dim": 1 if isinstance(bn, nn.BatchNorm1d) else 2,
+            "num_features": n, "eps": float(bn.eps)}
+
+
+def layer_record(index: int, name: str, layer: nn.Module, out: dict, bn=None, bn_name: str | None = None) -> dict:
+    """The JSON record of one chain entry; its tensors go into ``out`` (prefix ``index``)."""
+    p = str(index)
+    if isinstance(layer, (nn.Conv2d, nn.Linear)):
+        return _affine_layer(name, layer, bn, bn_name, p, out)
+    if type(layer) in _BN:
+        return _bn_record(name, layer, p, out)
+    simple = simple_record(layer)
+    if simple is None:
+        raise unsupported(f"layer {name!r} of type {type(layer).__name__}")
+    op, attrs = simple
+    return {"op": op, "name": name, "attrs": attrs}
+
+
+# ----------------------------------------------------------------------------- load side
+
+def _tensor(tensors: dict, key: str, shape, where: str, dtype=torch.float32) -> torch.Tensor:
+    """``tensors[key]`` checked for dtype and shape (``shape`` None = any)."""
+    if key not in tensors:
+        raise FormatError(f"{where}: tensor {key!r} is missing")
+    t = tensors[key]
+    if t.dtype != dtype or (shape is not None and tuple(t.shape) != tuple(shape)):
+        want = "any shape" if shape is None else list(shape)
+        raise FormatError(f"{where}: tensor {key!r} has {t.dtype} {list(t.shape)}, expected {dtype} {want}")
+    return t
+
+
+def _weight_shape(op: str, g: dict, where: str) -> tuple[int, ...]:
+    try:
+        if op == "linear":
+            return (int(g["out_features"]), int(g["in_features"]))
+        if g["in_channels"] % g["groups"] or g["out_channels"] % g["groups"]:
+            raise FormatError(f"{where}: channels {g['in_channels']}->{g['out_channels']} not divisible "
+                              f"by groups={g['groups']}")
+        return (int(g["out_channels"]), int(g["in_channels"]) // int(g["groups"]), *map(int, g["kernel_size"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: invalid geometry {g!r} ({exc})") from None
+
+
+def _decode_planes(w: dict, shape: tuple[int, ...], tensors: dict, p: str, where: str):
+    """``(signs, masks, scales)`` bool planes ``[n, *shape]`` from a ``planes`` weight record."""
+    try:
+        bits, n, block, units = list(map(int, w["bits"])), int(w["planes"]), int(w["block"]), int(w["units"])
+        sign_bits, map_bits = int(w["sign_bits"]), int(w["map_bits"])
+        counts = [int(c) for c in w["plane_counts"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: invalid weight record ({exc})") from None
+    rows, nb, _ = block_view_shape(torch.Size(shape), block)
+    if not bits or bits != sorted(set(bits)) or bits[0] < 1 or n != bits[-1] or units != (
+            math.prod(shape) if block == 1 else rows * nb):
+        raise FormatError(f"{where}: weight record does not fit shape {list(shape)} "
+                          f"(bits {bits}, planes {n}, block {block}, units {units})")
+    levels = torch.zeros(units, dtype=torch.int64)
+    if len(bits) > 1:
+        stream = encode.unpack_stream(_tensor(tensors, f"{p}.map", None, where, torch.int64), map_bits, where)
+        levels = encode.decode_levels(stream, units, len(bits), where)
+    bitmap = torch.tensor(bits)[encode.expand_units(levels, shape, block)]
+    masks = torch.stack([bitmap > i for i in range(n)])
+    if [int(m.sum()) for m in masks] != counts:
+        raise FormatError(f"{where}: bit map gives plane sizes {[int(m.sum()) for m in masks]}, header says {counts}")
+    signs = encode.decode_signs(
+        encode.unpack_stream(_tensor(tensors, f"{p}.signs", None, where, torch.int64), sign_bits, where), masks, where)
+    scales = _tensor(tensors, f"{p}.scales", None, where)
+    if tuple(scales.shape) not in ((n,), (n, shape[0])):
+        raise FormatError(f"{where}: scales have shape {list(scales.shape)}, expected [{n}] or [{n}, {shape[0]}]")
+    return signs, masks, scales
+
+
+def _act(rec: dict | None, tensors: dict, p: str, where: str):
+    if rec is None:
+        return None
+    try:
+        bits, fractions, heuristic = list(rec["bits"]), list(rec["fractions"]), rec["heuristic"]
+    except (KeyError, TypeError) as exc:
+        raise FormatError(f"{where}: invalid activation record ({exc})") from None
+    if heuristic not in ("middle_out", "top_down", "bottom_up"):
+        raise FormatError(f"{where}: activation heuristic {heuristic!r} cannot run elementwise; "
+                          "supported: middle_out, top_down, bottom_up")
+    n = max(bits) if bits else 0
+    scales = _tensor(tensors, f"{p}.act.scales", (n,), where)
+    mean_abs = _tensor(tensors, f"{p}.act.mean_abs", (), where)
+    thresholds = torch.zeros(0) if len(bits) == 1 else _tensor(tensors, f"{p}.act.thresholds", (len(bits) - 1,), where)
+    try:
+        return make_act_quantizer(bits, fractions, heuristic, scales, thresholds, mean_abs)
+    except ValueError as exc:
+        raise FormatError(f"{where}: invalid activation mix {bits}/{fractions} ({exc})") from None
+
+
+def _affine_module(rec: dict, tensors: dict, p: str, where: str, backend: str) -> nn.Module:
+    op, g = rec["op"], rec.get("geometry")
+    if not isinstance(g, dict):
+        raise FormatError(f"{where}: missing geometry")
+    shape = _weight_shape(op, g, where)
+    w = rec.get("weight") or {}
+    enc = w.get("encoding")
+    if enc == "float32":
+        planes, weight = None, _tensor(tensors, f"{p}.weight", shape, where)
+    elif enc == "planes":
+        planes = _decode_planes(w, shape, tensors, p, where)
+        weight = dequantize_planes(*planes)
+    else:
+        raise FormatError(f"{where}: unknown weight encoding {enc!r}; supported: float32, planes")
+    bias = _tensor(tensors, f"{p}.bias", (shape[0],), where) if rec.get("bias") else None
+    out_scale = _tensor(tensors, f"{p}.out_scale", (shape[0],), where) if rec.get("out_scale") else None
+    act = _act(rec.get("act"), tensors, p, where)
+    if op == "linear":
+        return PackedLinear(weight, planes, act, bias, out_scale, backend=backend)
+    if isinstance(g.get("padding"), str) or g.get("padding_mode", "zeros") != "zeros":
+        if planes is not None or act is not None:
+            raise FormatError(f"{where}: binarized conv needs integer zero padding, got {g.get('padding')!r}")
+        return _float_conv(g, weight, bias, where)
+    return PackedConv2d(weight, planes, act, bias, out_scale, stride=g["stride"], padding=g["padding"],
+                        dilation=g["dilation"], groups=int(g["groups"]), backend=backend)
+
+
+def _float_conv(g: dict, weight: torch.Tensor, bias, where: str) -> nn.Module:
+    try:
+        conv = nn.Conv2d(g["in_channels"], g["out_channels"], g["kernel_size"], g["stride"], g["padding"],
+                         g["dilation"], g["groups"], bias is not None, g["padding_mode"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: invalid conv geometry {g!r} ({exc})") from None
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv.eval()
+
+
+def _bn_module(rec: dict, tensors: dict, p: str, where: str) -> nn.Module:
+    try:
+        n, dim, eps = int(rec["num_features"]), int(rec["dim"]), float(rec["eps"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: invalid batch norm record ({exc})") from None
+    if dim not in (1, 2):
+        raise FormatError(f"{where}: batch norm dim must be 1 or 2, got {dim}")
+    bn = (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(n, eps=eps)
+    with torch.no_grad():
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn, key).copy_(_tensor(tensors, f"{p}.{key}", (n,), where))
+    return bn.eval()
+
+
+def build_layer(index: int, rec: dict, tensors: dict, backend: str = "auto") -> tuple[str, nn.Module]:
+    """``(source name, engine module)`` of one layer record.
+
+    Raises:
+        FormatError: unknown op, missing or mis-shaped tensors, inconsistent bit planes.
+    """
+    if not isinstance(rec, dict) or "op" not in rec:
+        raise FormatError(f"layer {index}: invalid record {rec!r}")
+    name = str(rec.get("name", index))
+    where = f"layer {index} ({name})"
+    op, p = rec["op"], str(index)
+    if op in ("conv2d", "linear"):
+        return name, _affine_module(rec, tensors, p, where, backend)
+    if op == "batch_norm":
+        return name, _bn_module(rec, tensors, p, where)
+    return name, build_simple(op, dict(rec.get("attrs") or {}), where).eval()

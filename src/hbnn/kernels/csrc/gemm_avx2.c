@@ -1,0 +1,86 @@
+/* AVX2 variant: 256-bit xor/and, nibble-table popcount (vpshufb) summed per 64-bit lane
+ * with vpsadbw.  Included by hbnn_kernels.c; see gemm_body.c for the micro-kernel contract. */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,popcnt"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,popcnt")
+#endif
+
+#define HBNN_SUFFIX avx2
+#define HBNN_POP(v) ((int64_t)__builtin_popcountll(v))
+
+/* Per-64-bit-lane popcount of v (as 4 int64 lanes). */
+static inline __m256i hbnn_pop256(__m256i v, __m256i lut, __m256i low) {
+    const __m256i lo = _mm256_and_si256(v, low);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    const __m256i c = _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+    return _mm256_sad_epu8(c, _mm256_setzero_si256());
+}
+
+/* Rows rb..rb+3 (the panel is zero-padded to HBNN_NR rows) x lanes 4g..4g+3. */
+static inline __attribute__((always_inline)) void
+hbnn_uk2_block(const int MODE, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
+               const uint64_t *xm, int64_t kwt, int g, int rb, int32_t *P, int32_t *T) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i acc[4], tac[4];
+    int64_t k;
+    int r, l;
+    for (r = 0; r < 4; r++) acc[r] = tac[r] = _mm256_setzero_si256();
+    for (k = 0; k < kwt; k++) {
+        const __m256i w = _mm256_load_si256((const __m256i *)(ws + k * HBNN_LANES + 4 * g));
+        const __m256i mw = MODE >= 2 ? _mm256_load_si256((const __m256i *)(wm + k * HBNN_LANES + 4 * g))
+                                     : w;
+#pragma GCC unroll 4
+        for (r = 0; r < 4; r++) {
+            const __m256i xb = _mm256_set1_epi64x((long long)xs[k * HBNN_NR + rb + r]);
+            __m256i d = _mm256_xor_si256(w, xb);
+            if (MODE == 1) d = _mm256_and_si256(d, _mm256_set1_epi64x((long long)xm[k * HBNN_NR + rb + r]));
+            if (MODE == 2) d = _mm256_and_si256(d, mw);
+            if (MODE == 3) {
+                const __m256i t = _mm256_and_si256(mw, _mm256_set1_epi64x((long long)xm[k * HBNN_NR + rb + r]));
+                d = _mm256_and_si256(d, t);
+                tac[r] = _mm256_add_epi64(tac[r], hbnn_pop256(t, lut, low));
+            }
+            acc[r] = _mm256_add_epi64(acc[r], hbnn_pop256(d, lut, low));
+        }
+    }
+    for (r = 0; r < 4; r++) {
+        int64_t a8[4], t8[4];
+        _mm256_storeu_si256((__m256i *)a8, acc[r]);
+        _mm256_storeu_si256((__m256i *)t8, tac[r]);
+        for (l = 0; l < 4; l++) {
+            P[(rb + r) * HBNN_LANES + 4 * g + l] = (int32_t)a8[l];
+            T[(rb + r) * HBNN_LANES + 4 * g + l] = (int32_t)t8[l];
+        }
+    }
+}
+
+static void uk_avx2(int mode, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
+                    const uint64_t *xm, int64_t kwt, int nr, int32_t *P, int32_t *T) {
+    int g, rb;
+    for (g = 0; g < 4; g++) {
+        for (rb = 0; rb < nr; rb += 4) {
+            switch (mode) {
+            case 0: hbnn_uk2_block(0, ws, wm, xs, xm, kwt, g, rb, P, T); break;
+            case 1: hbnn_uk2_block(1, ws, wm, xs, xm, kwt, g, rb, P, T); break;
+            case 2: hbnn_uk2_block(2, ws, wm, xs, xm, kwt, g, rb, P, T); break;
+            default: hbnn_uk2_block(3, ws, wm, xs, xm, kwt, g, rb, P, T); break;
+            }
+        }
+    }
+}
+
+#include "gemm_body.c"
+#include "pack_body.c"
+
+#undef HBNN_SUFFIX
+#undef HBNN_POP
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif

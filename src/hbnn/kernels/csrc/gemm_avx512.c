@@ -1,0 +1,156 @@
+/* AVX-512 VPOPCNTDQ variant: a 16-lane weight panel is two zmm of 8 words; each of up to
+ * 12 activation rows is broadcast and combined with vpxorq / vpternlogq, counted with
+ * vpopcntq and summed in 64-bit lanes (2 x 12 accumulators, no horizontal reductions).
+ * Masked x masked pairs need two popcounts, so they run 6 rows at a time.
+ * Included by hbnn_kernels.c; see gemm_body.c for the micro-kernel contract. */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,popcnt"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,popcnt")
+#endif
+
+#define HBNN_SUFFIX avx512
+#define HBNN_POP(v) ((int64_t)__builtin_popcountll(v))
+
+/* vpternlogq truth table of (a ^ b) & c. */
+#define HBNN_XOR_AND 0x28
+
+static inline __attribute__((always_inline)) void
+hbnn_store_rows512(const __m512i *a0, const __m512i *a1, int32_t *P, const int NR) {
+#pragma GCC unroll 12
+    for (int r = 0; r < NR; r++) {
+        /* one 64-byte store, so the epilogue's 64-byte load is store-forwarded */
+        const __m512i lo = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(a0[r]));
+        _mm512_storeu_si512(P + r * HBNN_LANES, _mm512_inserti64x4(lo, _mm512_cvtepi64_epi32(a1[r]), 1));
+    }
+}
+
+/* Modes FF (0), FM (1), MF (2) with NR rows; the compiler unrolls r and keeps a0/a1 in
+ * registers once NR and MODE are constants. */
+static inline __attribute__((always_inline)) void
+hbnn_uk512_one(const int MODE, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
+               const uint64_t *xm, int64_t kwt, int32_t *P, const int NR) {
+    __m512i a0[12], a1[12];
+#pragma GCC unroll 12
+    for (int r = 0; r < NR; r++) a0[r] = a1[r] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < kwt; k++) {
+        const __m512i w0 = _mm512_load_si512(ws + k * HBNN_LANES);
+        const __m512i w1 = _mm512_load_si512(ws + k * HBNN_LANES + 8);
+        __m512i m0 = w0, m1 = w1;
+        if (MODE == 2) {
+            m0 = _mm512_load_si512(wm + k * HBNN_LANES);
+            m1 = _mm512_load_si512(wm + k * HBNN_LANES + 8);
+        }
+#pragma GCC unroll 12
+        for (int r = 0; r < NR; r++) {
+            const __m512i xb = _mm512_set1_epi64((long long)xs[k * HBNN_NR + r]);
+            __m512i d0, d1;
+            if (MODE == 0) {
+                d0 = _mm512_xor_si512(w0, xb);
+                d1 = _mm512_xor_si512(w1, xb);
+            } else if (MODE == 1) {
+                const __m512i xmb = _mm512_set1_epi64((long long)xm[k * HBNN_NR + r]);
+                d0 = _mm512_ternarylogic_epi64(w0, xb, xmb, HBNN_XOR_AND);
+                d1 = _mm512_ternarylogic_epi64(w1, xb, xmb, HBNN_XOR_AND);
+            } else {
+                d0 = _mm512_ternarylogic_epi64(w0, xb, m0, HBNN_XOR_AND);
+                d1 = _mm512_ternarylogic_epi64(w1, xb, m1, HBNN_XOR_AND);
+            }
+            a0[r] = _mm512_add_epi64(a0[r], _mm512_popcnt_epi64(d0));
+            a1[r] = _mm512_add_epi64(a1[r], _mm512_popcnt_epi64(d1));
+        }
+    }
+    hbnn_store_rows512(a0, a1, P, NR);
+}
+
+/* Mode MM with NR <= 6 rows: P counts (ws ^ xs) & t, T counts t = wm & xm. */
+static inline __attribute__((always_inline)) void
+hbnn_uk512_mm(const uint64_t *ws, const uint64_t *wm, const uint64_t *xs, const uint64_t *xm,
+              int64_t kwt, int32_t *P, int32_t *T, const int NR) {
+    __m512i a0[6], a1[6], t0[6], t1[6];
+#pragma GCC unroll 6
+    for (int r = 0; r < NR; r++) a0[r] = a1[r] = t0[r] = t1[r] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < kwt; k++) {
+        const __m512i w0 = _mm512_load_si512(ws + k * HBNN_LANES);
+        const __m512i w1 = _mm512_load_si512(ws + k * HBNN_LANES + 8);
+        const __m512i m0 = _mm512_load_si512(wm + k * HBNN_LANES);
+        const __m512i m1 = _mm512_load_si512(wm + k * HBNN_LANES + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < NR; r++) {
+            const __m512i xb = _mm512_set1_epi64((long long)xs[k * HBNN_NR + r]);
+            const __m512i xmb = _mm512_set1_epi64((long long)xm[k * HBNN_NR + r]);
+            const __m512i e0 = _mm512_and_si512(m0, xmb), e1 = _mm512_and_si512(m1, xmb);
+            a0[r] = _mm512_add_epi64(a0[r], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(w0, xb, e0, HBNN_XOR_AND)));
+            a1[r] = _mm512_add_epi64(a1[r], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(w1, xb, e1, HBNN_XOR_AND)));
+            t0[r] = _mm512_add_epi64(t0[r], _mm512_popcnt_epi64(e0));
+            t1[r] = _mm512_add_epi64(t1[r], _mm512_popcnt_epi64(e1));
+        }
+    }
+    hbnn_store_rows512(a0, a1, P, NR);
+    hbnn_store_rows512(t0, t1, T, NR);
+}
+
+#define HBNN_CASES6(CALL) \
+    case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
+    case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break;
+#define HBNN_CASES12(CALL) HBNN_CASES6(CALL) \
+    case 7: CALL(7); break; case 8: CALL(8); break; case 9: CALL(9); break; \
+    case 10: CALL(10); break; case 11: CALL(11); break; case 12: CALL(12); break;
+
+static void hbnn_uk512_ff(const uint64_t *ws, const uint64_t *xs, int64_t kwt, int nr, int32_t *P) {
+#define HBNN_CALL(N) hbnn_uk512_one(0, ws, NULL, xs, NULL, kwt, P, N)
+    switch (nr) { HBNN_CASES12(HBNN_CALL) }
+#undef HBNN_CALL
+}
+
+static void hbnn_uk512_fm(const uint64_t *ws, const uint64_t *xs, const uint64_t *xm,
+                          int64_t kwt, int nr, int32_t *P) {
+#define HBNN_CALL(N) hbnn_uk512_one(1, ws, NULL, xs, xm, kwt, P, N)
+    switch (nr) { HBNN_CASES12(HBNN_CALL) }
+#undef HBNN_CALL
+}
+
+static void hbnn_uk512_mf(const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
+                          int64_t kwt, int nr, int32_t *P) {
+#define HBNN_CALL(N) hbnn_uk512_one(2, ws, wm, xs, NULL, kwt, P, N)
+    switch (nr) { HBNN_CASES12(HBNN_CALL) }
+#undef HBNN_CALL
+}
+
+static void hbnn_uk512_mm6(const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
+                           const uint64_t *xm, int64_t kwt, int nr, int32_t *P, int32_t *T) {
+#define HBNN_CALL(N) hbnn_uk512_mm(ws, wm, xs, xm, kwt, P, T, N)
+    switch (nr) { HBNN_CASES6(HBNN_CALL) }
+#undef HBNN_CALL
+}
+
+static void uk_avx512(int mode, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
+                      const uint64_t *xm, int64_t kwt, int nr, int32_t *P, int32_t *T) {
+    switch (mode) {
+    case 0: hbnn_uk512_ff(ws, xs, kwt, nr, P); break;
+    case 1: hbnn_uk512_fm(ws, xs, xm, kwt, nr, P); break;
+    case 2: hbnn_uk512_mf(ws, wm, xs, kwt, nr, P); break;
+    default:
+        hbnn_uk512_mm6(ws, wm, xs, xm, kwt, nr < 6 ? nr : 6, P, T);
+        if (nr > 6)
+            hbnn_uk512_mm6(ws, wm, xs + 6, xm + 6, kwt, nr - 6, P + 6 * HBNN_LANES,
+                           T + 6 * HBNN_LANES);
+    }
+}
+
+#undef HBNN_CASES6
+#undef HBNN_CASES12
+#undef HBNN_XOR_AND
+
+#include "gemm_body.c"
+#include "pack_body.c"
+
+#undef HBNN_SUFFIX
+#undef HBNN_POP
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif

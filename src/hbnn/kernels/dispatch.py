@@ -1,0 +1,159 @@
+"""The one door to the bit-serial kernels: pick C (SIMD variant chosen at run time) or torch.
+
+``backend="auto"`` uses the C kernels when they build (first call compiles them, see
+:mod:`hbnn.kernels._build`) and otherwise the pure-torch reference, after one warning;
+``"c"`` insists on C (raises if unavailable); ``"torch"`` always uses the reference.
+``variant`` (or ``$HBNN_KERNEL_VARIANT``) forces one of ``"portable"``, ``"avx2"``,
+``"avx512"``; all variants and the reference give bit-identical counts and float outputs.
+
+Inputs are :class:`~hbnn.kernels.packing.PackedPlanes` or unpacked ``(signs, masks,
+scales)`` triples as returned by ``hbnn.quant.binarize_planes`` (packed on the fly).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hbnn.kernels import _build, _cbackend
+from hbnn.kernels import reference as ref
+from hbnn.kernels.packing import PackedPlanes, pack_conv_input, pack_conv_weight, pack_planes
+
+__all__ = [
+    "binary_linear",
+    "binary_linear_counts",
+    "binary_conv2d",
+    "binary_conv2d_counts",
+    "available_backends",
+    "cpu_features",
+]
+
+Planes = PackedPlanes | tuple
+
+
+def _as_packed(p: Planes, packer, what: str, backend: str) -> PackedPlanes:
+    if isinstance(p, PackedPlanes):
+        return p
+    if isinstance(p, tuple) and len(p) == 3:
+        return packer(*p, backend=backend)
+    raise TypeError(f"{what}: expected PackedPlanes or a (signs, masks, scales) tuple, got {type(p).__name__}")
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, int) else tuple(v)
+    if len(t) != 2 or not all(isinstance(e, int) for e in t):
+        raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def _linear(x: Planes, w: Planes, backend: str, variant: str | None, counts: bool) -> torch.Tensor:
+    x = _as_packed(x, pack_planes, "binary_linear: x", backend)
+    w = _as_packed(w, pack_planes, "binary_linear: w", backend)
+    if len(w.shape) != 2:
+        raise ValueError(f"binary_linear: w must be packed as (O, K), got shape {w.shape}")
+    if x.k != w.k:
+        raise ValueError(f"binary_linear: x has K={x.k} entries per row but w has K={w.k}")
+    lib = _cbackend.library(backend)
+    if lib is None:
+        return ref.binary_linear_counts_ref(x, w) if counts else ref.binary_linear_ref(x, w)
+    rows, lead = x.rows, x.shape[:-1]
+    # A linear layer is a 1x1 conv on 1x1 images; per-row x scales index shape[0].
+    geom = _cbackend.ConvGeometry(B=rows, H=1, W=1)
+    if x.per_row_scales and rows != x.shape[0]:
+        x = PackedPlanes(x.signs, x.masks, x.full, x.scales.repeat_interleave(rows // x.shape[0], dim=1),
+                         (rows, x.k))
+    y, c, _ = _cbackend.gemm(lib, x, w, geom, x.k, want_y=not counts, want_counts=counts, variant=variant)
+    return c if counts else y.reshape(*lead, w.shape[0])
+
+
+def binary_linear(x: Planes, w: Planes, *, backend: str = "auto", variant: str | None = None) -> torch.Tensor:
+    """Binary linear layer ``y = x_hat @ w_hat.T`` by xnor/and-popcount over bit planes.
+
+    ``y[b, o] = sum_i sum_j a_w_i[o] a_x_j[b] sum_k m_w_i m_x_j (+-1)`` (see :mod:`reference`).
+
+    Args:
+        x: activation planes, shape ``(..., K)``; scales ``[n]`` or ``[n, shape[0]]``.
+        w: weight planes, shape ``(O, K)``; scales ``[n]`` or ``[n, O]``.
+        backend: ``"auto"``, ``"c"`` or ``"torch"``.
+        variant: force a C variant (``"portable"``, ``"avx2"``, ``"avx512"``).
+
+    Returns:
+        float32 ``[..., O]`` (add the bias yourself).
+    """
+    return _linear(x, w, backend, variant, counts=False)
+
+
+def binary_linear_counts(x: Planes, w: Planes, *, backend: str = "auto", variant: str | None = None) -> torch.Tensor:
+    """Integer dot counts ``c[i, j, b, o]`` of :func:`binary_linear`: int32 ``[nw, nx, R, O]``."""
+    return _linear(x, w, backend, variant, counts=True)
+
+
+def _conv(x, w, stride, padding, dilation, backend, variant, counts):
+    x = _as_packed(x, pack_conv_input, "binary_conv2d: x", backend)
+    w = _as_packed(w, pack_conv_weight, "binary_conv2d: w", backend)
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"binary_conv2d: need stride >= 1, dilation >= 1, padding >= 0; got {stride}, {dilation}, {padding}")
+    ref._conv_args(x, w, stride, padding, dilation)
+    b, h, wd, c = x.shape
+    o, kh, kw, _ = w.shape
+    oh, ow = ref.conv_output_hw(h, wd, (kh, kw), stride, padding, dilation)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"binary_conv2d: kernel {kh}x{kw} does not fit the padded {h}x{wd} input")
+    lib = _cbackend.library(backend)
+    if lib is None:
+        f = ref.binary_conv2d_counts_ref if counts else ref.binary_conv2d_ref
+        return f(x, w, stride, padding, dilation)
+    geom = _cbackend.ConvGeometry(b, h, wd, kh, kw, *stride, *padding, *dilation)
+    y, cnt, _ = _cbackend.gemm(lib, x, w, geom, c, want_y=not counts, want_counts=counts, variant=variant)
+    return cnt if counts else y.reshape(b, oh, ow, o).permute(0, 3, 1, 2)
+
+
+def binary_conv2d(
+    x: Planes, w: Planes, *, stride=1, padding=0, dilation=1, backend: str = "auto", variant: str | None = None
+) -> torch.Tensor:
+    """Binary 2-d convolution ``F.conv2d(x_hat, w_hat, stride, padding, dilation)``.
+
+    Implicit GEMM over packed NHWC activations and OHWI weights (no im2col buffer). Zero
+    padding of ``x_hat`` is not a ±1 value: padded positions are inactive in every plane,
+    so they contribute 0 exactly as in ``F.conv2d``.
+
+    Args:
+        x: planes packed ``(B, H, W, C)`` (:func:`pack_conv_input`/:func:`pack_activations`)
+            or an NCHW ``(signs, masks, scales)`` triple ``[n, B, C, H, W]``.
+        w: planes packed ``(O, kh, kw, C)`` (:func:`pack_conv_weight`) or an OIHW triple.
+        stride, padding, dilation: as ``F.conv2d`` (groups = 1).
+
+    Returns:
+        float32 ``[B, O, OH, OW]`` (a channels-last view of an NHWC buffer).
+    """
+    return _conv(x, w, stride, padding, dilation, backend, variant, counts=False)
+
+
+def binary_conv2d_counts(
+    x: Planes, w: Planes, *, stride=1, padding=0, dilation=1, backend: str = "auto", variant: str | None = None
+) -> torch.Tensor:
+    """Integer dot counts of :func:`binary_conv2d`: int32 ``[nw, nx, B*OH*OW, O]``, rows ``(b, oy, ox)``."""
+    return _conv(x, w, stride, padding, dilation, backend, variant, counts=True)
+
+
+def available_backends() -> tuple[str, ...]:
+    """``("c", "torch")`` if the C kernels build and load here (builds them on first call), else ``("torch",)``."""
+    return ("c", "torch") if _build.load() is not None else ("torch",)
+
+
+def cpu_features() -> dict:
+    """CPU features and dispatch variants as the C side sees them (builds the kernels on first call).
+
+    Returns:
+        ``{"features": {name: bool}, "variants": [supported], "selected": name}``, or
+        ``{"features": {}, "variants": [], "selected": None, "error": why}`` without C kernels.
+    """
+    lib = _cbackend.library("auto")
+    if lib is None:
+        return {"features": {}, "variants": [], "selected": None, "error": _build.build_error()}
+    vid = _cbackend.variant_id(lib, None)
+    return {
+        "features": _cbackend.feature_flags(lib),
+        "variants": _cbackend.supported_variants(lib),
+        "selected": _cbackend.VARIANTS[vid],
+    }

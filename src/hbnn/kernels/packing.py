@@ -1,0 +1,289 @@
+"""Packed bit planes: the one layout every hbnn kernel reads.
+
+A binarized tensor ``x_hat = sum_i scales_i * (2 signs_i - 1) * masks_i`` (paper Eq. 5;
+``hbnn.quant.binarize_planes`` produces ``signs``/``masks``/``scales``) is stored as
+:class:`PackedPlanes`:
+
+* ``signs``: int64 ``[n, R, ceil(K/64)]`` where ``K = shape[-1]`` and
+  ``R = prod(shape[:-1])``; entry ``k`` of a row is bit ``k % 64`` (LSB first) of word
+  ``k // 64``; 1 = +1.  Signs are stored only where the entry is active (0 elsewhere) and
+  bits past ``K`` are 0, so equal planes pack to equal words.
+* ``masks``: same shape (1 = active in that plane), or ``None`` when every plane is full.
+* ``full``: per plane, ``True`` when all entries are active; kernels then skip the mask
+  (``sum_k = K - 2 popcount(s_w ^ s_x)``) and never read ``masks[i]``.
+* ``scales``: float32 ``[n]`` (per tensor) or ``[n, shape[0]]`` (per output channel for
+  weights, per sample for activations).
+* ``shape``: the logical shape of one plane, packed along its last dim.  Linear layers use
+  ``(rows, K)``; convolutions use NHWC activations ``(B, H, W, C)`` and OHWI weights
+  ``(O, kh, kw, C)`` so that every kernel position is a contiguous run of channel words.
+
+Packing goes through the C kernels when they are available (``backend="auto"``), else
+through torch; both give identical words.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "WORD_BITS",
+    "PackedPlanes",
+    "pack_bits",
+    "unpack_bits",
+    "pack_planes",
+    "pack_conv_input",
+    "pack_conv_weight",
+    "pack_activations",
+    "valid_words",
+]
+
+WORD_BITS = 64
+_MAX_PLANES = 8
+
+
+@dataclass(frozen=True)
+class PackedPlanes:
+    """Bit planes of one binarized tensor, packed along the last logical dim (see module doc)."""
+
+    signs: torch.Tensor
+    masks: torch.Tensor | None
+    full: tuple[bool, ...]
+    scales: torch.Tensor
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        n, rows, words = self.n, self.rows, math.ceil(self.k / WORD_BITS)
+        if self.signs.dtype != torch.int64 or tuple(self.signs.shape) != (n, rows, words):
+            raise ValueError(
+                f"PackedPlanes.signs: expected int64 [{n}, {rows}, {words}], "
+                f"got {self.signs.dtype} {list(self.signs.shape)}"
+            )
+        if self.masks is None and not all(self.full):
+            raise ValueError(f"PackedPlanes.masks: None but full={self.full}; masked planes need masks")
+        if self.masks is not None and (self.masks.dtype != torch.int64 or self.masks.shape != self.signs.shape):
+            raise ValueError(
+                f"PackedPlanes.masks: expected int64 {list(self.signs.shape)}, "
+                f"got {self.masks.dtype} {list(self.masks.shape)}"
+            )
+        if self.scales.dtype != torch.float32 or tuple(self.scales.shape) not in ((n,), (n, self.shape[0])):
+            raise ValueError(
+                f"PackedPlanes.scales: expected float32 [{n}] or [{n}, {self.shape[0]}], "
+                f"got {self.scales.dtype} {list(self.scales.shape)}"
+            )
+
+    @property
+    def n(self) -> int:
+        """Number of planes."""
+        return len(self.full)
+
+    @property
+    def k(self) -> int:
+        """Entries per row (the packed dim)."""
+        return int(self.shape[-1])
+
+    @property
+    def rows(self) -> int:
+        """Rows ``R = prod(shape[:-1])``."""
+        return math.prod(self.shape[:-1])
+
+    @property
+    def per_row_scales(self) -> bool:
+        """Whether scales are ``[n, shape[0]]`` rather than ``[n]``."""
+        return self.scales.dim() == 2
+
+    def unpack(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(signs, masks, scales)`` with bool ``[n, *shape]`` planes (inverse of packing)."""
+        signs = unpack_bits(self.signs, self.k).reshape(self.n, *self.shape)
+        if self.masks is None:
+            masks = torch.ones_like(signs)
+        else:
+            masks = unpack_bits(self.masks, self.k).reshape(self.n, *self.shape)
+        return signs, masks, self.scales
+
+    def dequantize(self) -> torch.Tensor:
+        """``x_hat = sum_i scales_i * (2 signs_i - 1) * masks_i`` as float32 of ``shape``."""
+        signs, masks, scales = self.unpack()
+        pm = (signs.float() * 2 - 1) * masks.float()
+        s = scales.reshape(self.n, *([1] * len(self.shape))) if scales.dim() == 1 else scales.reshape(
+            self.n, self.shape[0], *([1] * (len(self.shape) - 1))
+        )
+        return (pm * s).sum(0)
+
+
+def valid_words(k: int) -> torch.Tensor:
+    """int64 ``[ceil(k/64)]``: the packed row of ``k`` active entries (pad bits zero)."""
+    return pack_bits(torch.ones(1, k, dtype=torch.bool))[0]
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor ``[..., K]`` along its last dim into int64 ``[..., ceil(K/64)]`` (pure torch)."""
+    k = bits.shape[-1]
+    words = math.ceil(k / WORD_BITS)
+    padded = torch.nn.functional.pad(bits.to(torch.int64), (0, words * WORD_BITS - k))
+    shifts = torch.arange(WORD_BITS, dtype=torch.int64)
+    # Bits are distinct powers of two, so the sum is the bitwise or (bit 63 wraps to the sign).
+    return (padded.reshape(*bits.shape[:-1], words, WORD_BITS) << shifts).sum(-1)
+
+
+def unpack_bits(words: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: int64 ``[..., W]`` -> bool ``[..., k]``."""
+    shifts = torch.arange(WORD_BITS, dtype=torch.int64)
+    bits = (words.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(*words.shape[:-1], -1)[..., :k].bool()
+
+
+def _check_planes(signs: torch.Tensor, masks: torch.Tensor | None, scales: torch.Tensor, what: str) -> None:
+    if signs.dtype != torch.bool or signs.dim() < 3:
+        raise TypeError(f"{what}: signs must be a bool tensor [n, rows..., K], got {signs.dtype} {list(signs.shape)}")
+    if not 1 <= signs.shape[0] <= _MAX_PLANES:
+        raise ValueError(f"{what}: number of planes must be in 1..{_MAX_PLANES}, got {signs.shape[0]}")
+    if masks is not None and (masks.dtype != torch.bool or masks.shape != signs.shape):
+        raise TypeError(f"{what}: masks must be None or bool {list(signs.shape)}, got {masks.dtype} {list(masks.shape)}")
+    if scales.dim() not in (1, 2) or scales.shape[0] != signs.shape[0]:
+        raise ValueError(f"{what}: scales must be [n] or [n, C] with n={signs.shape[0]}, got {list(scales.shape)}")
+
+
+def _finish(signs_w, masks_w, full, scales, shape, per_row_dim: int) -> PackedPlanes:
+    """Assemble a PackedPlanes; per-channel scales of dim ``per_row_dim`` become ``[n, shape[0]]``."""
+    scales = scales.detach().to(torch.float32)
+    if scales.dim() == 2 and per_row_dim != 0:
+        raise ValueError("scales: per-channel scales are supported along the output/sample dim only, not along K")
+    if scales.dim() == 2 and scales.shape[1] != shape[0]:
+        raise ValueError(f"scales: expected [n, {shape[0]}] per-channel scales, got {list(scales.shape)}")
+    full = tuple(bool(f) for f in full)
+    return PackedPlanes(signs_w, None if all(full) else masks_w, full, scales.contiguous(), tuple(int(s) for s in shape))
+
+
+def _pack_rows(bits: torch.Tensor, s: int, backend: str) -> torch.Tensor:
+    """bool ``[m, K, s]`` -> int64 ``[m * s, ceil(K/64)]`` (rows ``(m, s)``), C or torch."""
+    from hbnn.kernels import _cbackend
+
+    lib = _cbackend.library(backend)
+    if lib is not None:
+        return _cbackend.pack_u8(lib, bits, s)
+    m, k = bits.shape[0], bits.shape[1]
+    return pack_bits(bits.reshape(m, k, s).transpose(1, 2)).reshape(m * s, -1)
+
+
+def _pack_generic(signs, masks, scales, lead: int, k: int, s: int, shape, backend: str) -> PackedPlanes:
+    """Pack planes viewed as ``[n, lead, k, s]`` into rows ``(lead, s)`` of ``k`` entries."""
+    n = signs.shape[0]
+    if masks is not None:
+        signs = signs & masks
+        full = [bool(masks[i].all()) for i in range(n)]
+    else:
+        full = [True] * n
+    sw = _pack_rows(signs.reshape(n * lead, k, s), s, backend).reshape(n, lead * s, -1)
+    mw = None
+    if not all(full):
+        mw = _pack_rows(masks.reshape(n * lead, k, s), s, backend).reshape(n, lead * s, -1)
+    return _finish(sw, mw, full, scales, shape, 0)
+
+
+def pack_planes(
+    signs: torch.Tensor, masks: torch.Tensor | None, scales: torch.Tensor, *, backend: str = "auto"
+) -> PackedPlanes:
+    """Pack planes ``[n, *shape]`` along the last dim (linear layers: ``[n, rows, K]``).
+
+    Args:
+        signs: bool ``[n, *shape]``, True = +1.
+        masks: bool ``[n, *shape]`` (True = active) or None (every plane full).
+        scales: ``[n]`` or ``[n, shape[0]]``.
+        backend: ``"auto"``/``"c"``/``"torch"`` for the packing itself.
+
+    Example:
+        >>> p = pack_planes(torch.tensor([[[True, False, True]]]), None, torch.ones(1), backend="torch")
+        >>> p.signs.tolist(), p.full
+        ([[[5]]], (True,))
+    """
+    _check_planes(signs, masks, scales, "pack_planes")
+    shape = tuple(signs.shape[1:])
+    lead = math.prod(shape[:-1])
+    return _pack_generic(signs, masks, scales, lead, shape[-1], 1, shape, backend)
+
+
+def pack_conv_input(
+    signs: torch.Tensor, masks: torch.Tensor | None, scales: torch.Tensor, *, backend: str = "auto"
+) -> PackedPlanes:
+    """Pack NCHW activation planes ``[n, B, C, H, W]`` as NHWC rows: shape ``(B, H, W, C)``.
+
+    ``scales`` is ``[n]`` or ``[n, B]`` (per sample); per-channel activation scales lie
+    along K and cannot be factored out of the popcount, so they are rejected.
+    """
+    _check_planes(signs, masks, scales, "pack_conv_input")
+    if signs.dim() != 5:
+        raise ValueError(f"pack_conv_input: expected planes [n, B, C, H, W], got {list(signs.shape)}")
+    n, b, c, h, w = signs.shape
+    return _pack_generic(signs, masks, scales, b, c, h * w, (b, h, w, c), backend)
+
+
+def pack_conv_weight(
+    signs: torch.Tensor, masks: torch.Tensor | None, scales: torch.Tensor, *, backend: str = "auto"
+) -> PackedPlanes:
+    """Pack OIHW weight planes ``[n, O, C, kh, kw]`` as OHWI rows: shape ``(O, kh, kw, C)``.
+
+    ``scales`` is ``[n]`` or ``[n, O]`` (per output channel).
+    """
+    _check_planes(signs, masks, scales, "pack_conv_weight")
+    if signs.dim() != 5:
+        raise ValueError(f"pack_conv_weight: expected planes [n, O, C, kh, kw], got {list(signs.shape)}")
+    n, o, c, kh, kw = signs.shape
+    return _pack_generic(signs, masks, scales, o, c, kh * kw, (o, kh, kw, c), backend)
+
+
+def _residual_torch(x: torch.Tensor, bitmap: torch.Tensor | None, scales: torch.Tensor):
+    """Planes of ``x`` with fixed scales: ``E_0 = x``, ``s_i = [E > 0]``, ``E -= mu_i s_i`` on ``A_i``."""
+    e = x.clone()
+    signs, masks = [], []
+    for i in range(scales.shape[0]):
+        active = torch.ones_like(e, dtype=torch.bool) if bitmap is None or i == 0 else bitmap > i
+        pos = e > 0
+        mu = scales[i]
+        e = torch.where(active, torch.where(pos, e - mu, e + mu), e)
+        signs.append(pos & active)
+        masks.append(active)
+    return torch.stack(signs), torch.stack(masks)
+
+
+def pack_activations(
+    x: torch.Tensor, scales: torch.Tensor, bitmap: torch.Tensor | None = None, *, backend: str = "auto"
+) -> PackedPlanes:
+    """Binarize float activations with fixed per-tensor scales and pack them in one pass.
+
+    Residual binarization (paper Sec. 3, Eq. 5) with given ``mu_i = scales[i]``:
+    ``E_0 = x``; plane ``i`` is active where ``i == 0`` or ``bitmap > i``;
+    ``s_i = sign(E_{i-1})`` with ``sign(0) = -1``; ``E_i = E_{i-1} - mu_i s_i`` on active
+    entries (float32, as ``hbnn.quant`` computes it).  The C path fuses this with packing.
+
+    Args:
+        x: float ``[B, K]`` (linear; shape ``(B, K)``) or ``[B, C, H, W]`` (conv; packed
+            NHWC, shape ``(B, H, W, C)``).
+        scales: ``[n]`` per-tensor scales (n planes).
+        bitmap: per-entry bitwidths of x's shape, or None for n bits everywhere.
+        backend: ``"auto"``/``"c"``/``"torch"``.
+    """
+    if x.dim() not in (2, 4):
+        raise ValueError(f"pack_activations: x must be [B, K] or [B, C, H, W], got {list(x.shape)}")
+    scales = torch.as_tensor(scales, dtype=torch.float32).detach().reshape(-1).contiguous()
+    if not 1 <= scales.numel() <= _MAX_PLANES:
+        raise ValueError(f"pack_activations: scales must hold 1..{_MAX_PLANES} per-tensor values, got {scales.numel()}")
+    if bitmap is not None and bitmap.shape != x.shape:
+        raise ValueError(f"pack_activations: bitmap shape {list(bitmap.shape)} != x shape {list(x.shape)}")
+    x = x.detach().to(torch.float32).contiguous()
+    b, k = x.shape[0], x.shape[1]
+    s = 1 if x.dim() == 2 else x.shape[2] * x.shape[3]
+    shape = (b, k) if x.dim() == 2 else (b, x.shape[2], x.shape[3], k)
+    from hbnn.kernels import _cbackend
+
+    lib = _cbackend.library(backend)
+    if lib is not None:
+        bm = None if bitmap is None else bitmap.to(torch.int8).contiguous()
+        sw, mw, counts = _cbackend.pack_residual(lib, x, bm, b, k, s, scales, need_masks=bitmap is not None)
+        full = [c == b * k * s for c in counts]
+        return _finish(sw, mw, full, scales, shape, 0)
+    signs, masks = _residual_torch(x, bitmap, scales)
+    n = scales.numel()
+    return _pack_generic(signs, masks if bitmap is not None else None, scales, b, k, s, shape, "torch")

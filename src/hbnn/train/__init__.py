@@ -1,0 +1,42 @@
+"""Training system: configs, loops, checkpoints, logs, DDP and the train/eval/summary commands.
+
+Small importable functions, no module-level state:
+
+- :mod:`hbnn.train.config` -- :class:`Config` (dataclass tree) and :func:`load_config`
+  (YAML recipes with ``extends:``, ``--set`` overrides);
+- :mod:`hbnn.train.loop` -- :func:`build_optimizer`, :func:`build_scheduler`,
+  :func:`train_one_epoch`, :func:`evaluate`;
+- :mod:`hbnn.train.checkpoint` -- :func:`save_checkpoint`, :func:`load_checkpoint`,
+  :func:`restore_checkpoint` (safetensors + JSON, verified);
+- :mod:`hbnn.train.run` -- :func:`fit`, one run in a run directory (resume, DDP);
+- :mod:`hbnn.train.evaluation` -- :func:`evaluate_checkpoint`, :func:`summary_for`.
+
+Example:
+    >>> from hbnn.train import load_config, fit
+    >>> cfg = load_config("configs/fashion_mnist/w1.4_mo.yaml", ["train.epochs=1"])  # doctest: +SKIP
+    >>> fit(cfg, "runs/demo")                                                        # doctest: +SKIP
+"""
+
+from hbnn.train.checkpoint import Checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
+from hbnn.train.config import Config, config_from_dict, config_to_dict, load_config
+from hbnn.train.evaluation import evaluate_checkpoint, summary_for
+from hbnn.train.loop import build_optimizer, build_scheduler, evaluate, train_one_epoch
+from hbnn.train.run import fit
+
+__all__ = [
+    "Checkpoint",
+    "Config",
+    "build_optimizer",
+    "build_scheduler",
+    "config_from_dict",
+    "config_to_dict",
+    "evaluate",
+    "evaluate_checkpoint",
+    "fit",
+    "load_checkpoint",
+    "load_config",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "summary_for",
+    "train_one_epoch",
+]

@@ -1,0 +1,176 @@
+"""Evaluate a saved checkpoint and summarise a model: what ``hbnn eval``/``hbnn summary`` do.
+
+Checkpoints carry their resolved config, so evaluation rebuilds the exact model (name,
+options, quantization) from the checkpoint alone and only needs the test data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from hbnn.errors import CheckpointError, ConfigError
+from hbnn.train.checkpoint import Checkpoint, load_checkpoint, restore_checkpoint
+from hbnn.train.config import config_from_dict, config_to_dict, load_config, load_yaml_recipe
+from hbnn.train.distributed import resolve_device
+from hbnn.train.loop import evaluate
+from hbnn.train.run import build_model_for, dataset_shape
+
+__all__ = ["resolve_checkpoint", "model_from_checkpoint", "evaluate_checkpoint", "summary_for", "format_summary"]
+
+
+def resolve_checkpoint(target: str | os.PathLike, which: str = "best") -> Path:
+    """The ``.safetensors`` file meant by ``target``.
+
+    Args:
+        target: a run directory, a checkpoint stem, or either file of a checkpoint.
+        which: inside a run directory, ``best`` (falls back to ``last``) or ``last``.
+
+    Raises:
+        CheckpointError: nothing to load there.
+    """
+    if which not in ("best", "last"):
+        raise ConfigError(f"--which: {which!r} is not allowed; choose best or last")
+    path = Path(target)
+    if path.is_dir():
+        for name in ((which, "last") if which == "best" else (which,)):
+            if (path / f"{name}.safetensors").exists():
+                return path / f"{name}.safetensors"
+        raise CheckpointError(f"no checkpoint in {path} (expected {which}.safetensors)")
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    elif path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def model_from_checkpoint(target: str | os.PathLike, which: str = "best") -> tuple[torch.nn.Module, Checkpoint]:
+    """Rebuild the exact model of a checkpoint (name, options, quantization) with its weights.
+
+    Args:
+        target: run directory or checkpoint file (see :func:`resolve_checkpoint`).
+        which: ``best`` or ``last`` inside a run directory.
+
+    Returns:
+        ``(model in eval mode on CPU, the verified Checkpoint)``.
+
+    Raises:
+        CheckpointError: nothing to load, a damaged file, or unusable metadata.
+    """
+    path = resolve_checkpoint(target, which)
+    ckpt = load_checkpoint(path)
+    meta = ckpt.metadata
+    try:
+        cfg = config_from_dict(meta["config"])
+        shape = {k: int(meta["model"][k]) for k in ("num_classes", "in_channels", "image_size")}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has unusable metadata ({exc})") from None
+    model, _ = build_model_for(config_to_dict(cfg)["model"], shape, cfg.quant)
+    restore_checkpoint(ckpt, model)
+    model.eval()
+    return model, ckpt
+
+
+def evaluate_checkpoint(target: str | os.PathLike, *, which: str = "best", data_dir: str | None = None,
+                        batch_size: int | None = None, device: str = "auto", limit: int | None = None
+                        ) -> dict:
+    """Top-1/top-5 accuracy and loss of a checkpoint on its dataset's test split.
+
+    Args:
+        target: run directory or checkpoint file (see :func:`resolve_checkpoint`).
+        which: ``best`` or ``last`` inside a run directory.
+        data_dir: dataset folder (None = the one the run used).
+        batch_size: evaluation batch size (None = the run's).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        limit: evaluate at most this many test samples (a fixed subset).
+
+    Returns:
+        ``{"checkpoint", "model", "dataset", "epoch", "step", "loss", "top1", "top5", "count"}``.
+    """
+    from hbnn.data import build_dataset, build_loader
+
+    model, ckpt = model_from_checkpoint(target, which)
+    meta = ckpt.metadata
+    cfg = config_from_dict(meta["config"])
+    d = cfg.data
+    test = build_dataset(d.name, "test", data_dir if data_dir is not None else d.data_dir, d.image_size,
+                         limit=limit if limit is not None else d.test_limit)
+    classes = dataset_shape(test)["num_classes"]
+    if classes != int(meta["model"]["num_classes"]):
+        raise CheckpointError(f"checkpoint {ckpt.path} predicts {meta['model']['num_classes']} classes but "
+                              f"the test data has {classes}")
+    dev = resolve_device(device)
+    model.to(dev)
+    size = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
+    if size < 1:
+        raise ConfigError(f"--batch-size: {size} is invalid; expected an integer >= 1")
+    loader = build_loader(test, batch_size=size, train=False, seed=0, epoch=0, augment=False,
+                          num_workers=d.num_workers)
+    result = evaluate(model, loader, device=dev)
+    return {"checkpoint": str(ckpt.path), "model": cfg.model.name, "dataset": d.name,
+            "epoch": meta.get("epoch"), "step": meta.get("step"), **result}
+
+
+def _static_shape(dataset: str, num_classes: int | None = None) -> dict:
+    from hbnn.data import DATASETS, list_datasets
+
+    key = dataset.strip().lower().replace("-", "_")
+    if key not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; allowed: {', '.join(list_datasets())}")
+    info = DATASETS[key]
+    return {"num_classes": num_classes or info.num_classes or 1000, "in_channels": info.in_channels,
+            "image_size": info.image_size}
+
+
+def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None = None) -> tuple[str, dict]:
+    """Build the model meant by ``target`` and return ``(title, hbnn.convert.summarize(model))``.
+
+    ``target`` is a run directory (its config and, if present, its best or last weights),
+    a checkpoint file, a YAML recipe, or a registered model name (float unless
+    ``overrides`` set ``quant.*``). ``dataset`` picks the input shape for recipes and
+    model names (default: the recipe's dataset, else fashion_mnist).
+    """
+    from hbnn.convert import summarize
+    from hbnn.models import list_models
+
+    path = Path(target)
+    ckpt = None
+    if path.is_dir() or path.suffix in (".safetensors", ".json"):
+        if path.is_dir() and not (path / "config.yaml").exists():
+            raise ConfigError(f"{path} is not an hbnn run directory (no config.yaml)")
+        try:
+            ckpt = load_checkpoint(resolve_checkpoint(path))
+        except CheckpointError:
+            if not path.is_dir():
+                raise
+        base = ckpt.metadata["config"] if ckpt else load_yaml_recipe(path / "config.yaml")
+        cfg = load_config(None, overrides, base=base)
+    elif path.suffix in (".yaml", ".yml") or path.exists():
+        cfg = load_config(path, overrides)
+    elif target in list_models():
+        cfg = load_config(None, [f"model.name={target}", *overrides])
+    else:
+        raise ConfigError(f"summary: {target!r} is not a run directory, checkpoint, recipe or model; "
+                          f"models: {', '.join(list_models())}")
+    if ckpt is not None and dataset is None:
+        shape = {k: int(ckpt.metadata["model"][k]) for k in ("num_classes", "in_channels", "image_size")}
+    else:
+        shape = _static_shape(dataset or cfg.data.name)
+    model, _ = build_model_for(config_to_dict(cfg)["model"], shape, cfg.quant)
+    if ckpt is not None:
+        restore_checkpoint(ckpt, model)
+    title = f"{cfg.model.name} on {dataset or cfg.data.name} ({'float' if cfg.quant is None else 'binarized'})"
+    with torch.no_grad():
+        return title, summarize(model)
+
+
+def format_summary(title: str, summary: Mapping[str, Any]) -> str:
+    """``title`` above ``hbnn.summary.format_summary``'s per-layer table."""
+    from hbnn.summary import format_summary as table
+
+    return f"{title}\n{table(dict(summary))}"

@@ -1,0 +1,62 @@
+"""Shared helpers for the export tests: small calibrated binarized models and a parity check."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hbnn.convert import quantize_
+from hbnn.models import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def calibrate(model: nn.Module, shape: tuple, batches: int = 3, seed: int = 0) -> nn.Module:
+    """A few training-mode forwards (BN statistics, activation running estimates), then eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(16, *shape, generator=gen))
+    return model.eval()
+
+
+def small_fc4(quant: dict | None, *, seed: int = 0, keep_first: bool = True, keep_last: bool = True,
+              widths=(8, 16, 24), size: int = 12, channels: int = 1) -> nn.Module:
+    """A narrow, calibrated cifar_fc4 (hardtanh) binarized by ``quant`` (``quant.default``)."""
+    torch.manual_seed(seed)
+    model = build_model("cifar_fc4", num_classes=10, in_channels=channels, image_size=size,
+                        activation="hardtanh", widths=widths)
+    if quant is not None:
+        quantize_(model, {"default": quant, "keep_first": keep_first, "keep_last": keep_last})
+    return calibrate(model, (channels, size, size), seed=seed)
+
+
+def assert_parity(ref: torch.Tensor, out: torch.Tensor, atol: float = 1e-4) -> None:
+    """Same predictions and logits within ``atol`` (float summation order is the only difference).
+
+    An activation sign can in principle flip where a pre-binarization value lies within
+    float rounding of a threshold; with these seeds none does, so this is exact to ``atol``.
+    """
+    assert torch.equal(ref.argmax(1), out.argmax(1))
+    torch.testing.assert_close(out, ref, atol=atol, rtol=1e-4)
+
+
+@pytest.fixture
+def meta() -> dict:
+    """Export meta for the 1 x 12 x 12 models of :func:`small_fc4`."""
+    return {"model": {"name": "cifar_fc4", "in_channels": 1, "image_size": 12, "num_classes": 10}}
+
+
+@pytest.fixture(scope="session")
+def fabricate_fashion_mnist():
+    """The training tests' miniature Fashion-MNIST fabricator (reused, not copied)."""
+    path = REPO / "tests" / "train" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_hbnn_train_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fabricate_fashion_mnist
