@@ -70,6 +70,13 @@ def test_markdown_table(results, capsys):
     assert "| MO | 1.4 | FP | 79.00 ± 1.00 | 84.00 | 3 |" in text
 
 
+def test_pilot_markdown_has_gaps_in_seed_std(results, capsys):
+    assert main(["plot", "pilot", "--results", str(results / "pilot.jsonl"), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    # fp 90.5 +- 0.71 vs 1/1 71.0 +- 1.41: 19.5 points = 17.4 pooled seed std
+    assert "| fp | w1a1 | +19.50 | +17.4 |" in text
+
+
 def test_verdicts_command(results, capsys):
     assert main(["plot", "verdicts", "--results-dir", str(results)]) == 0
     text = capsys.readouterr().out

@@ -110,3 +110,26 @@ def test_every_shipped_experiment_expands(path, monkeypatch):
     runs = expand(exp)
     assert runs and len({r.name for r in runs}) == len(runs)
     assert all(r.name.startswith(f"{path.stem}/") for r in runs)
+
+
+FMNIST_EXPERIMENTS = [p for p in EXPERIMENTS if "_" not in p.stem and p.stem != "fig2a"]
+
+
+@pytest.mark.parametrize("path", FMNIST_EXPERIMENTS, ids=[p.stem for p in FMNIST_EXPERIMENTS])
+def test_every_fashion_mnist_run_builds_and_runs_forward(path, monkeypatch):
+    """Each distinct config converts cleanly (no dead rules) and trains one step."""
+    import torch
+
+    from hbnn.experiments.layerwise import dataset_shape_of
+    from hbnn.train.run import build_model_for
+
+    monkeypatch.chdir(REPO)
+    seen = set()
+    for run in expand(load_experiment(path)):
+        if run.sha in seen:
+            continue
+        seen.add(run.sha)
+        model, report = build_model_for(run.config["model"], dataset_shape_of(run.config["data"]),
+                                        run.config["quant"])
+        assert report is None or not report.unmatched_rules, run.name
+        model(torch.randn(4, 1, 28, 28)).sum().backward()

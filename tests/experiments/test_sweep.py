@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hbnn.cli import main
 from hbnn.errors import FormatError
@@ -100,6 +101,7 @@ def test_tiny_sweep_end_to_end(write_experiment, tmp_path, capsys):
         assert set(TRAIN_KEYS) <= set(line)
         assert 0.0 <= line["top1"] <= line["top5"] <= 1.0
         assert line["config"]["train"]["seed"] == 0 and line["wall_s"] > 0
+        assert line["hardware"]["threads"] == torch.get_num_threads() and line["hardware"]["device"] == "cpu"
         assert json.loads(json.dumps(line)) == line
     fp, het = lines
     assert fp["weight_bits"] == 32 and fp["act_bits"] == 32 and fp["binarized_params"] == 0

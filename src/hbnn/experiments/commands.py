@@ -56,12 +56,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"run directories (default {DEFAULT_RUNS_DIR})")
     p.add_argument("--seeds", help="comma-separated seeds for every point, e.g. 0,1,2 (default: the experiment's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value in every run (changes the config hash), e.g. data.data_dir=...")
+                   help="override a config value in every run, e.g. data.data_dir=DIR (repeatable; a new "
+                        "config hash unless the key is a location/logging/device key)")
     p.add_argument("--only", action="append", default=[], metavar="NAME",
                    help="only runs whose point or run name matches (fnmatch; repeatable), e.g. w1.4_mo/seed0")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their states, run nothing")
     p.add_argument("--verify", action="store_true",
                    help="re-run the selected finished runs from their recorded configs and compare accuracy")
+    p.add_argument("--threads", type=int, help="torch CPU threads (recorded in each line; CPU results "
+                                               "depend on it, --verify re-uses the recorded number)")
     p.add_argument("--verbose", "-v", action="store_true", help="per-epoch lines from training")
     p.set_defaults(func=_cmd_sweep)
 
@@ -84,6 +87,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from hbnn.experiments.runner import run_status, select_runs, sweep, verify
     from hbnn.experiments.spec import expand, load_experiment
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}: expected an integer >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     exp = load_experiment(args.experiment)
     runs = expand(exp, seeds=parse_seeds(args.seeds), overrides=args.overrides)
     runs = select_runs(runs, args.only)
@@ -116,10 +125,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
                           "or pass --results FILE")
     lines = read_results(results)
     if args.markdown:
-        from hbnn.experiments.stats import aggregate, fig2a_markdown, markdown_table
+        from hbnn.experiments.stats import aggregate, fig2a_markdown, gaps_markdown, markdown_table
 
-        fig2a = any(line.get("kind") == "fig2a" for line in lines)
-        print(fig2a_markdown(lines) if fig2a else markdown_table(aggregate(lines)))
+        if any(line.get("kind") == "fig2a" for line in lines):
+            print(fig2a_markdown(lines))
+            return 0
+        stats = aggregate(lines)
+        print(markdown_table(stats))
+        if lines[-1].get("figure") == "pilot":
+            print("\n" + gaps_markdown(stats))
         return 0
     from hbnn.experiments.plots import plot_lines
 

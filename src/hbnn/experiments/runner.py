@@ -176,19 +176,31 @@ def sweep(runs: Iterable[RunSpec], results: str | Path, runs_dir: str | Path, *,
 def rerun(line: Mapping[str, Any], run_dir: str | Path, *, quiet: bool = True) -> dict:
     """Train a recorded run again from its recorded config into ``run_dir`` (started over).
 
+    CPU float reductions depend on the number of threads (and binarization turns tiny
+    differences into sign flips), so the re-run uses the recorded ``hardware.threads``.
+
     Returns:
-        ``{"run", "top1", "top5", "recorded_top1", "recorded_top5", "same"}``; ``same`` is
-        exact equality of both accuracies.
+        ``{"run", "top1", "top5", "recorded_top1", "recorded_top5", "threads", "same"}``;
+        ``same`` is exact equality of both accuracies.
     """
+    import torch
+
     from hbnn.train.config import config_from_dict
     from hbnn.train.run import fit
 
     run_dir = Path(run_dir)
     overwrite = run_dir.exists() and (run_dir / "config.yaml").exists()
-    result = fit(config_from_dict(line["config"]), run_dir, overwrite=overwrite, quiet=quiet)
+    previous = torch.get_num_threads()
+    threads = int((line.get("hardware") or {}).get("threads") or previous)
+    torch.set_num_threads(threads)
+    try:
+        result = fit(config_from_dict(line["config"]), run_dir, overwrite=overwrite, quiet=quiet)
+    finally:
+        torch.set_num_threads(previous)
     same = result.get("top1") == line.get("top1") and result.get("top5") == line.get("top5")
     return {"run": line["run"], "top1": result.get("top1"), "top5": result.get("top5"),
-            "recorded_top1": line.get("top1"), "recorded_top5": line.get("top5"), "same": same}
+            "recorded_top1": line.get("top1"), "recorded_top5": line.get("top5"), "threads": threads,
+            "same": same}
 
 
 def verify(statuses: Iterable[RunStatus], runs_dir: str | Path, *, quiet: bool = True,
@@ -203,6 +215,6 @@ def verify(statuses: Iterable[RunStatus], runs_dir: str | Path, *, quiet: bool =
             continue
         out = rerun(status.line, Path(runs_dir) / "_verify" / status.run.name, quiet=quiet)
         ok &= out["same"]
-        echo(f"{out['run']}: recorded top1 {out['recorded_top1']!r}, re-run {out['top1']!r} -> "
-             f"{'same' if out['same'] else 'DIFFERENT'}")
+        echo(f"{out['run']}: recorded top1 {out['recorded_top1']!r}, re-run {out['top1']!r} "
+             f"({out['threads']} threads) -> {'same' if out['same'] else 'DIFFERENT'}")
     return ok

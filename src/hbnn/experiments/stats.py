@@ -13,7 +13,8 @@ from typing import Any, Iterable, Mapping
 
 from hbnn.experiments.results import latest
 
-__all__ = ["PointStats", "aggregate", "mean_std", "format_bits", "markdown_table", "fig2a_markdown"]
+__all__ = ["PointStats", "aggregate", "mean_std", "format_bits", "markdown_table", "gaps_markdown",
+           "fig2a_markdown"]
 
 
 @dataclass
@@ -108,6 +109,29 @@ def markdown_table(stats: Iterable[PointStats]) -> str:
         paper = "" if s.paper is None else f"{s.paper:g}"
         rows.append(f"| {s.label} | {format_bits(s.weight_bits)} | {format_bits(s.act_bits)} | "
                     f"{_pm(s.mean, s.std)} | {top5} | {s.n} | {paper} |")
+    return "\n".join(rows)
+
+
+def _ratio(value: float, unit: float) -> str:
+    return "inf" if unit == 0 else f"{value / unit:+.1f}"
+
+
+def gaps_markdown(stats: list[PointStats]) -> str:
+    """Pairwise gaps between points, in points and in seed standard deviations (the pilot's question).
+
+    ``A - B`` with the pooled seed std ``sqrt((s_A^2 + s_B^2) / 2)`` and the standard error
+    ``sqrt(s_A^2 / n_A + s_B^2 / n_B)`` of the difference; blank without two seeds on both sides.
+    """
+    rows = ["| A | B | A - B (points) | / seed std | / se |", "|---|---|---|---|---|"]
+    for i, a in enumerate(stats):
+        for b in stats[i + 1:]:
+            diff = a.mean - b.mean
+            if a.std is None or b.std is None:
+                rows.append(f"| {a.label} | {b.label} | {diff:+.2f} | | |")
+                continue
+            pooled = math.sqrt((a.std ** 2 + b.std ** 2) / 2)
+            se = math.sqrt(a.se ** 2 + b.se ** 2)
+            rows.append(f"| {a.label} | {b.label} | {diff:+.2f} | {_ratio(diff, pooled)} | {_ratio(diff, se)} |")
     return "\n".join(rows)
 
 
