@@ -60,3 +60,21 @@ def fabricate_fashion_mnist():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.fabricate_fashion_mnist
+
+
+@pytest.fixture
+def make_fc4():
+    """The :func:`small_fc4` factory."""
+    return small_fc4
+
+
+@pytest.fixture
+def parity():
+    """The :func:`assert_parity` check."""
+    return assert_parity
+
+
+@pytest.fixture
+def calibrated():
+    """The :func:`calibrate` helper."""
+    return calibrate

@@ -15,8 +15,17 @@ Example:
     >>> logits = engine(images)                                                           # doctest: +SKIP
 """
 
-from hbnn.export.engine import PackedConv2d, PackedLinear, PackedModel
-from hbnn.export.format import FORMAT, VERSION, export_model, format_report, load, pack_model, read_packed, storage_report
+from hbnn.export.engine import PackedConv2d, PackedLayer, PackedLinear, PackedModel
+from hbnn.export.format import (
+    FORMAT,
+    VERSION,
+    export_model,
+    format_report,
+    load,
+    pack_model,
+    read_packed,
+    storage_report,
+)
 from hbnn.export.ops import SUPPORTED_LAYERS
 
 __all__ = [
@@ -24,6 +33,7 @@ __all__ = [
     "VERSION",
     "SUPPORTED_LAYERS",
     "PackedModel",
+    "PackedLayer",
     "PackedConv2d",
     "PackedLinear",
     "export_model",

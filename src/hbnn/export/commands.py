@@ -84,7 +84,8 @@ def format_eval(result: dict) -> str:
     cmp = result.get("compare")
     if cmp:
         line += (f"\nvs {cmp['checkpoint']}: top1 {100 * cmp['top1']:.2f}%, {cmp['mismatches']} of {result['count']} "
-                 f"predictions differ, max |logit diff| {cmp['max_abs_logit_diff']:.3g}")
+                 f"predictions differ, max |logit diff| {cmp['max_abs_logit_diff']:.3g}, "
+                 f"{cmp['images_beyond_tol']} images beyond {cmp['tol']:g}")
     return line
 
 

@@ -29,8 +29,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from hbnn import __version__
 from hbnn.errors import FormatError
-from hbnn.export.engine import PackedModel
+from hbnn.export.engine import PackedModel, optimize_chain
 from hbnn.export.ops import trace_chain
 from hbnn.export.records import build_layer, can_fold, layer_record
 from hbnn.io import atomic_write_bytes
@@ -61,6 +62,22 @@ def _input_shape(model: Any, input_shape) -> list[int] | None:
     return None
 
 
+def _records(chain: list[tuple[str, nn.Module]], fold_bn: bool) -> tuple[list[dict], dict]:
+    """Layer records and CPU tensors of a chain; a BN right after a conv/linear is folded into it."""
+    records: list[dict] = []
+    tensors: dict[str, torch.Tensor] = {}
+    i = 0
+    while i < len(chain):
+        name, layer = chain[i]
+        bn = bn_name = None
+        if fold_bn and isinstance(layer, (nn.Conv2d, nn.Linear)) and i + 1 < len(chain) \
+                and can_fold(layer, chain[i + 1][1]):
+            bn_name, bn = chain[i + 1]
+        records.append(layer_record(len(records), name, layer, tensors, bn, bn_name))
+        i += 1 if bn is None else 2
+    return records, {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
+
+
 def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_bn: bool = True,
                input_shape=None) -> tuple[dict, dict]:
     """``(header, tensors)`` of the packed file of ``model`` (nothing is written).
@@ -84,23 +101,10 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
         json.dumps(meta)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"meta: must be JSON-serialisable ({exc})") from None
-    chain = trace_chain(model)
-    records: list[dict] = []
-    tensors: dict[str, torch.Tensor] = {}
-    i = 0
-    while i < len(chain):
-        name, layer = chain[i]
-        bn = bn_name = None
-        if fold_bn and isinstance(layer, (nn.Conv2d, nn.Linear)) and i + 1 < len(chain) and can_fold(layer, chain[i + 1][1]):
-            bn_name, bn = chain[i + 1]
-        records.append(layer_record(len(records), name, layer, tensors, bn, bn_name))
-        i += 1 if bn is None else 2
-    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
-    import hbnn
-
+    records, tensors = _records(trace_chain(model), fold_bn)
     model_meta = meta.pop("model", None)
     header = {
-        "format": FORMAT, "version": VERSION, "hbnn_version": hbnn.__version__, "torch_version": torch.__version__,
+        "format": FORMAT, "version": VERSION, "hbnn_version": __version__, "torch_version": torch.__version__,
         "model": model_meta, "meta": meta, "input_shape": _input_shape(model_meta, input_shape),
         "source_params": sum(p.numel() for p in model.parameters()), "fold_bn": bool(fold_bn), "layers": records,
         "payload_sha256": _payload_sha256(tensors),
@@ -134,13 +138,15 @@ def _parse_header(data: bytes, where: Path) -> dict:
     try:
         header = json.loads(json.loads(data[8:8 + n])["__metadata__"][_META_KEY])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise FormatError(f"{where} is corrupt or not an hbnn packed model (no readable {_META_KEY!r} header)") from None
+        raise FormatError(f"{where} is corrupt or not an hbnn packed model "
+                          f"(no readable {_META_KEY!r} header)") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         got = header.get("format") if isinstance(header, dict) else None
         raise FormatError(f"{where} is not an hbnn packed model (format {got!r}, expected {FORMAT!r})")
     version = header.get("version")
     if version != VERSION:
-        raise FormatError(f"packed model {where} has unknown format version {version!r}; this hbnn reads version {VERSION}")
+        raise FormatError(f"packed model {where} has unknown format version {version!r}; "
+                          f"this hbnn reads version {VERSION}")
     if not isinstance(header.get("layers"), list):
         raise FormatError(f"packed model {where} has no layer list")
     return header
@@ -171,11 +177,11 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, dict, int]:
     return header, tensors, len(data)
 
 
-def _check_chain(model: PackedModel, shape: list[int]) -> None:
+def _check_chain(layers: list[tuple[str, nn.Module]], shape: list[int]) -> None:
     """Run one zero input through the layers so mismatched shapes fail here, in one line."""
     x = torch.zeros(1, *shape)
     with torch.no_grad():
-        for i, (name, layer) in enumerate(model.named_layers()):
+        for i, (name, layer) in enumerate(layers):
             try:
                 x = layer(x)
             except (RuntimeError, ValueError) as exc:
@@ -191,19 +197,20 @@ def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) 
         backend: kernel backend of the binarized layers (``auto``, ``c``, ``torch``).
         check: run one zero input through the layers (needs ``input_shape`` in the header).
 
+    The engine applies :func:`hbnn.export.engine.optimize_chain` (exact rewrites).
+
     Raises:
         FormatError: see :func:`read_packed`; also unknown layer ops, tensors that do not
             fit their records and layers whose shapes do not chain.
     """
     header, tensors, _ = read_packed(path)
     layers = [build_layer(i, rec, tensors, backend) for i, rec in enumerate(header["layers"])]
-    model = PackedModel(layers, header)
     shape = header.get("input_shape")
     if check and shape is not None:
         if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
             raise FormatError(f"packed model {path}: invalid input_shape {shape!r}")
-        _check_chain(model, shape)
-    return model
+        _check_chain(layers, shape)
+    return PackedModel(optimize_chain(layers), header)
 
 
 # ----------------------------------------------------------------------------- size report
@@ -280,8 +287,8 @@ def format_report(report: Mapping[str, Any]) -> str:
             continue
         bpw = f"{r['bits_per_weight']:.3f}" if r.get("bits_per_weight") is not None else (
             "32" if r["float_bits"] else "-")
-        lines.append(f"{str(r['name'])[:22]:<22} {r['op']:<10} {r['weights']:>8} {r['sign_bits']:>8} {r['map_bits']:>8} "
-                     f"{r['scale_bits']:>7} {r['float_bits'] + r['other_bits']:>8} {bpw:>7}")
+        lines.append(f"{str(r['name'])[:22]:<22} {r['op']:<10} {r['weights']:>8} {r['sign_bits']:>8} "
+                     f"{r['map_bits']:>8} {r['scale_bits']:>7} {r['float_bits'] + r['other_bits']:>8} {bpw:>7}")
     m = report["model"]
     lines.append("-" * len(head))
     per_bin = m["bits_per_binarized_weight"]

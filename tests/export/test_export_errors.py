@@ -1,0 +1,146 @@
+"""Bad input -> one FormatError line (CLI: exit 2): files, versions, shapes, unsupported layers."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from torch import nn
+
+from hbnn.cli import main
+from hbnn.errors import FormatError
+from hbnn.export import SUPPORTED_LAYERS, export_model, load, read_packed
+from hbnn.export.format import _META_KEY, _payload_sha256
+from hbnn.nn import HBConv2d
+
+
+@pytest.fixture
+def packed(tmp_path, make_fc4):
+    path = tmp_path / "m.hbnn"
+    export_model(make_fc4({"weight": 1.4, "act": 1.4}), path, input_shape=[1, 12, 12])
+    return path
+
+
+def _rewrite(path, edit_header=None, edit_tensors=None, resum=True):
+    """Rewrite a packed file with an edited header/tensors (checksum recomputed unless ``resum=False``)."""
+    from safetensors.torch import save
+
+    header, tensors, _ = read_packed(path)
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_header:
+        edit_header(header)
+    if resum:
+        header["payload_sha256"] = _payload_sha256(tensors)
+    path.write_bytes(save(tensors, metadata={_META_KEY: json.dumps(header)}))
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_missing_truncated_and_corrupt_files(packed, tmp_path):
+    with pytest.raises(FormatError, match="not found"):
+        load(tmp_path / "nope.hbnn")
+    data = packed.read_bytes()
+    for cut in (4, 100, len(data) - 10):
+        (tmp_path / "t.hbnn").write_bytes(data[:cut])
+        with pytest.raises(FormatError, match="truncated") as exc:
+            load(tmp_path / "t.hbnn")
+        _one_line(exc)
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF  # inside the last tensor's bytes
+    (tmp_path / "c.hbnn").write_bytes(bytes(flipped))
+    with pytest.raises(FormatError, match="checksum"):
+        load(tmp_path / "c.hbnn")
+    (tmp_path / "g.hbnn").write_bytes(struct.pack("<Q", 5) + b"{garb" + b"\0" * 10)
+    with pytest.raises(FormatError, match="not an hbnn packed model"):
+        load(tmp_path / "g.hbnn")
+
+
+def test_foreign_safetensors_file(tmp_path):
+    from safetensors.torch import save
+
+    (tmp_path / "f.safetensors").write_bytes(save({"x": torch.zeros(2)}))
+    with pytest.raises(FormatError, match="not an hbnn packed model"):
+        load(tmp_path / "f.safetensors")
+
+
+def test_unknown_version_and_format(packed):
+    _rewrite(packed, lambda h: h.update(version=99))
+    with pytest.raises(FormatError, match="unknown format version 99; this hbnn reads version 1"):
+        load(packed)
+
+
+def test_mismatched_tensor_shapes(packed):
+    _rewrite(packed, edit_tensors=lambda t: t.update({"3.bias": torch.zeros(5)}))
+    with pytest.raises(FormatError, match=r"layer 3 \(features.4\): tensor '3.bias' has torch.float32 \[5\]"):
+        load(packed)
+
+
+def test_sign_stream_of_the_wrong_length(packed):
+    _rewrite(packed, edit_tensors=lambda t: t.update({"3.signs": t["3.signs"][:-1].clone()}))
+    with pytest.raises(FormatError, match="words for"):
+        load(packed)
+
+
+def test_shapes_that_do_not_chain(packed):
+    def edit(h):
+        h["layers"][0]["geometry"]["out_channels"] = 6  # and make the weight fit the record
+    _rewrite(packed, edit, lambda t: t.update({"0.weight": t["0.weight"][:6].clone(),
+                                                "0.bias": t["0.bias"][:6].clone()}))
+    with pytest.raises(FormatError, match=r"layer 3 \(features.4\): shapes do not chain on input \[1, 12, 12\]"):
+        load(packed)
+
+
+def test_unknown_layer_op_lists_supported(packed):
+    _rewrite(packed, lambda h: h["layers"][1].update(op="gelu"))
+    with pytest.raises(FormatError, match="unknown layer op 'gelu'; supported layers: HBConv2d") as exc:
+        load(packed)
+    _one_line(exc)
+
+
+def test_unsupported_models_at_export(tmp_path, make_fc4):
+    model = make_fc4({"weight": 1, "act": 1})
+    model.features[2] = nn.GELU()
+    with pytest.raises(FormatError, match="type GELU is not supported by the packed format; supported layers: ") as exc:
+        export_model(model, tmp_path / "x.hbnn")
+    assert all(name in str(exc.value) for name in SUPPORTED_LAYERS)
+    assert not (tmp_path / "x.hbnn").exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    with pytest.raises(FormatError, match="is not supported by the packed format"):
+        export_model(Residual(), tmp_path / "r.hbnn")
+
+
+def test_uncalibrated_or_non_elementwise_quantizers(tmp_path):
+    layer = HBConv2d(2, 4, 3, weight_quant=1, act_quant=1)
+    with pytest.raises(FormatError, match="never calibrated"):
+        export_model(nn.Sequential(layer), tmp_path / "u.hbnn")
+    layer = HBConv2d(2, 4, 3, weight_quant=1, act_quant={"bits": 1.4, "heuristic": "random"})
+    layer.act_quantizer.num_batches_tracked.fill_(1)
+    with pytest.raises(FormatError, match="heuristic='random'"):
+        export_model(nn.Sequential(layer), tmp_path / "r.hbnn")
+    layer = HBConv2d(2, 4, 3, padding="same", weight_quant=1)
+    with pytest.raises(FormatError, match="integer zero padding"):
+        export_model(nn.Sequential(layer), tmp_path / "p.hbnn")
+
+
+def test_cli_bad_files_exit_2_with_one_line(packed, tmp_path, capsys):
+    (tmp_path / "t.hbnn").write_bytes(packed.read_bytes()[:50])
+    for argv in (["infer", str(tmp_path / "t.hbnn")], ["infer", str(tmp_path / "none.hbnn")],
+                 ["export", str(tmp_path / "no_run"), "--out", str(tmp_path / "o.hbnn")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("hbnn: error: "), err
