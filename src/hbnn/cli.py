@@ -18,6 +18,7 @@ __all__ = ["main", "build_parser"]
 
 # Feature packages that contribute subcommands, in help order.
 _COMMAND_MODULES = (
+    "hbnn.showcase",
     "hbnn.train.commands",
     "hbnn.experiments.commands",
     "hbnn.hw.commands",

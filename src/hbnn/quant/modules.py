@@ -175,7 +175,9 @@ class ActQuantizer(nn.Module):
         key = heuristic_key(x.detach(), spec.heuristic, self.running_mean_abs.to(x.device))
         out = torch.full(x.shape, mix.bits[0], dtype=torch.int8, device=x.device)
         for j, t in enumerate(self.running_thresholds.tolist()):
-            out += ((key > t) * (mix.bits[j + 1] - mix.bits[j])).to(torch.int8)
+            above = (key > t).view(torch.int8)  # bool -> int8 without a copy
+            step = mix.bits[j + 1] - mix.bits[j]
+            out += above if step == 1 else above * step
         return out
 
     def _forward_running(self, x: torch.Tensor) -> torch.Tensor:
