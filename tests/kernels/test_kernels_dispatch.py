@@ -41,8 +41,8 @@ def test_linear_every_variant_equals_reference(c_variants, gen, planes, k):
 
 def test_linear_large_tiles_and_all_masked_pairs(c_variants, gen, planes):
     # > one 192-row chunk and > one 16-row weight panel, every (masked, masked) mode.
-    w = pack_planes(*planes(gen, 3, (37, 300), True, per_row=True))
-    x = pack_planes(*planes(gen, 3, (203, 300), True, per_row=True))
+    w = pack_planes(*planes(gen, 3, (37, 130), True, per_row=True))
+    x = pack_planes(*planes(gen, 3, (203, 130), True, per_row=True))
     counts, y = ref.binary_linear_counts_ref(x, w), ref.binary_linear_ref(x, w)
     for v in c_variants:
         torch.testing.assert_close(binary_linear_counts(x, w, backend="c", variant=v), counts, **EXACT)
@@ -82,6 +82,15 @@ def test_conv_every_variant_equals_reference(c_variants, gen, planes, case, nw, 
     for v in c_variants:
         torch.testing.assert_close(binary_conv2d_counts(x, w, backend="c", variant=v, **args), counts, **EXACT)
         torch.testing.assert_close(binary_conv2d(x, w, backend="c", variant=v, **args), y, **EXACT)
+
+
+def test_conv_accepts_unpacked_nchw_triples(c_variants, gen, planes):
+    xt = planes(gen, 2, (2, 5, 6, 7), True, per_row=False)
+    wt = planes(gen, 2, (3, 5, 3, 3), True, per_row=True)
+    y = binary_conv2d(xt, wt, padding=1, stride=2, backend="c")
+    expect = ref.binary_conv2d_ref(pack_conv_input(*xt), pack_conv_weight(*wt), padding=1, stride=2)
+    assert y.shape == (2, 3, 3, 4)
+    torch.testing.assert_close(y, expect, **EXACT)
 
 
 def test_variant_from_environment(c_variants, gen, planes, monkeypatch):

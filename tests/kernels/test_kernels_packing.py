@@ -72,22 +72,25 @@ def test_conv_packing_is_nhwc_and_ohwi(gen, planes):
 
 @pytest.mark.parametrize("shape", [(6, 130), (2, 70, 3, 5), (1, 3, 9, 8)])
 @pytest.mark.parametrize("hetero", [False, True])
-def test_pack_activations_matches_quant_residual_binarization(c_variants, gen, shape, hetero, monkeypatch):
-    from hbnn.quant import binarize_with_scales
+def test_pack_activations_equals_quant_residual_planes(c_variants, gen, shape, hetero, monkeypatch):
+    """Fused C binarize+pack == hbnn.quant's residual loop with fixed scales, bit for bit."""
+    from hbnn.quant.functional import binarize_with_scales, residual_forward
 
     x = torch.randn(shape, generator=gen)
     x.view(-1)[:7] = 0.0  # sign(0) = -1
     scales = torch.tensor([0.8, 0.3, 0.1])
     bitmap = torch.randint(1, 4, shape, generator=gen, dtype=torch.int8) if hetero else None
-    pt = pack_activations(x, scales, bitmap, backend="torch")
+    _, _, signs, masks = residual_forward(x, bitmap, 3, scales=scales, keep_planes=True)
+    packer = pack_planes if x.dim() == 2 else pack_conv_input
+    expect = packer(signs, masks, scales, backend="torch")
+    _same(pack_activations(x, scales, bitmap, backend="torch"), expect)
     for variant in c_variants:
         monkeypatch.setenv("HBNN_KERNEL_VARIANT", variant)
-        _same(pack_activations(x, scales, bitmap, backend="c"), pt)
-    expect = binarize_with_scales(x, bitmap, scales)
-    got = pt.dequantize()
+        _same(pack_activations(x, scales, bitmap, backend="c"), expect)
+    got = expect.dequantize()
     if x.dim() == 4:
         got = got.permute(0, 3, 1, 2)
-    torch.testing.assert_close(got, expect, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got, binarize_with_scales(x, bitmap, scales), atol=1e-6, rtol=0)
 
 
 def test_invalid_inputs_raise(gen, planes):
@@ -98,7 +101,7 @@ def test_invalid_inputs_raise(gen, planes):
         pack_planes(torch.zeros(9, 3, 10, dtype=torch.bool), None, torch.ones(9))
     with pytest.raises(ValueError, match="scales"):
         pack_planes(signs, masks, torch.ones(3))
-    with pytest.raises(ValueError, match="per-channel"):
+    with pytest.raises(ValueError, match="first dim"):
         pack_planes(signs, masks, torch.ones(2, 10), backend="torch")
     with pytest.raises(ValueError, match="signs"):
         PackedPlanes(torch.zeros(2, 3, 2, dtype=torch.int64), None, (True, True), torch.ones(2), (3, 10))

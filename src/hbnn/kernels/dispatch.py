@@ -151,9 +151,9 @@ def cpu_features() -> dict:
     lib = _cbackend.library("auto")
     if lib is None:
         return {"features": {}, "variants": [], "selected": None, "error": _build.build_error()}
-    vid = _cbackend.variant_id(lib, None)
-    return {
-        "features": _cbackend.feature_flags(lib),
-        "variants": _cbackend.supported_variants(lib),
-        "selected": _cbackend.VARIANTS[vid],
-    }
+    info = {"features": _cbackend.feature_flags(lib), "variants": _cbackend.supported_variants(lib)}
+    try:
+        info["selected"] = _cbackend.VARIANTS[_cbackend.variant_id(lib, None)]
+    except ValueError as exc:  # a bad $HBNN_KERNEL_VARIANT: report it instead of raising
+        info["selected"], info["error"] = None, str(exc)
+    return info

@@ -44,7 +44,7 @@ WORD_BITS = 64
 _MAX_PLANES = 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PackedPlanes:
     """Bit planes of one binarized tensor, packed along the last logical dim (see module doc)."""
 
@@ -146,13 +146,14 @@ def _check_planes(signs: torch.Tensor, masks: torch.Tensor | None, scales: torch
         raise ValueError(f"{what}: scales must be [n] or [n, C] with n={signs.shape[0]}, got {list(scales.shape)}")
 
 
-def _finish(signs_w, masks_w, full, scales, shape, per_row_dim: int) -> PackedPlanes:
-    """Assemble a PackedPlanes; per-channel scales of dim ``per_row_dim`` become ``[n, shape[0]]``."""
+def _finish(signs_w, masks_w, full, scales, shape) -> PackedPlanes:
+    """Assemble a PackedPlanes (scales ``[n]`` or ``[n, shape[0]]``)."""
     scales = scales.detach().to(torch.float32)
-    if scales.dim() == 2 and per_row_dim != 0:
-        raise ValueError("scales: per-channel scales are supported along the output/sample dim only, not along K")
     if scales.dim() == 2 and scales.shape[1] != shape[0]:
-        raise ValueError(f"scales: expected [n, {shape[0]}] per-channel scales, got {list(scales.shape)}")
+        raise ValueError(
+            f"scales: per-channel scales must index the first dim (output channel or sample, "
+            f"size {shape[0]}), got {list(scales.shape)}; scales along K cannot be factored out of the popcount"
+        )
     full = tuple(bool(f) for f in full)
     return PackedPlanes(signs_w, None if all(full) else masks_w, full, scales.contiguous(), tuple(int(s) for s in shape))
 
@@ -180,7 +181,7 @@ def _pack_generic(signs, masks, scales, lead: int, k: int, s: int, shape, backen
     mw = None
     if not all(full):
         mw = _pack_rows(masks.reshape(n * lead, k, s), s, backend).reshape(n, lead * s, -1)
-    return _finish(sw, mw, full, scales, shape, 0)
+    return _finish(sw, mw, full, scales, shape)
 
 
 def pack_planes(
@@ -283,7 +284,6 @@ def pack_activations(
         bm = None if bitmap is None else bitmap.to(torch.int8).contiguous()
         sw, mw, counts = _cbackend.pack_residual(lib, x, bm, b, k, s, scales, need_masks=bitmap is not None)
         full = [c == b * k * s for c in counts]
-        return _finish(sw, mw, full, scales, shape, 0)
+        return _finish(sw, mw, full, scales, shape)
     signs, masks = _residual_torch(x, bitmap, scales)
-    n = scales.numel()
     return _pack_generic(signs, masks if bitmap is not None else None, scales, b, k, s, shape, "torch")

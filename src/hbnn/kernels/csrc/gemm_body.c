@@ -26,8 +26,9 @@
  * for masks.
  *
  * Blocking: weights are repacked once per call into 16-row panels ([k][16] interleaved);
- * activation rows are processed in chunks (~256 KiB of panels, L2) repacked into 12-row
- * micro-panels ([k][12]); OpenMP distributes (chunk, group of weight panels) items.
+ * activation rows are processed in chunks (hbnn_chunk_rows) repacked into 12-row
+ * micro-panels ([k][12]); OpenMP distributes (chunk, group of weight panels) items
+ * dynamically; each item streams its weight panels from L2/L3 against an L2-resident chunk.
  */
 #ifndef HBNN_SUFFIX
 #error "gemm_body.c is included by gemm_<variant>.c"
@@ -39,11 +40,12 @@
 
 /* Weight panels: plane i, panel q (rows 16q..16q+15), word k, lane l at
  * ((i*nq + q)*kwt + k)*16 + l; rows >= O are zero.  popw[(i*nq + q)*16 + l] is the mask
- * popcount of a masked plane's row.  Called inside a parallel region. */
+ * popcount of a masked plane's row.  An orphaned `omp for`: serial when called outside a
+ * parallel region. */
 static void FN(pack_w)(const hbnn_gemm_args *a, int64_t kwt, int64_t nq, uint64_t *ws,
                        uint64_t *wm, int32_t *popw) {
     int64_t t;
-#pragma omp for schedule(static)
+#pragma omp for schedule(guided)
     for (t = 0; t < a->nw * nq; t++) {
         const int64_t i = t / nq, q = t % nq;
         const int masked = !a->w_full[i];
@@ -249,20 +251,14 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     const int64_t kwt = a->kh * a->kw * a->cw, R = a->B * a->oh * a->ow;
     const int64_t nq = (a->O + HBNN_LANES - 1) / HBNN_LANES;
     const int nt = a->nthreads > 0 ? (int)a->nthreads : 1;
-    const int64_t row_bytes = kwt * 8 * a->nx * 2 + 4 * a->nx + 1;
-    int64_t chunk = (256 * 1024 / row_bytes) / HBNN_NR * HBNN_NR, nch, og, n_int, i;
+    const int64_t chunk = hbnn_chunk_rows(kwt, a->nx, R, nt);
+    int64_t nch, og, n_int, i;
     int any_wm = 0, failed = 0;
     hbnn_row *rows;
     uint64_t *ws, *wm = NULL;
     int32_t *popw;
     if (R == 0) return 0;
     for (i = 0; i < a->nw; i++) any_wm |= !a->w_full[i];
-    /* ~256 KiB of activation panels per chunk (L2), at most 16 micro-panels, and small
-     * enough that every thread gets >= 4 items (dynamic scheduling evens out load). */
-    const int64_t balance = (R + 4 * nt - 1) / (4 * nt);
-    if (chunk > 16 * HBNN_NR) chunk = 16 * HBNN_NR;
-    if (chunk > (balance + HBNN_NR - 1) / HBNN_NR * HBNN_NR) chunk = (balance + HBNN_NR - 1) / HBNN_NR * HBNN_NR;
-    if (chunk < HBNN_NR) chunk = HBNN_NR;
     nch = (R + chunk - 1) / chunk;
     og = nch >= 2 * nt ? 1 : hbnn_min64(nq, nt);
     rows = (hbnn_row *)hbnn_alloc((size_t)R * sizeof(hbnn_row));
@@ -274,28 +270,38 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         return -2;
     }
     n_int = FN(row_order)(a, rows);
+    /* Weight panels: serially unless large.  Every barrier waits for the slowest thread,
+     * and on a busy machine a descheduled thread costs a whole time slice, so the compute
+     * region below has no barrier but its end. */
+    if (a->nw * nq * kwt * HBNN_LANES * 8 * (any_wm ? 2 : 1) > (8 << 20)) {
+#pragma omp parallel num_threads(nt)
+        FN(pack_w)(a, kwt, nq, ws, wm, popw);
+    } else {
+        FN(pack_w)(a, kwt, nq, ws, wm, popw);
+    }
 #pragma omp parallel num_threads(nt)
     {
         const int64_t nm_max = chunk / HBNN_NR;
         const size_t panel = (size_t)(a->nx * nm_max * kwt * HBNN_NR) * 8;
         hbnn_chunk ch;
         int64_t item;
+        int bad;
         ch.xs = (uint64_t *)hbnn_alloc(panel);
         ch.xm = (uint64_t *)hbnn_alloc(panel);
         ch.popx = (int32_t *)hbnn_alloc((size_t)(a->nx * nm_max * HBNN_NR) * 4);
         ch.xsc = (float *)hbnn_alloc((size_t)(a->nx * nm_max * HBNN_NR) * 4);
         ch.xmsk = (uint8_t *)hbnn_alloc((size_t)(a->nx * nm_max));
-        if (!ch.xs || !ch.xm || !ch.popx || !ch.xsc || !ch.xmsk) {
+        bad = !ch.xs || !ch.xm || !ch.popx || !ch.xsc || !ch.xmsk;
+        if (bad) {
 #pragma omp atomic write
             failed = 1;
         }
-        FN(pack_w)(a, kwt, nq, ws, wm, popw);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
         for (item = 0; item < nch * og; item++) {
             const int64_t c = item / og, g = item % og;
             const int64_t r0 = c * chunk, r1 = hbnn_min64(R, r0 + chunk);
             int64_t q, m;
-            if (failed) continue;
+            if (bad) continue; /* reported through `failed` */
             FN(pack_x)(a, rows, n_int, r0, r1, kwt, &ch);
             for (q = g * nq / og; q < (g + 1) * nq / og; q++)
                 for (m = 0; m < ch.nm; m++) FN(tile)(a, rows, R, kwt, nq, q, ws, wm, popw, &ch, m);

@@ -63,6 +63,19 @@ typedef struct {
 
 static inline int64_t hbnn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* Output rows per work item: ~256 KiB of activation panels (L2), at most 16 micro-panels,
+ * and small enough that each of nt threads gets >= 4 items (dynamic scheduling then
+ * evens out a busy machine); a multiple of HBNN_NR. */
+static int64_t hbnn_chunk_rows(int64_t kwt, int64_t nx, int64_t R, int nt) {
+    const int64_t row_bytes = kwt * 8 * nx * 2 + 4 * nx + 1;
+    const int64_t balance = (R + 4 * nt - 1) / (4 * nt);
+    int64_t chunk = 256 * 1024 / row_bytes;
+    if (chunk > 16 * HBNN_NR) chunk = 16 * HBNN_NR;
+    if (chunk > balance) chunk = balance;
+    chunk = (chunk + HBNN_NR - 1) / HBNN_NR * HBNN_NR;
+    return chunk < HBNN_NR ? HBNN_NR : chunk;
+}
+
 /* 64-byte aligned allocation (panels are read with aligned vector loads). */
 static void *hbnn_alloc(size_t bytes) {
     void *p = NULL;

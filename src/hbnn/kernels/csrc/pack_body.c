@@ -1,6 +1,6 @@
 /* Packing routines, compiled once per SIMD variant (included by gemm_<variant>.c after
  * gemm_body.c, with HBNN_SUFFIX defined).  Written as short fixed-length loops that the
- * compiler vectorizes; bytes are gathered into bits with a multiply (see hbnn_bits8).
+ * compiler vectorizes; bytes are gathered into bits with a multiply (see bits64).
  *
  * Layout of the input: [B][K][S] (S = 1: rows of K contiguous entries; S = H*W: NCHW,
  * giving NHWC rows r = b*S + s).  Output rows of ceil(K/64) words, bit k%64 of word k/64.
@@ -117,7 +117,7 @@ static void FN(pack_residual)(const float *x, const int8_t *bitmap, int64_t B, i
         float e[64], et[64][HBNN_TS];
         uint8_t lvl[64], lt[64][HBNN_TS];
         uint64_t sw[8], mw[8], swt[8][HBNN_TS], mwt[8][HBNN_TS];
-#pragma omp for schedule(static)
+#pragma omp for schedule(guided) nowait
         for (t = 0; t < B * kwords * ntile; t++) {
             const int64_t b = t / (kwords * ntile), kw = (t / ntile) % kwords, s0 = (t % ntile) * HBNN_TS;
             const int64_t k1 = hbnn_min64(64, K - kw * 64), ts = hbnn_min64(S - s0, HBNN_TS);
@@ -153,7 +153,7 @@ static void FN(pack_u8)(const uint8_t *src, int64_t B, int64_t K, int64_t S, uin
                         int nt) {
     const int64_t kwords = (K + 63) / 64, ntile = (S + HBNN_TS - 1) / HBNN_TS;
     int64_t t;
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(guided) num_threads(nt)
     for (t = 0; t < B * kwords * ntile; t++) {
         const int64_t b = t / (kwords * ntile), kw = (t / ntile) % kwords, s0 = (t % ntile) * HBNN_TS;
         const int64_t k1 = hbnn_min64(64, K - kw * 64), s1 = hbnn_min64(S, s0 + HBNN_TS);
