@@ -208,6 +208,8 @@ def test_resume_rules(run_dir, tmp_path, tiny_args, capsys):
     assert "drop the recipe" in _error_line(capsys)
     assert main(["train", "--resume", str(tmp_path / "none"), "-q"]) == 2
     assert "not an hbnn run directory" in _error_line(capsys)
+    assert main(["train", "--resume", str(run_dir), "--set", "sched.name=cosine", "-q"]) == 2
+    assert "cannot change sched.name" in _error_line(capsys)
     assert main(["train", "--resume", str(run_dir), "--epochs", "2", "-q"]) == 0  # extend the run
     with (run_dir / "metrics.csv").open() as fh:
         assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2"]

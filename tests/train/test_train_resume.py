@@ -13,6 +13,8 @@ import time
 import torch
 from safetensors.torch import load_file
 
+from hbnn.train.checkpoint import load_checkpoint
+
 QUANT = "quant={default: {weight: {bits: 1.4}, act: {bits: 1.4}}}"
 TIMING = {"images_per_s", "wall_time_s"}
 
@@ -41,16 +43,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, fmnist_dir, ch
 
     proc = subprocess.Popen(_cmd(args(killed)), cwd=repo, env=child_env)
     deadline = time.monotonic() + 240
-    while not (killed / "last.json").exists():
-        assert proc.poll() is None, "training ended before its first checkpoint"
+    while True:
+        assert proc.poll() is None, "training ended before a mid-epoch checkpoint was caught"
         assert time.monotonic() < deadline, "no checkpoint appeared"
+        if (killed / "last.safetensors").exists():
+            proc.send_signal(signal.SIGSTOP)  # freeze it: what is on disk now is what it leaves
+            meta = load_checkpoint(killed).metadata
+            if meta["batch_in_epoch"] > 0:
+                break
+            proc.send_signal(signal.SIGCONT)  # an epoch-end checkpoint: wait for a mid-epoch one
         time.sleep(0.002)
-    # Freeze it the moment the first (mid-epoch) checkpoint is complete, then kill -9.
-    proc.send_signal(signal.SIGSTOP)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    meta = json.loads((killed / "last.json").read_text())
-    assert meta["epoch"] == 0 and 0 < meta["batch_in_epoch"] < 6 and meta["step"] == 4
+    assert 0 < meta["batch_in_epoch"] < 6 and meta["step"] < 18  # killed mid-epoch, before the end
 
     subprocess.run(_cmd(["train", "--resume", str(killed), "-q"]), cwd=repo, env=child_env,
                    check=True, timeout=300)

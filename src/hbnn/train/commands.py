@@ -123,6 +123,9 @@ def _check_resume_changes(old: dict, new: dict) -> None:
     from hbnn.errors import ConfigError
 
     a, b = _flatten(old), _flatten(new)
+    if b.get("sched.name") == "cosine" and a.get("train.epochs") != b.get("train.epochs"):
+        raise ConfigError("cannot change train.epochs when resuming a cosine schedule (its length is fixed "
+                          "when the run starts); start a new run with --out instead")
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key) and not any(key == k or (k.endswith(".") and key.startswith(k))
                                                 for k in RESUMABLE_KEYS):
