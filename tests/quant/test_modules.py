@@ -165,3 +165,38 @@ def test_layer_quant_round_trip_and_errors():
         LayerQuant(act={"bits": 1.4, "block": 4})
     with pytest.raises(ConfigError, match="unknown key 'weights'"):
         LayerQuant.from_dict({"weights": 1})
+
+
+@pytest.mark.parametrize("heuristic", ["middle_out", "top_down", "bottom_up"])
+def test_act_sampled_selection_close_to_exact(heuristic):
+    x = torch.randn(64, 16, 12, 12, generator=torch.Generator().manual_seed(5))
+    exact = ActQuantizer(QuantSpec(bits=1.4, heuristic=heuristic))._select(x)[0]
+    sampled, thresholds, _ = ActQuantizer(QuantSpec(bits=1.4, heuristic=heuristic, select="sampled"))._select(x)
+    assert len(thresholds) == 2 and sampled.shape == x.shape
+    for b, p in zip((1, 2, 3), (0.7, 0.2, 0.1)):
+        assert abs((sampled == b).float().mean().item() - p) < 0.01
+    # Both maps rank by the same key, so they agree except near the cut thresholds.
+    assert (sampled == exact).float().mean().item() > 0.97
+
+
+def test_threshold_selection_gives_ties_the_lower_bitwidth():
+    # Clipped activations tie massively at |x| = 1; a threshold cannot split a tie, so the
+    # whole tie gets the lower bitwidth (exact selection splits it by index instead).
+    x = torch.nn.functional.hardtanh(torch.randn(64, 16, 12, 12, generator=torch.Generator().manual_seed(5)) * 3)
+    sampled, thresholds, _ = ActQuantizer(QuantSpec(bits=1.4, heuristic="bottom_up", select="sampled"))._select(x)
+    assert thresholds == [1.0, 1.0]
+    assert torch.equal(sampled, torch.ones_like(sampled))
+
+
+def test_sampled_selection_small_tensor_is_exact():
+    x = torch.randn(100, 10)
+    exact = ActQuantizer(1.4)._select(x)[0]
+    sampled = ActQuantizer(QuantSpec(bits=1.4, select="sampled"))._select(x)[0]
+    assert torch.equal(exact, sampled)
+
+
+def test_select_validation():
+    with pytest.raises(ConfigError, match="select: invalid value 'fast'; allowed: exact, sampled"):
+        QuantSpec(select="fast")
+    with pytest.raises(ConfigError, match="weight.select"):
+        LayerQuant(weight={"bits": 1.4, "select": "sampled"})

@@ -16,9 +16,9 @@ heuristic       key                meaning
 ==============  =================  ===========================================
 
 The ranking is the *stable* ascending order of the key (ties broken by flat index), but
-it is never materialised: each cut only needs the k-th smallest key (``numpy.partition``
-on CPU, a sort on accelerators), then one comparison pass, and a tie fix-up pass only when
-the boundary value repeats. The result equals ``argsort(key, stable=True)`` cut into slices
+it is never materialised: each cut only needs the k-th smallest key (a sample-bracketed
+``numpy.partition`` on CPU, :mod:`hbnn.quant.select`; a sort on accelerators), then one
+comparison pass, and a tie fix-up pass only when the boundary value repeats. The result equals ``argsort(key, stable=True)`` cut into slices
 exactly.
 """
 
@@ -29,8 +29,17 @@ import torch
 
 from hbnn.quant.checks import check_float_tensor, check_heuristic
 from hbnn.quant.mix import BitMix
+from hbnn.quant.select import _SAMPLE, _sample_index, first_k_mask, kth_smallest
 
-__all__ = ["make_bitmap", "heuristic_key", "select_slices", "block_view_shape", "DEFAULT_SEED"]
+__all__ = [
+    "make_bitmap",
+    "heuristic_key",
+    "select_slices",
+    "map_from_thresholds",
+    "sampled_thresholds",
+    "block_view_shape",
+    "DEFAULT_SEED",
+]
 
 DEFAULT_SEED = 0
 
@@ -64,20 +73,8 @@ def _cuts(mix: BitMix, n: int) -> list[int]:
     return cuts
 
 
-def _first_k_np(key: np.ndarray, k: int, v) -> np.ndarray:
-    """Mask of the first ``k`` entries of the stable ascending order, given its k-th value ``v``."""
-    below_or_at = key <= v
-    if np.count_nonzero(below_or_at) == k:
-        return below_or_at
-    # The boundary value repeats: keep the lowest-index ties only (stable order).
-    below = key < v
-    ties = key == v
-    need = k - np.count_nonzero(below)
-    return below | (ties & (np.cumsum(ties, dtype=np.int64) <= need))
-
-
 def _first_k_torch(key: torch.Tensor, k: int, v) -> torch.Tensor:
-    """Torch twin of :func:`_first_k_np` for accelerator tensors."""
+    """Torch version of :func:`hbnn.quant.select.first_k_mask` for accelerator tensors."""
     below_or_at = key <= v
     if int(torch.count_nonzero(below_or_at)) == k:
         return below_or_at
@@ -88,14 +85,14 @@ def _first_k_torch(key: torch.Tensor, k: int, v) -> torch.Tensor:
 
 
 def _select_cpu(key: np.ndarray, mix: BitMix, cuts: list[int]) -> tuple[np.ndarray, list]:
-    """Selection with ``numpy.partition``; each cut partitions only the part above the last one.
+    """Selection by exact k-th values (:mod:`hbnn.quant.select`), robust to heavy ties.
 
     The map starts at the largest bitwidth; the first ``c_j`` entries of the ranking then
     step down by ``bits[j+1] - bits[j]`` for every cut ``j`` (the masks are nested).
     """
     n = key.size
     out = np.full(n, mix.bits[-1], dtype=np.int8)
-    work, done, thresholds = None, 0, []
+    thresholds = []
     for j, c in enumerate(cuts):
         step = np.int8(mix.bits[j + 1] - mix.bits[j])
         if c == 0:
@@ -105,13 +102,10 @@ def _select_cpu(key: np.ndarray, mix: BitMix, cuts: list[int]) -> tuple[np.ndarr
             thresholds.append(float("inf"))
             out -= step
             continue
-        if work is None:
-            work = np.partition(key, c - 1)
-        else:  # work[done:] holds exactly the n - done largest keys
-            work[done:].partition(c - 1 - done)
-        v, done = work[c - 1], c
+        v = kth_smallest(key, c)
         thresholds.append(v.item())
-        out -= _first_k_np(key, c, v).view(np.int8) * step
+        first = first_k_mask(key, c, v).view(np.int8)
+        out -= first if step == 1 else first * step
     return out, thresholds
 
 
@@ -149,6 +143,39 @@ def select_slices(key: torch.Tensor, mix: BitMix) -> tuple[torch.Tensor, list[fl
         out, thresholds = _select_cpu(key.numpy(), mix, cuts)
         return torch.from_numpy(out), thresholds
     return _select_torch(key, mix, cuts)
+
+
+def map_from_thresholds(key: torch.Tensor, mix: BitMix, thresholds: list[float]) -> torch.Tensor:
+    """``bits[0] + sum_j (bits[j+1] - bits[j]) * [key > t_j]`` as int8 (elementwise selection)."""
+    out = torch.full(key.shape, mix.bits[0], dtype=torch.int8, device=key.device)
+    for j, t in enumerate(thresholds):
+        above = (key > t).view(torch.int8)  # bool -> int8 without a copy
+        step = mix.bits[j + 1] - mix.bits[j]
+        out += above if step == 1 else above * step
+    return out
+
+
+def sampled_thresholds(key: torch.Tensor, mix: BitMix) -> list[float]:
+    """Cut thresholds estimated from a fixed pseudo-random sample of a flat key.
+
+    Threshold ``j`` is the sample's value at rank ``c_j / N`` of the sample, so about
+    ``c_j`` entries fall at or below it (sampling error ~``sqrt(p(1-p)/16384)``). Small
+    tensors (<= 16384 entries) are selected exactly.
+    """
+    n = key.numel()
+    if n > _SAMPLE:
+        key = key[torch.from_numpy(_sample_index(n)).to(key.device)]
+    sample = key.cpu().numpy()
+    m = sample.size
+    thresholds = []
+    for c in _cuts(mix, n):
+        if c == 0:
+            thresholds.append(float("-inf"))
+        elif c == n:
+            thresholds.append(float("inf"))
+        else:
+            thresholds.append(kth_smallest(sample, max(1, min(m, round(c / n * m)))).item())
+    return thresholds
 
 
 def _random_ranks(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

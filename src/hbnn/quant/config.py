@@ -15,9 +15,10 @@ from hbnn.errors import ConfigError
 from hbnn.quant.checks import HEURISTICS
 from hbnn.quant.mix import BitMix
 
-__all__ = ["QuantSpec", "LayerQuant", "EVAL_MODES"]
+__all__ = ["QuantSpec", "LayerQuant", "EVAL_MODES", "SELECT_MODES"]
 
 EVAL_MODES = ("running", "exact")
+SELECT_MODES = ("exact", "sampled")
 
 
 def _fail(field: str, value: Any, allowed: str) -> ConfigError:
@@ -45,6 +46,10 @@ class QuantSpec:
             elementwise) or ``exact`` (per-input statistics, the paper's behaviour).
         momentum: running-estimate update rate for activations (as in batch norm).
         seed: seed of the ``random`` heuristic's fixed permutation.
+        select: activations in training: ``exact`` (Algorithm 1 on every batch, exact counts;
+            the paper) or ``sampled`` (cut thresholds from a fixed pseudo-random sample of
+            16384 entries, then one comparison per cut; counts match the mix only up to
+            sampling error, ~0.3% of N). Weights are always selected exactly.
     """
 
     bits: Any = 1
@@ -54,6 +59,7 @@ class QuantSpec:
     eval_mode: str = "running"
     momentum: float = 0.1
     seed: int = 0
+    select: str = "exact"
 
     def __post_init__(self) -> None:
         try:
@@ -73,6 +79,8 @@ class QuantSpec:
             raise _fail("momentum", m, "a number in (0, 1]")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise _fail("seed", self.seed, "an integer")
+        if self.select not in SELECT_MODES:
+            raise _fail("select", self.select, ", ".join(SELECT_MODES))
 
     @property
     def mix(self) -> BitMix:
@@ -114,6 +122,8 @@ class LayerQuant:
     def __post_init__(self) -> None:
         if self.weight is not None:
             self.weight = QuantSpec.from_dict(self.weight)
+            if self.weight.select != "exact":
+                raise _fail("weight.select", self.weight.select, "exact (sampled selection applies to activations)")
         if self.act is not None:
             self.act = QuantSpec.from_dict(self.act)
             if self.act.block != 1:

@@ -15,7 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hbnn.quant.bitmap import DEFAULT_SEED, _bitmap, heuristic_key, select_slices
+from hbnn.quant.bitmap import (
+    DEFAULT_SEED,
+    _bitmap,
+    heuristic_key,
+    map_from_thresholds,
+    sampled_thresholds,
+    select_slices,
+)
 from hbnn.quant.config import QuantSpec
 from hbnn.quant.functional import residual_forward
 from hbnn.quant.ste import clipped_ste
@@ -142,8 +149,11 @@ class ActQuantizer(nn.Module):
         if spec.heuristic == "random":
             return _bitmap(x, spec.mix, "random", _generator(spec.seed), 1), [], None
         mean_abs = x.abs().mean() if spec.heuristic == "middle_out" else None
-        key = heuristic_key(x, spec.heuristic, mean_abs).reshape(-1)
-        bitmap, thresholds = select_slices(key, spec.mix)
+        key = heuristic_key(x, spec.heuristic, mean_abs)
+        if spec.select == "sampled":
+            thresholds = sampled_thresholds(key.reshape(-1), spec.mix)
+            return map_from_thresholds(key, spec.mix, thresholds), thresholds, mean_abs
+        bitmap, thresholds = select_slices(key.reshape(-1), spec.mix)
         return bitmap.reshape(x.shape), thresholds, mean_abs
 
     def _update(self, scales, thresholds, mean_abs, bitmap) -> None:
@@ -173,12 +183,7 @@ class ActQuantizer(nn.Module):
         if spec.heuristic == "random":
             return _bitmap(x.detach(), mix, "random", _generator(spec.seed), 1)
         key = heuristic_key(x.detach(), spec.heuristic, self.running_mean_abs.to(x.device))
-        out = torch.full(x.shape, mix.bits[0], dtype=torch.int8, device=x.device)
-        for j, t in enumerate(self.running_thresholds.tolist()):
-            above = (key > t).view(torch.int8)  # bool -> int8 without a copy
-            step = mix.bits[j + 1] - mix.bits[j]
-            out += above if step == 1 else above * step
-        return out
+        return map_from_thresholds(key, mix, self.running_thresholds.tolist())
 
     def _forward_running(self, x: torch.Tensor) -> torch.Tensor:
         bitmap = self.running_bitmap(x)
