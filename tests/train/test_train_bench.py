@@ -18,8 +18,8 @@ def test_bench_train_prints_json_with_ratios_and_selection_share(tmp_path, child
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert json.loads(out.read_text()) == result
-    assert set(result["step_ms_median"]) == {"float", "w1.4", "w1.4a1.4"}
-    assert set(result["ratios"]) == {"w1.4_vs_float", "w1.4a1.4_vs_float"}
+    assert set(result["step_ms_median"]) == {"float", "w1.4", "w1.4a1.4", "w1.4a1.4_sampled"}
+    assert set(result["ratios"]) == {"w1.4_vs_float", "w1.4a1.4_vs_float", "w1.4a1.4_sampled_vs_float"}
     for name, calls in (("w1.4", 2), ("w1.4a1.4", 4)):  # 2 binarized convs; + their 2 act quantizers
         share = result["bitmap_selection"][name]
         assert share["calls_per_step"] == calls and 0 < share["share"] < 1

@@ -119,3 +119,21 @@ def test_evaluate_limit_and_reduce_and_mode_restored():
     res = evaluate(model, _batches(), device="cpu", limit=2, reduce=lambda t: (seen.append(t), t * 2)[1])
     assert res["count"] == 64 and len(seen) == 1 and model.training
     assert evaluate(model, [], device="cpu")["count"] == 0
+
+
+def test_per_step_cosine_schedule_follows_the_epoch_curve():
+    from hbnn.train.config import SchedConfig
+    from hbnn.train.loop import build_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler(opt, SchedConfig(name="cosine", interval="step"), epochs=2, steps_per_epoch=5)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    expected = [0.5 * (1 + math.cos(math.pi * t / 10)) for t in range(1, 11)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="interval"):
+        SchedConfig(interval="batch")

@@ -173,15 +173,20 @@ class SchedConfig:
         step_size: epochs between decays (step).
         gamma: decay factor (step), in (0, 1].
         min_lr: final learning rate (cosine).
+        interval: ``epoch`` (the lr changes once per epoch) or ``step`` (once per optimizer
+            step, on the same curve: ``step_size`` and the cosine period are still counted in
+            epochs) -- short runs need ``step`` to anneal smoothly.
     """
 
     name: str = "step"
     step_size: int = 30
     gamma: float = 0.1
     min_lr: float = 0.0
+    interval: str = "epoch"
 
     def __post_init__(self) -> None:
         _choice("sched", "name", self.name, SCHEDULERS)
+        _choice("sched", "interval", self.interval, ("epoch", "step"))
         _check(self.step_size >= 1, "sched", "step_size", self.step_size, "an integer >= 1")
         _check(0 < self.gamma <= 1, "sched", "gamma", self.gamma, "a number in (0, 1]")
         _check(self.min_lr >= 0, "sched", "min_lr", self.min_lr, "a number >= 0")

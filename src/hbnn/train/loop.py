@@ -81,18 +81,20 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> t
     raise ValueError(f"optim.name: unknown optimizer {cfg.name!r}; choose one of sgd, adam, adamw")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int
-                    ) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-epoch LR schedule named by ``cfg``.
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int,
+                    steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
+    """The LR schedule named by ``cfg``, in units of its ``interval``.
 
-    ``step``: ``lr = lr0 * gamma ** (epoch // step_size)``; ``cosine``:
-    ``lr = min_lr + (lr0 - min_lr) * (1 + cos(pi * epoch / epochs)) / 2``; ``constant``.
+    With ``t`` the epoch (``interval: epoch``) or ``step / steps_per_epoch`` (``interval: step``):
+    ``step``: ``lr = lr0 * gamma ** floor(t / step_size)``; ``cosine``:
+    ``lr = min_lr + (lr0 - min_lr) * (1 + cos(pi * t / epochs)) / 2``; ``constant``.
     """
     sched = torch.optim.lr_scheduler
+    unit = steps_per_epoch if cfg.interval == "step" else 1
     if cfg.name == "step":
-        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        return sched.StepLR(optimizer, step_size=cfg.step_size * unit, gamma=cfg.gamma)
     if cfg.name == "cosine":
-        return sched.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=cfg.min_lr)
+        return sched.CosineAnnealingLR(optimizer, T_max=max(1, epochs * unit), eta_min=cfg.min_lr)
     if cfg.name == "constant":
         return sched.StepLR(optimizer, step_size=1, gamma=1.0)
     raise ValueError(f"sched.name: unknown schedule {cfg.name!r}; choose one of step, cosine, constant")
@@ -116,7 +118,7 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
                     device: torch.device | str, stats: EpochStats | None = None,
                     start_batch: int = 0, step: int = 0, label_smoothing: float = 0.0,
                     on_step: Callable[[int, int, EpochStats], None] | None = None,
-                    progress: Any = None) -> tuple[EpochStats, int]:
+                    progress: Any = None, scheduler: Any = None) -> tuple[EpochStats, int]:
     """Run one epoch of SGD steps on cross-entropy.
 
     Args:
@@ -130,6 +132,7 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
         label_smoothing: cross-entropy label smoothing.
         on_step: called as ``on_step(step, next_batch, stats)`` after each step (checkpoints, logs).
         progress: a tqdm-like object (``update``, ``set_postfix``) or None.
+        scheduler: an LR scheduler stepped after every optimizer step (per-step schedules), or None.
 
     Returns:
         ``(stats, step)`` after the epoch.
@@ -146,6 +149,8 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         stats.update(loss, logits, labels)
         step += 1
         batch += 1

@@ -251,6 +251,12 @@ class _Trainer:
         self.stats = restore_stats(mine.get("epoch_sums"), self.ctx.device)
 
 
+def _batches_per_epoch(train_ds: Any, cfg: Config, ctx: DistContext) -> int:
+    """Optimizer steps per epoch (the unit of per-step LR schedules)."""
+    n = len(_train_loader(train_ds, cfg, ctx, 0, 0))
+    return n if cfg.train.limit_train_batches is None else min(n, cfg.train.limit_train_batches)
+
+
 def _train_loader(train_ds: Any, cfg: Config, ctx: DistContext, epoch: int, start_batch: int):
     from hbnn.data import build_loader
 
@@ -311,7 +317,7 @@ def _fit(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, overwrit
     model, report = build_model_for(config_to_dict(cfg)["model"], shape, cfg.quant)
     model.to(ctx.device)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.epochs)
+    scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, _batches_per_epoch(train_ds, cfg, ctx))
     trainer = _Trainer(cfg, ctx, run_dir, quiet)
     if ckpt is not None:
         restore_checkpoint(ckpt, model, optimizer, scheduler)
@@ -381,7 +387,8 @@ def _run_epoch(tr: _Trainer, epoch: int, ddp_model: torch.nn.Module, model: torc
     try:
         stats, _ = train_one_epoch(ddp_model, batches, optimizer, device=ctx.device, stats=stats,
                                    start_batch=start, step=tr.step, label_smoothing=cfg.train.label_smoothing,
-                                   on_step=on_step, progress=progress)
+                                   on_step=on_step, progress=progress,
+                                   scheduler=scheduler if cfg.sched.interval == "step" else None)
     finally:
         if progress is not None:
             progress.close()
@@ -399,7 +406,8 @@ def _run_epoch(tr: _Trainer, epoch: int, ddp_model: torch.nn.Module, model: torc
                           reduce=lambda t: all_reduce_sum(ctx, t), limit=cfg.train.limit_test_batches)
         row.update(test_loss=result["loss"], test_top1=result["top1"], test_top5=result["top5"])
         tr.last_metrics = {"epoch": epoch + 1, **result}
-    scheduler.step()
+    if cfg.sched.interval == "epoch":
+        scheduler.step()
     is_best = "test_top1" in row and not math.isnan(row["test_top1"]) and (
         tr.best_metric is None or row["test_top1"] > tr.best_metric)
     if is_best:
