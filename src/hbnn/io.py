@@ -1,19 +1,57 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, rename.
+"""Files hbnn writes: atomic replacement, and hbnn's self-verifying safetensors files.
 
-A crash or a failed write therefore never leaves a half-written file behind, and the
-previous version of the file stays intact until the new one is complete.
+Atomic writes go to a temporary sibling, are fsynced and renamed over the destination, so
+a crash or a failed write never leaves a half-written file behind and the previous
+version stays intact until the new one is complete. The final file gets the permissions
+an ordinary ``open(path, "w")`` would give it: those of the file it replaces, else
+``0o666`` minus the process umask.
+
+Checkpoints (``hbnn.train.checkpoint``) and packed models (``hbnn.export.format``) are
+safetensors files whose metadata holds a JSON header with ``payload_sha256``
+(:func:`tensors_sha256`); :func:`read_verified_safetensors` reads and verifies both.
+
+Example:
+    >>> with atomic_open("out/table.md", "w") as fh:     # doctest: +SKIP
+    ...     fh.write("| a | b |\\n")
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
+import struct
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+from hbnn.errors import FormatError
+
+if TYPE_CHECKING:  # torch is only needed by tensors_sha256, imported there
+    import torch
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "tensors_sha256",
+           "read_verified_safetensors"]
+
+_NEW_FILE_MODE = 0o666  # what open() asks for; the kernel applies the umask
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create ``.<name>.<random>.tmp`` next to ``path`` with ``0o666 & ~umask``; ``(fd, temp path)``.
+
+    ``tempfile.mkstemp`` would force mode 0600; opening with ``O_CREAT | O_EXCL`` and
+    mode 0o666 lets the kernel apply the umask exactly as for a plain ``open``.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, _NEW_FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"atomic_open: no free temporary name next to {path}")
 
 
 @contextlib.contextmanager
@@ -21,17 +59,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary sibling of ``path`` for writing; on success fsync and rename it over ``path``.
 
     Args:
-        path: final destination.
-        mode: ``"wb"`` or ``"w"``.
+        path: final destination (missing parent folders are created).
+        mode: ``"wb"`` or ``"w"`` (UTF-8 text).
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed and ``path`` is untouched. The new file
+    keeps the permission bits of the file it replaces; a new path gets ``0o666 & ~umask``.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open: mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
+        if os.chmod in os.supports_fd:  # replacing a file: keep its permission bits
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(fd, stat.S_IMODE(os.stat(path).st_mode))
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
@@ -67,5 +109,88 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically replace ``path`` with ``obj`` as indented JSON."""
+    """Atomically replace ``path`` with ``obj`` as indented JSON (sorted keys, trailing newline)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def tensors_sha256(tensors: Mapping[str, "torch.Tensor"]) -> str:
+    """SHA-256 hex digest over named tensors, independent of their order in the mapping.
+
+    For each name in sorted order the digest takes ``f"{name}|{dtype}|{shape}|"`` (UTF-8,
+    e.g. ``"w|torch.float32|(2, 3)|"``) followed by the tensor's raw bytes (C order, native
+    byte order). It is the ``payload_sha256`` of checkpoints (``hbnn.train.checkpoint``)
+    and packed models (``hbnn.export.format``): changing it breaks every saved file.
+
+    Args:
+        tensors: CPU tensors by name.
+
+    Example:
+        >>> import torch
+        >>> tensors_sha256({"b": torch.zeros(1), "a": torch.ones(2)}) == \\
+        ...     tensors_sha256({"a": torch.ones(2), "b": torch.zeros(1)})
+        True
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_verified_safetensors(path: str | os.PathLike, *, key: str, what: str,
+                              error: type[Exception] = FormatError,
+                              check: Callable[[dict, Path], None] | None = None
+                              ) -> tuple[bytes, dict, dict[str, "torch.Tensor"]]:
+    """Read a safetensors file whose metadata entry ``key`` is a JSON header, and verify it.
+
+    In order: read the bytes, find the safetensors header, decode ``__metadata__[key]``
+    as a JSON object, call ``check(header, path)`` (the caller's format and version checks,
+    before any tensor is decoded), load the tensors and compare their
+    :func:`tensors_sha256` with ``header["payload_sha256"]``.
+
+    Args:
+        path: the file.
+        key: the metadata entry holding the JSON header (``"hbnn"``, ``"hbnn-packed"``).
+        what: what the file is, for messages (``"checkpoint"``, ``"packed model"``).
+        error: the exception type raised for every problem (a one-line message).
+        check: validates the decoded header; raises ``error`` itself.
+
+    Returns:
+        ``(file bytes, header, tensors on CPU)``.
+
+    Raises:
+        error: missing, unreadable, truncated or corrupt file, no readable header, a
+            header ``check`` refuses, unreadable tensors, or a checksum mismatch.
+    """
+    from safetensors.torch import load as st_load
+
+    where = Path(path)
+    try:
+        data = where.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} not found: {where}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {where}: {exc.strerror}") from None
+    if len(data) < 8:
+        raise error(f"{what} {where} is truncated ({len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise error(f"{what} {where} is truncated or corrupt (header of {n} bytes, file of {len(data)})")
+    try:
+        header = json.loads(json.loads(data[8:8 + n])["__metadata__"][key])
+    except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+        header = None
+    if not isinstance(header, dict):
+        raise error(f"{where} is corrupt or not an hbnn {what} (no readable {key!r} metadata)")
+    if check is not None:
+        check(header, where)
+    try:
+        tensors = st_load(data)
+    except Exception:  # safetensors raises its own error type for any malformed file
+        raise error(f"{what} {where} is truncated or corrupt (unreadable tensors)") from None
+    if tensors_sha256(tensors) != header.get("payload_sha256"):
+        raise error(f"{what} {where} is corrupt (tensor checksum mismatch)")
+    return data, header, tensors

@@ -62,6 +62,32 @@ def fabricate_fashion_mnist():
     return module.fabricate_fashion_mnist
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, fabricate_fashion_mnist) -> Path:
+    """A finished 1-epoch W1.4 A1.4 run of a narrow cifar_fc4 (hardtanh) on fabricated
+    Fashion-MNIST (192 train / 64 test images), trained once per session through ``hbnn train``."""
+    from hbnn.cli import main
+
+    root = tmp_path_factory.mktemp("export_run")
+    data = fabricate_fashion_mnist(root / "fmnist")
+    out = root / "run"
+    argv = ["train", "--data-dir", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "32", "--quiet",
+            "--set", "model.kwargs={widths: [8, 16, 16]}", "--set", "run.tensorboard=false",
+            "--set", "quant={default: {weight: {bits: 1.4}, act: {bits: 1.4}}}", "--set", "model.activation=hardtanh"]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def packed_run(trained_run, tmp_path_factory) -> Path:
+    """:func:`trained_run` exported (``hbnn export``) to a packed file."""
+    from hbnn.cli import main
+
+    out = tmp_path_factory.mktemp("export_packed") / "run.hbnn"
+    assert main(["export", str(trained_run), "--out", str(out), "--json"]) == 0
+    return out
+
+
 @pytest.fixture
 def make_fc4():
     """The :func:`small_fc4` factory."""

@@ -1,4 +1,4 @@
-"""``hbnn export`` / ``hbnn infer`` / ``hbnn bench infer`` end to end on a tiny trained run."""
+"""``hbnn export`` / ``hbnn infer`` / ``hbnn eval --packed`` / ``hbnn bench infer`` end to end on a tiny trained run."""
 
 from __future__ import annotations
 
@@ -11,20 +11,11 @@ import pytest
 from hbnn.cli import main
 from hbnn.export import read_packed
 
-QUANT = "quant={default: {weight: {bits: 1.4}, act: {bits: 1.4}}}"
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, fabricate_fashion_mnist):
-    """A finished 1-epoch W1.4 A1.4 run on fabricated Fashion-MNIST (192 train / 64 test images)."""
-    root = tmp_path_factory.mktemp("export_cli")
-    data = fabricate_fashion_mnist(root / "fmnist")
-    out = root / "run"
-    argv = ["train", "--data-dir", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "32", "--quiet",
-            "--set", "model.kwargs={widths: [8, 16, 16]}", "--set", "run.tensorboard=false",
-            "--set", QUANT, "--set", "model.activation=hardtanh"]
-    assert main(argv) == 0
-    return out
+def run(trained_run):
+    """The session's finished 1-epoch W1.4 A1.4 run (see ``conftest.trained_run``)."""
+    return trained_run
 
 
 def test_export_then_infer_matches_the_run(run, tmp_path, capsys):
@@ -52,6 +43,36 @@ def test_export_prints_the_size_table(run, tmp_path, capsys):
     assert main(["export", str(run), "--which", "last", "--out", str(tmp_path / "m.hbnn")]) == 0
     text = capsys.readouterr().out
     assert "bits/parameter stored" in text and "features.4" in text
+
+
+def test_eval_packed_is_infer(run, packed_run, capsys):
+    assert main(["infer", str(packed_run), "--json"]) == 0
+    infer = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--packed", str(packed_run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == infer and result["count"] == 64 and "compare" not in result
+    assert main(["eval", "--packed", str(packed_run), "--limit", "16", "--batch-size", "8"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{packed_run}: cifar_fc4 packed") and "(16 images)" in text and "\nvs" not in text
+
+
+def test_eval_packed_with_target_compares_with_it(run, packed_run, capsys):
+    assert main(["eval", str(run), "--packed", str(packed_run), "--which", "last", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["compare"]["checkpoint"] == str(run) and result["compare"]["mismatches"] == 0
+    assert main(["eval", str(run), "--packed", str(packed_run)]) == 0
+    assert f"\nvs {run}: top1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval"], "eval: give a RUN_DIR or CHECKPOINT, or --packed FILE"),
+    (["eval", "--packed", "missing.hbnn"], "packed model not found: missing.hbnn"),
+    (["eval", "--packed", "x.hbnn", "--device", "cuda"], "--device: packed models run on the CPU"),
+])
+def test_eval_bad_arguments_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hbnn: error: ") and message in err and err.count("\n") == 1
 
 
 def test_bench_infer_quick_prints_json(capsys):

@@ -12,7 +12,8 @@ from torch import nn
 from hbnn.cli import main
 from hbnn.errors import FormatError
 from hbnn.export import SUPPORTED_LAYERS, export_model, load, read_packed
-from hbnn.export.format import _META_KEY, _payload_sha256
+from hbnn.export.format import _META_KEY
+from hbnn.io import tensors_sha256
 from hbnn.nn import HBConv2d
 
 
@@ -33,7 +34,7 @@ def _rewrite(path, edit_header=None, edit_tensors=None, resum=True):
     if edit_header:
         edit_header(header)
     if resum:
-        header["payload_sha256"] = _payload_sha256(tensors)
+        header["payload_sha256"] = tensors_sha256(tensors)
     path.write_bytes(save(tensors, metadata={_META_KEY: json.dumps(header)}))
 
 

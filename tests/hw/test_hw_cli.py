@@ -125,10 +125,14 @@ def test_bad_input_exits_2(capsys, argv, message):
     assert message in error(capsys, "estimate", "--model", "vgg8", *argv)
 
 
-def test_run_and_packed_need_loaders(capsys, tmp_path):
+def test_run_and_packed_need_loaders(capsys, tmp_path, monkeypatch):
     assert "does not exist" in error(capsys, "estimate", "--run", str(tmp_path / "nope"))
+    monkeypatch.setattr(loaders, "_REGISTRY", {})
+    monkeypatch.setitem(loaders.DEFAULT_LOADERS, "packed", "hbnn.export:no_such_loader")
     err = error(capsys, "estimate", "--packed", str(tmp_path))
-    assert "hbnn.export.load_model_for_hw" in err
+    assert "needs hbnn.export.no_such_loader, which this install does not provide" in err
+    monkeypatch.setitem(loaders.DEFAULT_LOADERS, "packed", "hbnn_no_such_package:load")
+    assert "needs hbnn_no_such_package.load" in error(capsys, "estimate", "--packed", str(tmp_path))
     assert "drop --wbits" in error(capsys, "estimate", "--run", str(tmp_path), "--wbits", "1")
 
 

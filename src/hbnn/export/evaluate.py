@@ -94,7 +94,7 @@ def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data
     name, loader = test_loader_for(header, dataset=dataset, data_dir=data_dir, batch_size=batch_size, limit=limit)
     reference = None
     if compare is not None:
-        from hbnn.export.source import model_from_checkpoint
+        from hbnn.train.evaluation import model_from_checkpoint
 
         reference, _ = model_from_checkpoint(compare, which)
     sums, ref_sums = _Sums(), _Sums()

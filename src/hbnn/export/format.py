@@ -7,7 +7,7 @@ One safetensors file. Its header metadata key ``"hbnn-packed"`` holds the JSON h
      "meta": {...anything else the exporter passed...},
      "input_shape": [C, H, W] | null, "source_params": int, "fold_bn": bool,
      "layers": [layer records, in execution order],
-     "payload_sha256": sha256 over every tensor (name, dtype, shape, bytes)}
+     "payload_sha256": hbnn.io.tensors_sha256 of the tensors (name, dtype, shape, bytes)}
 
 Layer records and tensor names: :mod:`hbnn.export.records`; bit streams:
 :mod:`hbnn.export.encode`; the full specification: ``docs/deploy.md``.
@@ -18,11 +18,9 @@ raises :class:`hbnn.errors.FormatError` with a one-line message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import struct
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,7 +32,7 @@ from hbnn.errors import FormatError
 from hbnn.export.engine import PackedModel, optimize_chain
 from hbnn.export.ops import trace_chain
 from hbnn.export.records import build_layer, can_fold, layer_record
-from hbnn.io import atomic_write_bytes
+from hbnn.io import atomic_write_bytes, read_verified_safetensors, tensors_sha256
 
 __all__ = ["FORMAT", "VERSION", "pack_model", "export_model", "read_packed", "load", "storage_report",
            "format_report"]
@@ -42,15 +40,6 @@ __all__ = ["FORMAT", "VERSION", "pack_model", "export_model", "read_packed", "lo
 FORMAT = "hbnn-packed"
 VERSION = 1
 _META_KEY = "hbnn-packed"
-
-
-def _payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _input_shape(model: Any, input_shape) -> list[int] | None:
@@ -107,7 +96,7 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
         "format": FORMAT, "version": VERSION, "hbnn_version": __version__, "torch_version": torch.__version__,
         "model": model_meta, "meta": meta, "input_shape": _input_shape(model_meta, input_shape),
         "source_params": sum(p.numel() for p in model.parameters()), "fold_bn": bool(fold_bn), "layers": records,
-        "payload_sha256": _payload_sha256(tensors),
+        "payload_sha256": tensors_sha256(tensors),
     }
     return header, tensors
 
@@ -129,27 +118,16 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, meta: Mapping[str
     return _report(header, tensors, len(data))
 
 
-def _parse_header(data: bytes, where: Path) -> dict:
-    if len(data) < 8:
-        raise FormatError(f"packed model {where} is truncated ({len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise FormatError(f"packed model {where} is truncated or corrupt (header of {n} bytes, file of {len(data)})")
-    try:
-        header = json.loads(json.loads(data[8:8 + n])["__metadata__"][_META_KEY])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise FormatError(f"{where} is corrupt or not an hbnn packed model "
-                          f"(no readable {_META_KEY!r} header)") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        got = header.get("format") if isinstance(header, dict) else None
-        raise FormatError(f"{where} is not an hbnn packed model (format {got!r}, expected {FORMAT!r})")
+def _check_header(header: dict, where: Path) -> None:
+    if header.get("format") != FORMAT:
+        raise FormatError(f"{where} is not an hbnn packed model (format {header.get('format')!r}, "
+                          f"expected {FORMAT!r})")
     version = header.get("version")
     if version != VERSION:
         raise FormatError(f"packed model {where} has unknown format version {version!r}; "
                           f"this hbnn reads version {VERSION}")
     if not isinstance(header.get("layers"), list):
         raise FormatError(f"packed model {where} has no layer list")
-    return header
 
 
 def read_packed(path: str | os.PathLike) -> tuple[dict, dict, int]:
@@ -158,22 +136,8 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, dict, int]:
     Raises:
         FormatError: missing, truncated, corrupt (checksum), foreign or unknown-version file.
     """
-    from safetensors.torch import load as st_load
-
-    where = Path(path)
-    try:
-        data = where.read_bytes()
-    except FileNotFoundError:
-        raise FormatError(f"packed model not found: {where}") from None
-    except OSError as exc:
-        raise FormatError(f"cannot read packed model {where}: {exc.strerror}") from None
-    header = _parse_header(data, where)
-    try:
-        tensors = st_load(data)
-    except Exception:  # safetensors raises its own error type for malformed files
-        raise FormatError(f"packed model {where} is truncated or corrupt (unreadable tensors)") from None
-    if _payload_sha256(tensors) != header.get("payload_sha256"):
-        raise FormatError(f"packed model {where} is corrupt (tensor checksum mismatch)")
+    data, header, tensors = read_verified_safetensors(path, key=_META_KEY, what="packed model", error=FormatError,
+                                                      check=_check_header)
     return header, tensors, len(data)
 
 

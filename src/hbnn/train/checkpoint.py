@@ -5,8 +5,8 @@ A checkpoint named ``NAME`` in a run directory is two files:
 ``NAME.safetensors``
     Tensors: ``model/<state_dict key>``, ``optim/<param index>/<state key>`` and
     ``sched/<key>``. Its header metadata holds the full metadata (key ``"hbnn"``, JSON),
-    including ``payload_sha256`` over every tensor (name, dtype, shape, bytes), so the file
-    is self-verifying.
+    including ``payload_sha256`` over every tensor (name, dtype, shape, bytes;
+    :func:`hbnn.io.tensors_sha256`), so the file is self-verifying.
 ``NAME.json``
     The same metadata, human-readable, plus ``sha256`` of the ``.safetensors`` file.
 
@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import random
-import struct
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 
 from hbnn.errors import CheckpointError
-from hbnn.io import atomic_write_bytes, atomic_write_json
+from hbnn.io import atomic_write_bytes, atomic_write_json, read_verified_safetensors, tensors_sha256
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -136,15 +135,6 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- saving
 
-def _payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _split_state(prefix: str, state: Mapping[str, Any], tensors: dict) -> dict:
     """Move tensors of a (nested) state dict into ``tensors``; return the JSON-safe rest."""
     rest = {}
@@ -205,7 +195,7 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.
     tensors, opt_meta, sched_meta = _tensor_dict(model_state, optimizer, scheduler)
     meta = dict(metadata)
     meta.update(format=FORMAT, schema_version=SCHEMA_VERSION, optimizer=opt_meta,
-                scheduler=sched_meta, payload_sha256=_payload_sha256(tensors))
+                scheduler=sched_meta, payload_sha256=tensors_sha256(tensors))
     data = st_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
     atomic_write_bytes(tensor_path, data)
     meta["sha256"] = hashlib.sha256(data).hexdigest()
@@ -216,25 +206,13 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.
 
 # ----------------------------------------------------------------------------- loading
 
-def _read_header(data: bytes, where: Path) -> dict:
-    if len(data) < 8:
-        raise CheckpointError(f"checkpoint {where} is truncated ({len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise CheckpointError(f"checkpoint {where} is truncated or corrupt (header of {n} bytes)")
-    try:
-        header = json.loads(data[8:8 + n])
-        meta = json.loads(header["__metadata__"][_META_KEY])
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"checkpoint {where} is corrupt or not an hbnn checkpoint "
-                              "(no readable hbnn metadata)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+def _check_header(meta: dict, where: Path) -> None:
+    if meta.get("format") != FORMAT:
         raise CheckpointError(f"{where} is not an hbnn checkpoint (format {meta.get('format')!r})")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise CheckpointError(f"checkpoint {where} has schema version {version!r}; this hbnn "
                               f"reads version {SCHEMA_VERSION}")
-    return meta
 
 
 def _join_state(prefix: str, rest: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict:
@@ -279,22 +257,9 @@ def load_checkpoint(path: str | os.PathLike, name: str = "last") -> Checkpoint:
     Raises:
         CheckpointError: missing, truncated, corrupt or incompatible checkpoint.
     """
-    from safetensors.torch import load as st_load
-
     tensor_path, meta_path = checkpoint_paths(path, name)
-    try:
-        data = tensor_path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {tensor_path}") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {tensor_path}: {exc.strerror}") from None
-    meta = _read_header(data, tensor_path)
-    try:
-        tensors = st_load(data)
-    except Exception:  # safetensors raises its own error type for any malformed file
-        raise CheckpointError(f"checkpoint {tensor_path} is truncated or corrupt") from None
-    if _payload_sha256(tensors) != meta.get("payload_sha256"):
-        raise CheckpointError(f"checkpoint {tensor_path} is corrupt (tensor checksum mismatch)")
+    data, meta, tensors = read_verified_safetensors(tensor_path, key=_META_KEY, what="checkpoint",
+                                                    error=CheckpointError, check=_check_header)
     sha = hashlib.sha256(data).hexdigest()
     _check_sidecar(meta_path, meta, sha, tensor_path)
     meta["sha256"] = sha

@@ -1,5 +1,7 @@
 """``hbnn train``, ``hbnn eval`` and ``hbnn summary``: argparse front-ends over hbnn.train.
 
+``hbnn eval --packed FILE`` hands over to :func:`hbnn.export.evaluate.evaluate_packed`.
+
 Heavy imports happen inside the handlers so that ``hbnn --help`` stays fast. Handlers
 raise ``ValueError`` subclasses (:mod:`hbnn.errors`) or ``OSError`` for user mistakes;
 ``hbnn.cli.main`` prints them as one line and exits with code 2.
@@ -54,8 +56,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=_cmd_train)
 
-    p = subparsers.add_parser("eval", help="top-1/top-5 of a run or checkpoint on the test split")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p = subparsers.add_parser(
+        "eval", help="top-1/top-5 of a run, checkpoint or packed model on the test split",
+        description="Evaluate a run directory or checkpoint; with --packed FILE, evaluate the packed model "
+                    "(and, if RUN_DIR|CHECKPOINT is given too, compare it with that source on the same batches).")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", nargs="?")
+    p.add_argument("--packed", metavar="FILE", help="evaluate this packed model file (hbnn export) instead")
     p.add_argument("--which", default="best", choices=("best", "last"),
                    help="checkpoint inside a run directory (default best, falling back to last)")
     p.add_argument("--data-dir", help="dataset folder (default: the run's)")
@@ -177,6 +183,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from hbnn.errors import ConfigError
+
+    if args.target is None and args.packed is None:
+        raise ConfigError("eval: give a RUN_DIR or CHECKPOINT, or --packed FILE")
+    if args.packed is not None:
+        return _eval_packed(args)
     from hbnn.train.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.target, which=args.which, data_dir=args.data_dir,
@@ -187,6 +199,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{result['checkpoint']}: {result['model']} on {result['dataset']} test "
               f"({result['count']} images, epoch {result['epoch']}): top1 {100 * result['top1']:.2f}%  "
               f"top5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}")
+    return 0
+
+
+def _eval_packed(args: argparse.Namespace) -> int:
+    """``hbnn eval --packed FILE [RUN_DIR|CHECKPOINT]``: ``hbnn infer`` reached from ``eval``."""
+    from hbnn.export.commands import format_eval
+    from hbnn.export.evaluate import evaluate_packed
+
+    if args.device == "cuda":
+        raise ValueError("--device: packed models run on the CPU kernels; drop --device cuda")
+    options = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    result = evaluate_packed(args.packed, data_dir=args.data_dir, limit=args.limit, compare=args.target,
+                             which=args.which, **options)
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_eval(result))
     return 0
 
 
