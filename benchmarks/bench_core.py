@@ -7,15 +7,17 @@ Prints one JSON object; all ratios are measured side by side in the same process
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 
 import torch
 
+from benchmarks._emit import emit
+
 from hbnn.quant import BitMix, make_bitmap
 from hbnn.quant.bitmap import heuristic_key
+from hbnn.quant.bitmap import sort_bitmap as reference_sort_bitmap
 from hbnn.quant.modules import ActQuantizer, WeightQuantizer
 
 
@@ -30,14 +32,7 @@ def _median_time(fn, reps: int) -> float:
 
 def sort_bitmap(x: torch.Tensor, mix: BitMix, heuristic: str) -> torch.Tensor:
     """Algorithm 1 as written: argsort the key, cut the ranking into slices, scatter."""
-    key = heuristic_key(x, heuristic).reshape(-1)
-    order = torch.argsort(key, stable=True)
-    out = torch.empty(key.numel(), dtype=torch.int8)
-    pos = 0
-    for bits, count in zip(mix.bits, mix.counts(key.numel())):
-        out[order[pos : pos + count]] = bits
-        pos += count
-    return out.reshape(x.shape)
+    return reference_sort_bitmap(heuristic_key(x, heuristic), mix)
 
 
 def bench_bitmap(sizes: list[int], reps: int) -> list[dict]:
@@ -94,13 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bitmap_1.4_middle_out": bench_bitmap([int(float(s)) for s in args.sizes.split(",")], args.reps),
         "quantizer_fwd_bwd": bench_quantizer(args.reps),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        from hbnn.io import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ planes 2-3 masked), ``A1.4`` likewise for activations.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 
 import torch
+
+from benchmarks._emit import emit
 import torch.nn.functional as F
 
 from hbnn.kernels import (
@@ -29,7 +30,6 @@ from hbnn.kernels import (
     pack_conv_weight,
     pack_planes,
 )
-from hbnn.io import atomic_write_text
 from hbnn.kernels import _cbackend
 
 MIXES = {"1": (1.0, 0.0, 0.0), "2": (0.0, 1.0, 0.0), "1.4": (0.7, 0.2, 0.1)}
@@ -169,11 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         "w1.4a2_over_w2a2_time": hetero,
         "w1a1_gemm_by_variant": {"threads": threads, **variants},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ parallel op waits for its threads to be scheduled, which swamps the differences 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,8 @@ import time
 from typing import Callable
 
 import torch
+
+from benchmarks._emit import emit
 import torch.nn.functional as F
 
 from hbnn.convert import quantize_
@@ -187,12 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args.batch_size, args.rounds, args.steps, args.warmup, args.image_size, args.channels)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        from hbnn.io import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -4,19 +4,12 @@ import pytest
 import torch
 
 from hbnn.quant import HEURISTICS, BitMix, make_bitmap
-from hbnn.quant.bitmap import _cuts, _select_torch, block_view_shape, heuristic_key, select_slices
+from hbnn.quant.bitmap import _cuts, _select_torch, block_view_shape, heuristic_key, select_slices, sort_bitmap
 
 
 def reference_bitmap(key: torch.Tensor, mix: BitMix) -> torch.Tensor:
     """Algorithm 1 by a stable sort: one ranking cut into consecutive slices."""
-    flat = key.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    out = torch.empty(flat.numel(), dtype=torch.int8)
-    pos = 0
-    for bits, count in zip(mix.bits, mix.counts(flat.numel())):
-        out[order[pos : pos + count]] = bits
-        pos += count
-    return out.reshape(key.shape)
+    return sort_bitmap(key, mix)
 
 
 MIXES = [1.1, 1.2, 1.4, 1.9, "80/0/20", "60/40/0", {1: 0.5, 4: 0.5}, {2: 0.3, 3: 0.3, 5: 0.4}]

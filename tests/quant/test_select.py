@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hbnn.quant import BitMix, make_bitmap
-from hbnn.quant.bitmap import heuristic_key
+from hbnn.quant.bitmap import heuristic_key, sort_bitmap
 from hbnn.quant.select import first_k_mask, kth_smallest
 
 
@@ -47,13 +47,7 @@ def test_kth_smallest_rejects_bad_rank():
 def test_make_bitmap_on_clipped_activations_matches_sort(heuristic):
     x = torch.nn.functional.hardtanh(torch.randn(64, 8, 16, 16, generator=torch.Generator().manual_seed(2)) * 1.5)
     mix = BitMix.from_average(1.4)
-    key = heuristic_key(x, heuristic).reshape(-1)
-    order = torch.argsort(key, stable=True)
-    ref = torch.empty(key.numel(), dtype=torch.int8)
-    pos = 0
-    for bits, count in zip(mix.bits, mix.counts(key.numel())):
-        ref[order[pos : pos + count]] = bits
-        pos += count
+    ref = sort_bitmap(heuristic_key(x, heuristic).reshape(-1), mix)
     assert torch.equal(make_bitmap(x, mix, heuristic).reshape(-1), ref)
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "make_bitmap",
     "heuristic_key",
     "select_slices",
+    "sort_bitmap",
     "map_from_thresholds",
     "sampled_thresholds",
     "block_view_shape",
@@ -84,36 +85,13 @@ def _first_k_torch(key: torch.Tensor, k: int, v) -> torch.Tensor:
     return below | (ties & (torch.cumsum(ties, 0, dtype=torch.int64) <= need))
 
 
-def _select_cpu(key: np.ndarray, mix: BitMix, cuts: list[int]) -> tuple[np.ndarray, list]:
-    """Selection by exact k-th values (:mod:`hbnn.quant.select`), robust to heavy ties.
+def _walk_cuts(out, n: int, mix: BitMix, cuts: list[int], kth, first_k) -> list[float]:
+    """Step ``out`` (all ``bits[-1]``) down through the cuts; returns each cut's key value.
 
-    The map starts at the largest bitwidth; the first ``c_j`` entries of the ranking then
-    step down by ``bits[j+1] - bits[j]`` for every cut ``j`` (the masks are nested).
+    The first ``c_j`` entries of the ranking step down by ``bits[j+1] - bits[j]`` for every
+    cut ``j`` (the masks are nested), so each entry ends at its slice's bitwidth.
+    ``kth(c)`` gives the c-th smallest key, ``first_k(c, v)`` the int8 0/1 mask of the first c.
     """
-    n = key.size
-    out = np.full(n, mix.bits[-1], dtype=np.int8)
-    thresholds = []
-    for j, c in enumerate(cuts):
-        step = np.int8(mix.bits[j + 1] - mix.bits[j])
-        if c == 0:
-            thresholds.append(float("-inf"))
-            continue
-        if c == n:
-            thresholds.append(float("inf"))
-            out -= step
-            continue
-        v = kth_smallest(key, c)
-        thresholds.append(v.item())
-        first = first_k_mask(key, c, v).view(np.int8)
-        out -= first if step == 1 else first * step
-    return out, thresholds
-
-
-def _select_torch(key: torch.Tensor, mix: BitMix, cuts: list[int]) -> tuple[torch.Tensor, list]:
-    """Selection with one sort, for accelerators (kthvalue is ~20x slower than sort on CUDA)."""
-    n = key.numel()
-    values = torch.sort(key).values if any(0 < c < n for c in cuts) else None
-    out = torch.full(key.shape, mix.bits[-1], dtype=torch.int8, device=key.device)
     thresholds = []
     for j, c in enumerate(cuts):
         step = mix.bits[j + 1] - mix.bits[j]
@@ -124,10 +102,46 @@ def _select_torch(key: torch.Tensor, mix: BitMix, cuts: list[int]) -> tuple[torc
             thresholds.append(float("inf"))
             out -= step
             continue
-        v = values[c - 1].item()
-        thresholds.append(v)
-        out -= (_first_k_torch(key, c, v) * step).to(torch.int8)
+        v = kth(c)
+        thresholds.append(float(v))
+        first = first_k(c, v)
+        out -= first if step == 1 else first * step
+    return thresholds
+
+
+def _select_cpu(key: np.ndarray, mix: BitMix, cuts: list[int]) -> tuple[np.ndarray, list]:
+    """Selection by exact k-th values (:mod:`hbnn.quant.select`), robust to heavy ties."""
+    out = np.full(key.size, mix.bits[-1], dtype=np.int8)
+    thresholds = _walk_cuts(
+        out, key.size, mix, cuts, lambda c: kth_smallest(key, c), lambda c, v: first_k_mask(key, c, v).view(np.int8)
+    )
     return out, thresholds
+
+
+def _select_torch(key: torch.Tensor, mix: BitMix, cuts: list[int]) -> tuple[torch.Tensor, list]:
+    """Selection with one sort, for accelerators (kthvalue is ~20x slower than sort on CUDA)."""
+    n = key.numel()
+    values = torch.sort(key).values if any(0 < c < n for c in cuts) else None
+    out = torch.full(key.shape, mix.bits[-1], dtype=torch.int8, device=key.device)
+    thresholds = _walk_cuts(
+        out, n, mix, cuts, lambda c: values[c - 1].item(), lambda c, v: _first_k_torch(key, c, v).to(torch.int8)
+    )
+    return out, thresholds
+
+
+def sort_bitmap(key: torch.Tensor, mix: BitMix) -> torch.Tensor:
+    """Algorithm 1 as the paper writes it: a full stable sort of the key, cut into slices.
+
+    The slow ground truth that :func:`select_slices` must equal exactly (tests, benchmarks).
+    """
+    flat = key.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    out = torch.empty(flat.numel(), dtype=torch.int8, device=flat.device)
+    pos = 0
+    for bits, count in zip(mix.bits, mix.counts(flat.numel())):
+        out[order[pos : pos + count]] = bits
+        pos += count
+    return out.reshape(key.shape)
 
 
 def select_slices(key: torch.Tensor, mix: BitMix) -> tuple[torch.Tensor, list[float]]:
