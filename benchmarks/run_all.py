@@ -75,7 +75,7 @@ class Benchmark:
 
 
 BENCHMARKS: tuple[Benchmark, ...] = (
-    Benchmark("core", "benchmarks.bench_core", ("--sizes", "1e5,1e6,1e7", "--reps", "3"),
+    Benchmark("core", "benchmarks.bench_core", ("--sizes", "1e5,1e6,1e7,6e7", "--reps", "3"),
               ("--sizes", "1e4,1e5", "--reps", "1"), _core),
     Benchmark("train", "benchmarks.bench_train", ("--rounds", "5", "--threads", "1"),
               ("--batch-size", "4", "--rounds", "1", "--steps", "1", "--warmup", "1", "--image-size", "16",
