@@ -72,7 +72,8 @@ def register(subparsers: Any) -> None:
         "plot", help="figures and tables from result files only",
         description="Draw EXPERIMENT's figure from its results file (PNG), print its aggregated table "
                     "(--markdown), or print the five claim verdicts (EXPERIMENT = verdicts).")
-    p.add_argument("experiment", help="experiment name, or 'verdicts'")
+    p.add_argument("experiment", help="experiment name, 'verdicts', or 'report' (fill --doc from the results)")
+    p.add_argument("--doc", default="docs/results.md", help="report: the markdown file whose hbnn plot regions to refill")
     p.add_argument("--results", help="results file (default results/<experiment>.jsonl)")
     p.add_argument("--out", default=DEFAULT_FIGURES_DIR, help=f"output folder (default {DEFAULT_FIGURES_DIR})")
     p.add_argument("--markdown", action="store_true", help="print the aggregated markdown table instead")
@@ -114,27 +115,26 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from hbnn.errors import ConfigError
     from hbnn.experiments.results import default_results_path, read_results
 
-    if args.experiment == "verdicts":
-        from hbnn.experiments.verdicts import verdicts_from_dir, verdicts_markdown
+    if args.experiment == "report":
+        from hbnn.experiments.report import render_doc
+        from hbnn.io import atomic_write_text
 
-        print(verdicts_markdown(verdicts_from_dir(args.results_dir, args.prefix)))
+        doc = Path(args.doc)
+        if not doc.is_file():
+            raise ConfigError(f"--doc: {doc} not found")
+        atomic_write_text(doc, render_doc(doc.read_text(encoding="utf-8"), args.results_dir))
+        print(f"updated {doc}")
+        return 0
+    if args.experiment == "verdicts" or args.markdown:
+        from hbnn.experiments.report import experiment_markdown
+
+        print(experiment_markdown(args.experiment, args.results, args.results_dir, args.prefix))
         return 0
     results = Path(args.results) if args.results else default_results_path(args.experiment)
     if not results.exists():
         raise ConfigError(f"results file {results} not found; run 'hbnn sweep {args.experiment}' first "
                           "or pass --results FILE")
     lines = read_results(results)
-    if args.markdown:
-        from hbnn.experiments.stats import aggregate, fig2a_markdown, gaps_markdown, markdown_table
-
-        if any(line.get("kind") == "fig2a" for line in lines):
-            print(fig2a_markdown(lines))
-            return 0
-        stats = aggregate(lines)
-        print(markdown_table(stats))
-        if lines[-1].get("figure") == "pilot":
-            print("\n" + gaps_markdown(stats))
-        return 0
     from hbnn.experiments.plots import plot_lines
 
     for path in plot_lines(lines, args.out, args.experiment, results):

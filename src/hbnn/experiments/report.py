@@ -1,0 +1,65 @@
+"""Fill a markdown document's result tables from the result files (``hbnn plot report``).
+
+A region in the document::
+
+    <!-- hbnn plot fig2b --markdown -->
+    ...generated, replaced on every run...
+    <!-- /hbnn plot -->
+
+is replaced by what ``hbnn plot fig2b --markdown`` prints (``<!-- hbnn plot verdicts -->``:
+the verdict table). A marker without a closing line gets one. So every number in the
+document regenerates from the committed ``results/*.jsonl`` with one command.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hbnn.errors import ConfigError
+
+__all__ = ["experiment_markdown", "render_doc"]
+
+_REGION = re.compile(
+    r"(<!-- hbnn plot (?P<name>[\w.-]+)(?: --markdown)? -->\n)(?:(?!<!-- hbnn plot ).)*?<!-- /hbnn plot -->\n?"
+    r"|(<!-- hbnn plot (?P<bare>[\w.-]+)(?: --markdown)? -->\n)",
+    re.S,
+)
+
+
+def experiment_markdown(name: str, results: str | Path | None = None, results_dir: str | Path = "results",
+                        prefix: str = "") -> str:
+    """The markdown ``hbnn plot NAME --markdown`` prints (``verdicts``: the claim table)."""
+    from hbnn.experiments.results import default_results_path, read_results
+    from hbnn.experiments.stats import aggregate, fig2a_markdown, gaps_markdown, markdown_table
+
+    if name == "verdicts":
+        from hbnn.experiments.verdicts import verdicts_from_dir, verdicts_markdown
+
+        return verdicts_markdown(verdicts_from_dir(results_dir, prefix))
+    path = Path(results) if results else Path(results_dir) / default_results_path(name).name
+    if not path.exists():
+        raise ConfigError(f"results file {path} not found; run 'hbnn sweep {name}' first or pass --results FILE")
+    lines = read_results(path)
+    if any(line.get("kind") == "fig2a" for line in lines):
+        return fig2a_markdown(lines)
+    stats = aggregate(lines)
+    text = markdown_table(stats)
+    if lines[-1].get("figure") == "pilot":
+        text += "\n\n" + gaps_markdown(stats)
+    return text
+
+
+def render_doc(text: str, results_dir: str | Path = "results") -> str:
+    """``text`` with every ``hbnn plot`` region regenerated (missing result files: left as they are)."""
+
+    def replace(match: re.Match) -> str:
+        head = match.group(1) or match.group(3)
+        name = match.group("name") or match.group("bare")
+        try:
+            body = experiment_markdown(name, results_dir=results_dir)
+        except ConfigError:
+            return match.group(0)
+        return f"{head}{body.rstrip()}\n<!-- /hbnn plot -->\n"
+
+    return _REGION.sub(replace, text)
