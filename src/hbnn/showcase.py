@@ -57,7 +57,7 @@ def _train_one(name: str, recipe: Path, out: Path, overrides: list[str], quiet: 
     totals = summarize(model)["model"]
     row = {
         "run": name,
-        "top1": float(metrics["top1"]),
+        "top1": 100.0 * float(metrics["top1"]),  # percent
         "weight_bits": float(totals["avg_weight_bits"]),
         "act_bits": float(totals["avg_act_bits"]),
         "stored_kib": totals["stored_bytes"] / 1024,
@@ -102,7 +102,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.annotate(f"{r['top1']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=9)
     low = min(r["top1"] for r in rows)
-    ax.set_ylim(max(0.0, low - 5), 100 if low > 95 else min(100, max(r["top1"] for r in rows) + 2))
+    ax.set_ylim(max(0.0, low - 5), min(100.0, max(r["top1"] for r in rows) + 2))
     ax.set_ylabel("Fashion-MNIST test top-1 (%)")
     ax.set_title("cifar_fc4 (16-32-64), binarized weights and activations")
     fig.tight_layout()
