@@ -244,7 +244,8 @@ def test_failed_checkpoint_write_exits_2_and_keeps_previous_checkpoint(run_dir, 
 def test_recipe_short_names_and_default_run_dir(tmp_path, fmnist_dir, monkeypatch, capsys):
     from pathlib import Path
 
-    from hbnn.train.commands import default_run_dir, resolve_recipe
+    from hbnn.train.commands import default_run_dir
+    from hbnn.train.config import resolve_recipe
 
     repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "resolve_recipe", "default_run_dir", "train_overrides", "RESUMABLE_KEYS"]
+__all__ = ["register", "default_run_dir", "train_overrides", "RESUMABLE_KEYS"]
 
 #: Settings that may change when resuming; anything else would break exact continuation.
 RESUMABLE_KEYS = (
@@ -78,23 +78,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dataset", help="input shape of this dataset (default: the recipe's)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_summary)
-
-
-def resolve_recipe(name: str) -> Path:
-    """A recipe path from a path or a name under ``configs/`` (``cifar10/w1.4_mo``).
-
-    Raises:
-        ConfigError: neither exists.
-    """
-    from hbnn.errors import ConfigError
-
-    path = Path(name)
-    if path.is_file():
-        return path
-    for candidate in (Path("configs") / name, Path("configs") / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"config file not found: {name} (also looked for configs/{name}.yaml)")
 
 
 def default_run_dir(recipe: Path | None, model: str, dataset: str) -> Path:
@@ -162,6 +145,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
             raise ConfigError(f"--out {args.out} differs from --resume {run_dir}; drop --out")
     else:
+        from hbnn.train.config import resolve_recipe
+
         recipe = resolve_recipe(args.config) if args.config is not None else None
         cfg = load_config(recipe, overrides)
         run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(recipe, cfg.model.name, cfg.data.name)

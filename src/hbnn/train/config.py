@@ -45,6 +45,7 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
     "load_config",
+    "resolve_recipe",
     "load_yaml_recipe",
     "deep_merge",
     "apply_overrides",
@@ -453,3 +454,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         data = deep_merge(data, load_yaml_recipe(path))
     data = apply_overrides(data, overrides)
     return config_from_dict(data)
+
+
+def resolve_recipe(name: str | os.PathLike) -> Path:
+    """A recipe path from a path or a name under ``configs/`` (``cifar10/w1.4_mo``).
+
+    Raises:
+        ConfigError: neither exists.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (Path("configs") / name, Path("configs") / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file not found: {name} (also looked for configs/{name}.yaml)")

@@ -14,7 +14,7 @@ import torch
 
 from hbnn.errors import CheckpointError, ConfigError
 from hbnn.train.checkpoint import Checkpoint, load_checkpoint, restore_checkpoint
-from hbnn.train.config import config_from_dict, config_to_dict, load_config, load_yaml_recipe
+from hbnn.train.config import config_from_dict, config_to_dict, load_config, load_yaml_recipe, resolve_recipe
 from hbnn.train.distributed import resolve_device
 from hbnn.train.loop import evaluate
 from hbnn.train.run import build_model_for, dataset_shape
@@ -154,6 +154,8 @@ def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None 
         cfg = load_config(path, overrides)
     elif target in list_models():
         cfg = load_config(None, [f"model.name={target}", *overrides])
+    elif (Path("configs") / f"{target}.yaml").is_file():  # a recipe name, as `hbnn train` takes
+        cfg = load_config(resolve_recipe(target), overrides)
     else:
         raise ConfigError(f"summary: {target!r} is not a run directory, checkpoint, recipe or model; "
                           f"models: {', '.join(list_models())}")
