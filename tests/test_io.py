@@ -189,3 +189,17 @@ def test_read_verified_safetensors_errors_are_one_line(tmp_path, damage, message
     with pytest.raises(_Err) as exc:
         read_verified_safetensors(path, key="k", what="thing", error=_Err)
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_read_jsonl_objects_blank_lines_and_errors(tmp_path):
+    from hbnn.io import read_jsonl
+
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"a": 1}\n\n{"b": 2}\n')
+    assert read_jsonl(path) == [{"a": 1}, {"b": 2}]
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(KeyError, match="line 2: expected a JSON object"):
+        read_jsonl(path, KeyError)
+    path.write_text('{"a": 1}\n\n{oops\n')
+    with pytest.raises(ValueError, match="line 3: not valid JSON"):
+        read_jsonl(path)

@@ -194,3 +194,25 @@ def read_verified_safetensors(path: str | os.PathLike, *, key: str, what: str,
     if tensors_sha256(tensors) != header.get("payload_sha256"):
         raise error(f"{what} {where} is corrupt (tensor checksum mismatch)")
     return data, header, tensors
+
+
+def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> list[dict]:
+    """The JSON objects of a JSON-lines file (blank lines skipped).
+
+    Raises:
+        error: a line that is not valid JSON or not an object (names the file and line number).
+        OSError: the file cannot be read.
+    """
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for number, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise error(f"{os.fspath(path)} line {number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise error(f"{os.fspath(path)} line {number}: expected a JSON object")
+            records.append(record)
+    return records

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from hbnn.errors import FormatError
-from hbnn.io import atomic_write_text
+from hbnn.io import atomic_write_text, read_jsonl
 
 __all__ = [
     "SCHEMA",
@@ -67,17 +67,10 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    out = []
-    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            line = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(line, dict) or "run" not in line:
-            raise FormatError(f"{path} line {number}: expected a JSON object with a 'run' key")
-        out.append(line)
+    out = read_jsonl(path, FormatError)
+    for number, line in enumerate(out, 1):
+        if "run" not in line:
+            raise FormatError(f"{path}: record {number}: expected a JSON object with a 'run' key")
     return out
 
 

@@ -11,12 +11,12 @@ a ``config`` holding the weight and activation bits, under any of these keys:
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from typing import Any
 
 from hbnn.errors import ConfigError
+from hbnn.io import read_jsonl
 from hbnn.hw.platforms import Catalog, load_catalog
 from hbnn.hw.scaling import scale
 from hbnn.hw.validate import coerce_bits
@@ -29,21 +29,9 @@ _BIT_KEYS = (("wbits", "abits"), ("weight_bits", "act_bits"), ("bits", "bits"))
 def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Parse a JSONL result file; ConfigError names the line of any invalid JSON."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+        return read_jsonl(path, ConfigError)
     except OSError as exc:
         raise ConfigError(f"results: cannot read {os.fspath(path)!r}: {exc.strerror}") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"results: line {number} of {os.fspath(path)!r} is not JSON ({exc.msg})") from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _quant_bits(config: dict[str, Any]) -> tuple[Any, Any] | None:
