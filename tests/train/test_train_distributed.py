@@ -21,8 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _torchrun(args):
+    # --tee 3: the workers' own stdout/stderr come back prefixed "[default<rank>]:".
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "hbnn.cli", *args]
+            "--tee", "3", "-m", "hbnn.cli", *args]
+
+
+def _why(done: subprocess.CompletedProcess) -> str:
+    """The workers' own lines (the cause) ahead of torchrun's traceback tail."""
+    ranks = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("[default")]
+    return "\n".join(ranks[-30:]) + "\n--- torchrun:\n" + done.stderr[-1000:]
 
 
 def _wait_for_checkpoint(out: Path, procs) -> None:
@@ -57,7 +64,7 @@ def test_two_process_run_trains_checkpoints_and_resumes(tmp_path, fmnist_dir, ch
     done = subprocess.run(_torchrun(_train_args(fmnist_dir, out, 1, "--set", quant,
                                                 "--set", "train.checkpoint_every_steps=2")),
                           cwd=REPO, env=child_env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, _why(done)
     meta = json.loads((out / "last.json").read_text())
     # 192 images, global batch 32 = 16 per rank, 96 images per rank -> 6 steps per epoch.
     assert (meta["epoch"], meta["step"], meta["world_size"], len(meta["ranks"])) == (1, 6, 2, 2)
@@ -66,7 +73,7 @@ def test_two_process_run_trains_checkpoints_and_resumes(tmp_path, fmnist_dir, ch
 
     again = subprocess.run(_torchrun(["train", "--resume", str(out), "--epochs", "2", "-q"]),
                            cwd=REPO, env=child_env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.returncode == 0, _why(again)
     with (out / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[-1]["step"] == "12"

@@ -44,6 +44,7 @@ from hbnn.train.distributed import (
     DistContext,
     all_gather_objects,
     all_reduce_sum,
+    barrier,
     run_on_main,
     setup_distributed,
     teardown_distributed,
@@ -299,7 +300,12 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwr
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     try:
-        return _fit(cfg, Path(run_dir), ctx, resume=resume, overwrite=overwrite, quiet=quiet)
+        result = _fit(cfg, Path(run_dir), ctx, resume=resume, overwrite=overwrite, quiet=quiet)
+        # Leave together: rank 0 finishes later (it writes the checkpoints), and a gloo
+        # rank that tears its group down while a peer still uses it can abort
+        # ("terminate called without an active exception"), failing the whole job.
+        barrier(ctx)
+        return result
     finally:
         torch.set_num_threads(threads)
         restore_determinism(previous)
