@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hbnn.quant import HEURISTICS, BitMix, make_bitmap
-from hbnn.quant.bitmap import _cuts, _select_torch, block_view_shape, heuristic_key, select_slices, sort_bitmap
+from hbnn.quant.bitmap import _select_torch, block_view_shape, heuristic_key, select_slices, sort_bitmap
 
 
 def reference_bitmap(key: torch.Tensor, mix: BitMix) -> torch.Tensor:
@@ -41,7 +41,7 @@ def test_torch_selection_path_equals_numpy_path(mix):
     mix = BitMix.coerce(mix)
     key = torch.randint(0, 5, (1000,), generator=torch.Generator().manual_seed(3)).float()
     cpu, t_cpu = select_slices(key, mix)
-    acc, t_acc = _select_torch(key, mix, _cuts(mix, key.numel()))
+    acc, t_acc = _select_torch(key, mix, mix.cuts(key.numel()))
     assert torch.equal(cpu, acc) and t_cpu == t_acc
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 __all__ = ["ABI_VERSION", "cache_dir", "compiler", "load", "build_error"]
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 _SRC_DIR = Path(__file__).resolve().parent / "csrc"
-_SOURCES = ("hbnn_kernels.c", "gemm_body.c", "pack_body.c", "gemm_portable.c", "gemm_avx2.c", "gemm_avx512.c")
+_SOURCES = ("hbnn_kernels.c", "gemm_body.c", "pack_body.c", "gemm_portable.c", "gemm_avx2.c", "gemm_avx512.c", "select_body.c")
 _FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=off", "-shared", "-fPIC")
 _LIB_NAME = "libhbnn_kernels.so"
 

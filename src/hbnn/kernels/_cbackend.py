@@ -10,12 +10,15 @@ import ctypes
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from hbnn.kernels import _build
 from hbnn.kernels.packing import PackedPlanes
 
-__all__ = ["VARIANTS", "library", "variant_id", "supported_variants", "feature_flags", "gemm", "pack_u8", "pack_residual", "ConvGeometry"]
+__all__ = ["VARIANTS", "library", "variant_id", "supported_variants", "feature_flags", "gemm", "pack_u8", "pack_residual", "ConvGeometry",
+           "select_exact", "select_sampled", "select_map",
+           "select_mean_abs"]
 
 VARIANTS = ("portable", "avx2", "avx512")
 _FEATURES = {"popcnt": 1, "avx2": 2, "avx512f": 4, "avx512bw": 8, "avx512vpopcntdq": 16}
@@ -67,6 +70,17 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.hbnn_pack_u8.restype = ctypes.c_int
     lib.hbnn_pack_residual.argtypes = [ctypes.c_int, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I]
     lib.hbnn_pack_residual.restype = ctypes.c_int
+    _F = ctypes.c_float
+    lib.hbnn_select_exact.argtypes = [ctypes.c_int, _P, _I, ctypes.c_int, _F, _I, _P, _P, _I, _P, _P, _I, _P,
+                                      ctypes.c_int8, _P, _P]
+    lib.hbnn_select_exact.restype = ctypes.c_int
+    lib.hbnn_select_sampled.argtypes = [ctypes.c_int, _P, _I, ctypes.c_int, _F, _I, _P, _I, _P, _P, ctypes.c_int8,
+                                        _P, _P]
+    lib.hbnn_select_sampled.restype = ctypes.c_int
+    lib.hbnn_select_mean_abs.argtypes = [ctypes.c_int, _P, _I, ctypes.POINTER(ctypes.c_double)]
+    lib.hbnn_select_mean_abs.restype = ctypes.c_int
+    lib.hbnn_select_map.argtypes = [ctypes.c_int, _P, _I, ctypes.c_int, _F, _I, _P, _P, ctypes.c_int8, _P]
+    lib.hbnn_select_map.restype = ctypes.c_int
     lib.hbnn_variant_supported.argtypes = [ctypes.c_int]
     lib._hbnn_declared = True
     return lib
@@ -173,3 +187,61 @@ def pack_residual(
     )
     _check(rc, "hbnn_pack_residual")
     return signs, masks, active.tolist()
+
+
+def _np_ptr(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
+def select_exact(
+    lib: ctypes.CDLL, x: torch.Tensor, mode: int, mu: float, cuts: np.ndarray, idx: np.ndarray | None,
+    lo_r: np.ndarray, hi_r: np.ndarray, cap: int, steps: np.ndarray, top: int, variant: str | None = None,
+) -> tuple[torch.Tensor, np.ndarray] | None:
+    """``hbnn_select_exact`` on a contiguous float32 ``x``: ``(int8 map, thresholds)``, or ``None``
+    when a bracket missed (int64 ``cuts``/``idx``/``lo_r``/``hi_r``, int8 ``steps``, contiguous)."""
+    out = torch.empty(x.shape, dtype=torch.int8)
+    thr = np.empty(cuts.size, dtype=np.float32)
+    rc = lib.hbnn_select_exact(
+        variant_id(lib, variant), x.data_ptr(), x.numel(), mode, mu, cuts.size, _np_ptr(cuts), _np_ptr(idx),
+        0 if idx is None else idx.size, _np_ptr(lo_r), _np_ptr(hi_r), cap, _np_ptr(steps), top, out.data_ptr(),
+        _np_ptr(thr),
+    )
+    if rc == 1:
+        return None
+    _check(rc, "hbnn_select_exact")
+    return out, thr
+
+
+def select_sampled(
+    lib: ctypes.CDLL, x: torch.Tensor, mode: int, mu: float, idx: np.ndarray | None, ranks: np.ndarray,
+    steps: np.ndarray, top: int, variant: str | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """``hbnn_select_sampled``: ``(int8 map, float32 thresholds)`` from the sample's order statistics."""
+    out = torch.empty(x.shape, dtype=torch.int8)
+    thr = np.empty(ranks.size, dtype=np.float32)
+    rc = lib.hbnn_select_sampled(
+        variant_id(lib, variant), x.data_ptr(), x.numel(), mode, mu, ranks.size, _np_ptr(idx),
+        0 if idx is None else idx.size, _np_ptr(ranks), _np_ptr(steps), top, out.data_ptr(), _np_ptr(thr),
+    )
+    _check(rc, "hbnn_select_sampled")
+    return out, thr
+
+
+def select_map(
+    lib: ctypes.CDLL, x: torch.Tensor, mode: int, mu: float, thresholds: np.ndarray, steps: np.ndarray, top: int,
+    variant: str | None = None,
+) -> torch.Tensor:
+    """``hbnn_select_map``: ``top - sum_j steps[j] * [key <= thresholds[j]]`` (float32 thresholds, int8 steps)."""
+    out = torch.empty(x.shape, dtype=torch.int8)
+    rc = lib.hbnn_select_map(variant_id(lib, variant), x.data_ptr(), x.numel(), mode, mu, thresholds.size,
+                             _np_ptr(thresholds), _np_ptr(steps), top, out.data_ptr())
+    _check(rc, "hbnn_select_map")
+    return out
+
+
+def select_mean_abs(lib: ctypes.CDLL, x: torch.Tensor, variant: str | None = None) -> float:
+    """``hbnn_select_mean_abs``: mean ``|x|`` of a contiguous float32 ``x``, summed in float64."""
+    out = ctypes.c_double()
+    _check(lib.hbnn_select_mean_abs(variant_id(lib, variant), x.data_ptr(), x.numel(), ctypes.byref(out)),
+           "hbnn_select_mean_abs")
+    return out.value

@@ -27,7 +27,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hbnn.quant import select_c
 from hbnn.quant.checks import check_float_tensor, check_heuristic
+from hbnn.quant.keys import heuristic_key, mean_magnitude
 from hbnn.quant.mix import BitMix
 from hbnn.quant.select import _SAMPLE, _sample_index, first_k_mask, kth_smallest
 
@@ -35,6 +37,9 @@ __all__ = [
     "make_bitmap",
     "heuristic_key",
     "select_slices",
+    "keyed_bitmap",
+    "threshold_bitmap",
+    "sampled_bitmap",
     "sort_bitmap",
     "map_from_thresholds",
     "sampled_thresholds",
@@ -43,35 +48,6 @@ __all__ = [
 ]
 
 DEFAULT_SEED = 0
-
-
-def heuristic_key(x: torch.Tensor, heuristic: str, mean_abs: torch.Tensor | float | None = None) -> torch.Tensor:
-    """The ranking key of Algorithm 1 for every entry of ``x`` (float32 or float64).
-
-    Args:
-        x: the tensor to rank.
-        heuristic: ``middle_out``, ``top_down`` or ``bottom_up`` (``random`` has no key).
-        mean_abs: for ``middle_out``, the mean magnitude to measure from (default: ``mean(|x|)``;
-            activation quantizers pass a running estimate at inference).
-    """
-    a = x.abs() if x.dtype in (torch.float32, torch.float64) else x.float().abs()
-    if heuristic == "middle_out":
-        m = a.mean() if mean_abs is None else mean_abs
-        return a.sub_(m).abs_()
-    if heuristic == "top_down":
-        return a.neg_()
-    if heuristic == "bottom_up":
-        return a
-    raise ValueError(f"heuristic: {heuristic!r} has no key; allowed: middle_out, top_down, bottom_up")
-
-
-def _cuts(mix: BitMix, n: int) -> list[int]:
-    """Cumulative slice ends ``c_1 < ... < c_{K-1}`` (entries ranked before c_j get <= bits[j-1])."""
-    cuts, total = [], 0
-    for c in mix.counts(n)[:-1]:
-        total += c
-        cuts.append(total)
-    return cuts
 
 
 def _first_k_torch(key: torch.Tensor, k: int, v) -> torch.Tensor:
@@ -152,11 +128,35 @@ def select_slices(key: torch.Tensor, mix: BitMix) -> tuple[torch.Tensor, list[fl
         key value at its boundary (entries with key above ``thresholds[j]`` get more than
         ``mix.bits[j]`` bits; used as running estimates for activations).
     """
-    cuts = _cuts(mix, key.numel())
+    cuts = mix.cuts(key.numel())
     if key.device.type == "cpu":
         out, thresholds = _select_cpu(key.numpy(), mix, cuts)
         return torch.from_numpy(out), thresholds
     return _select_torch(key, mix, cuts)
+
+
+def keyed_bitmap(x: torch.Tensor, mix: BitMix, heuristic: str,
+                 mean_abs: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
+    """Algorithm 1 on ``x`` for a keyed heuristic: ``(int8 map of x's shape, cut thresholds)``.
+
+    Float32 CPU tensors take the fused C passes (:mod:`hbnn.quant.select_c`); everything
+    else (and a missed sample bracket) materialises the key and uses :func:`select_slices`.
+    Both give exactly :func:`sort_bitmap`'s map.
+    """
+    if select_c.available(x, heuristic):
+        got = select_c.select_map(x, mix, heuristic, mean_abs)
+        if got is not None:
+            return got
+    bitmap, thresholds = select_slices(heuristic_key(x, heuristic, mean_abs).reshape(-1), mix)
+    return bitmap.reshape(x.shape), thresholds
+
+
+def threshold_bitmap(x: torch.Tensor, mix: BitMix, heuristic: str, thresholds: list[float],
+                     mean_abs: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`map_from_thresholds` on ``x``'s key, fused in C for float32 CPU tensors."""
+    if select_c.available(x, heuristic):
+        return select_c.threshold_map(x, mix, heuristic, thresholds, mean_abs)
+    return map_from_thresholds(heuristic_key(x, heuristic, mean_abs), mix, thresholds)
 
 
 def map_from_thresholds(key: torch.Tensor, mix: BitMix, thresholds: list[float]) -> torch.Tensor:
@@ -169,20 +169,25 @@ def map_from_thresholds(key: torch.Tensor, mix: BitMix, thresholds: list[float])
     return out
 
 
-def sampled_thresholds(key: torch.Tensor, mix: BitMix) -> list[float]:
-    """Cut thresholds estimated from a fixed pseudo-random sample of a flat key.
+def sampled_thresholds(x: torch.Tensor, mix: BitMix, heuristic: str,
+                       mean_abs: torch.Tensor | None = None) -> list[float]:
+    """Cut thresholds estimated from the keys of a fixed pseudo-random sample of ``x``.
 
-    Threshold ``j`` is the sample's value at rank ``c_j / N`` of the sample, so about
-    ``c_j`` entries fall at or below it (sampling error ~``sqrt(p(1-p)/16384)``). Small
-    tensors (<= 16384 entries) are selected exactly.
+    Threshold ``j`` is the sample's key at rank ``c_j / N`` of the sample, so about
+    ``c_j`` entries have a key at or below it (sampling error ~``sqrt(p(1-p)/16384)``).
+    Only the sample's keys are computed. Small tensors (<= 16384 entries) are selected
+    exactly.
     """
-    n = key.numel()
+    flat = x.reshape(-1)
+    n = flat.numel()
     if n > _SAMPLE:
-        key = key[torch.from_numpy(_sample_index(n)).to(key.device)]
-    sample = key.cpu().numpy()
+        flat = flat[torch.from_numpy(_sample_index(n)).to(flat.device)]
+    if heuristic == "middle_out" and mean_abs is None:
+        mean_abs = mean_magnitude(x)
+    sample = heuristic_key(flat, heuristic, mean_abs).cpu().numpy()
     m = sample.size
     thresholds = []
-    for c in _cuts(mix, n):
+    for c in mix.cuts(n):
         if c == 0:
             thresholds.append(float("-inf"))
         elif c == n:
@@ -190,6 +195,20 @@ def sampled_thresholds(key: torch.Tensor, mix: BitMix) -> list[float]:
         else:
             thresholds.append(kth_smallest(sample, max(1, min(m, round(c / n * m)))).item())
     return thresholds
+
+
+def sampled_bitmap(x: torch.Tensor, mix: BitMix, heuristic: str,
+                   mean_abs: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
+    """The map of ``key > t_j`` for the :func:`sampled_thresholds` of ``x``, and those thresholds.
+
+    Fused in one C call for float32 CPU tensors (:func:`hbnn.quant.select_c.sampled_map`).
+    """
+    if select_c.available(x, heuristic):
+        got = select_c.sampled_map(x, mix, heuristic, mean_abs)
+        if got is not None:
+            return got
+    thresholds = sampled_thresholds(x, mix, heuristic, mean_abs)
+    return threshold_bitmap(x, mix, heuristic, thresholds, mean_abs), thresholds
 
 
 def _random_ranks(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -278,8 +297,6 @@ def _bitmap(x: torch.Tensor, mix: BitMix, heuristic: str, generator, block: int)
         block_map, _ = select_slices(key, mix)
         return _expand_blocks(block_map, x.shape, block)
     if heuristic == "random":
-        key = _random_ranks(x.numel(), generator, x.device)
-    else:
-        key = heuristic_key(x, heuristic).reshape(-1)
-    bitmap, _ = select_slices(key, mix)
-    return bitmap.reshape(x.shape)
+        bitmap, _ = select_slices(_random_ranks(x.numel(), generator, x.device), mix)
+        return bitmap.reshape(x.shape)
+    return keyed_bitmap(x, mix, heuristic)[0]

@@ -169,6 +169,15 @@ class BitMix:
         counts.append(n - used)
         return tuple(counts)
 
+    def cuts(self, n: int) -> list[int]:
+        """Cumulative slice ends ``c_1 <= ... <= c_{K-1}`` for ``n`` entries: the first ``c_j``
+        entries of the ranking get at most ``bits[j-1]`` bits."""
+        ends, total = [], 0
+        for c in self.counts(n)[:-1]:
+            total += c
+            ends.append(total)
+        return ends
+
     def to_dict(self) -> dict[int, float]:
         """``{bits: fraction}`` for the bitwidths present."""
         return dict(zip(self.bits, self.fractions))

@@ -15,15 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hbnn.quant.bitmap import (
-    DEFAULT_SEED,
-    _bitmap,
-    heuristic_key,
-    map_from_thresholds,
-    sampled_thresholds,
-    select_slices,
-)
+from hbnn.quant.bitmap import DEFAULT_SEED, _bitmap, keyed_bitmap, sampled_bitmap, threshold_bitmap
 from hbnn.quant.config import QuantSpec
+from hbnn.quant.keys import mean_magnitude
 from hbnn.quant.functional import residual_forward
 from hbnn.quant.ste import clipped_ste
 
@@ -140,7 +134,7 @@ class ActQuantizer(nn.Module):
         if self.training:
             with torch.no_grad():
                 if mean_abs is None and spec.heuristic == "middle_out":
-                    mean_abs = x.detach().abs().mean()
+                    mean_abs = mean_magnitude(x.detach())
                 self._update(scales_out[0], thresholds, mean_abs, bitmap)
         return out
 
@@ -148,13 +142,12 @@ class ActQuantizer(nn.Module):
         spec = self.spec
         if spec.heuristic == "random":
             return _bitmap(x, spec.mix, "random", _generator(spec.seed), 1), [], None
-        mean_abs = x.abs().mean() if spec.heuristic == "middle_out" else None
-        key = heuristic_key(x, spec.heuristic, mean_abs)
+        mean_abs = mean_magnitude(x) if spec.heuristic == "middle_out" else None
         if spec.select == "sampled":
-            thresholds = sampled_thresholds(key.reshape(-1), spec.mix)
-            return map_from_thresholds(key, spec.mix, thresholds), thresholds, mean_abs
-        bitmap, thresholds = select_slices(key.reshape(-1), spec.mix)
-        return bitmap.reshape(x.shape), thresholds, mean_abs
+            bitmap, thresholds = sampled_bitmap(x, spec.mix, spec.heuristic, mean_abs)
+        else:
+            bitmap, thresholds = keyed_bitmap(x, spec.mix, spec.heuristic, mean_abs)
+        return bitmap, thresholds, mean_abs
 
     def _update(self, scales, thresholds, mean_abs, bitmap) -> None:
         first = int(self.num_batches_tracked) == 0
@@ -182,8 +175,8 @@ class ActQuantizer(nn.Module):
             return None
         if spec.heuristic == "random":
             return _bitmap(x.detach(), mix, "random", _generator(spec.seed), 1)
-        key = heuristic_key(x.detach(), spec.heuristic, self.running_mean_abs.to(x.device))
-        return map_from_thresholds(key, mix, self.running_thresholds.tolist())
+        return threshold_bitmap(x.detach(), mix, spec.heuristic, self.running_thresholds.tolist(),
+                                self.running_mean_abs.to(x.device))
 
     def _forward_running(self, x: torch.Tensor) -> torch.Tensor:
         bitmap = self.running_bitmap(x)

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-__all__ = ["kth_smallest", "first_k_mask"]
+__all__ = ["kth_smallest", "first_k_mask", "order_stats"]
 
 _SAMPLE = 16384  # sample size for the bracket
 _SMALL = 1 << 16  # below this, partition directly
@@ -31,8 +31,26 @@ _CHUNK = 4096
 
 @functools.lru_cache(maxsize=32)
 def _sample_index(n: int) -> np.ndarray:
-    """A fixed pseudo-random sample of positions (seeded by ``n`` only, so runs repeat)."""
-    return np.random.default_rng(n).integers(0, n, _SAMPLE)
+    """A fixed pseudo-random sample of positions (seeded by ``n`` only, so runs repeat).
+
+    Sorted, so gathering the sample walks memory forwards (prefetch-friendly); the order of
+    a sample does not matter to its order statistics.
+    """
+    return np.sort(np.random.default_rng(n).integers(0, n, _SAMPLE))
+
+
+def order_stats(a: np.ndarray, ranks) -> np.ndarray:
+    """The values of ``a`` at 0-based sorted-order positions ``ranks`` (``a`` is reordered).
+
+    One single-k partition per rank on the part above the previous one: numpy's multi-k
+    ``partition`` is ~10x slower than this on 16k entries.
+    """
+    out = {}
+    start = 0
+    for r in sorted(set(ranks)):
+        a[start:].partition(r - start)
+        out[r], start = a[r], r
+    return np.array([out[r] for r in ranks], dtype=a.dtype)
 
 
 def kth_smallest(key: np.ndarray, k: int):
@@ -51,8 +69,7 @@ def kth_smallest(key: np.ndarray, k: int):
     delta = 4 * math.sqrt(_SAMPLE)  # ~4 standard deviations of the sample rank
     lo_r = max(0, int(k / n * _SAMPLE - delta))
     hi_r = min(_SAMPLE - 1, int(k / n * _SAMPLE + delta))
-    part = np.partition(sample, [lo_r, hi_r])
-    lo, hi = part[lo_r], part[hi_r]
+    lo, hi = order_stats(sample, [lo_r, hi_r])  # sample is a copy (fancy indexing)
     tied = max(np.count_nonzero(sample == lo), np.count_nonzero(sample == hi))
     if tied < _SAMPLE // 64:  # (nearly) distinct around the rank: introselect is fastest
         return np.partition(key, k - 1)[k - 1]

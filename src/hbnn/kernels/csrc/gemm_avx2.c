@@ -75,6 +75,9 @@ static void uk_avx2(int mode, const uint64_t *ws, const uint64_t *wm, const uint
 
 #include "gemm_body.c"
 #include "pack_body.c"
+#define HBNN_SEL_ISA 1
+#include "select_body.c"
+#undef HBNN_SEL_ISA
 
 #undef HBNN_SUFFIX
 #undef HBNN_POP

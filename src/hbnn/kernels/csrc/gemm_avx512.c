@@ -145,6 +145,9 @@ static void uk_avx512(int mode, const uint64_t *ws, const uint64_t *wm, const ui
 
 #include "gemm_body.c"
 #include "pack_body.c"
+#define HBNN_SEL_ISA 2
+#include "select_body.c"
+#undef HBNN_SEL_ISA
 
 #undef HBNN_SUFFIX
 #undef HBNN_POP

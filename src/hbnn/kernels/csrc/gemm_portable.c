@@ -45,6 +45,9 @@ static void uk_portable(int mode, const uint64_t *ws, const uint64_t *wm, const 
 
 #include "gemm_body.c"
 #include "pack_body.c"
+#define HBNN_SEL_ISA 0
+#include "select_body.c"
+#undef HBNN_SEL_ISA
 
 #undef HBNN_OP_FF
 #undef HBNN_OP_FM

@@ -24,7 +24,8 @@
 #include <immintrin.h>
 #endif
 
-#define HBNN_ABI_VERSION 4
+#define HBNN_ABI_VERSION 5
+#define HBNN_SEL_MAXCUTS 7 /* bit-map selection: at most 8 bitwidths in a mix */
 #define HBNN_NR 12     /* activation rows per micro-panel */
 #define HBNN_LANES 16  /* weight rows per panel */
 
@@ -101,6 +102,87 @@ static inline uint64_t hbnn_valid_word(int64_t c, int64_t cw, int64_t C) {
     int64_t tail = C - 64 * (cw - 1);
     if (c < cw - 1 || tail == 64) return ~0ULL;
     return (1ULL << tail) - 1ULL;
+}
+
+/* AVX2 left-pack table for the selection gather: lane indices of the set bits of m, first. */
+static uint8_t hbnn_compress_lut[256][8];
+static int hbnn_compress_lut_ready;
+
+static void hbnn_compress_lut_init(void) {
+    int m, i, pos;
+    if (__atomic_load_n(&hbnn_compress_lut_ready, __ATOMIC_ACQUIRE)) return;
+    for (m = 0; m < 256; m++) {
+        for (i = 0, pos = 0; i < 8; i++) {
+            if (m >> i & 1) hbnn_compress_lut[m][pos++] = (uint8_t)i;
+        }
+        for (; pos < 8; pos++) hbnn_compress_lut[m][pos] = 0;
+    }
+    __atomic_store_n(&hbnn_compress_lut_ready, 1, __ATOMIC_RELEASE);
+}
+
+/* One branch-free Lomuto pass over a[0..n): moves the entries with (strict ? a < p : a <= p)
+ * to the front, keeping the order of neither side; returns how many there are. */
+static int64_t hbnn_part(float *a, int64_t n, float p, int strict) {
+    int64_t i, s = 0;
+    if (strict) {
+        for (i = 0; i < n; i++) {
+            const float t = a[i];
+            const int64_t lt = t < p;
+            a[i] = a[s];
+            a[s] = t;
+            s += lt;
+        }
+    } else {
+        for (i = 0; i < n; i++) {
+            const float t = a[i];
+            const int64_t le = t <= p;
+            a[i] = a[s];
+            a[s] = t;
+            s += le;
+        }
+    }
+    return s;
+}
+
+/* The k-th smallest (0-based) of a[0..n), reordering a so that a[0..k) <= a[k] <= a[k+1..n).
+ * Quickselect with a three-way split (heavy ties cost one extra pass, not quadratic time)
+ * around the median of three pseudo-random entries: expected linear time on any input. */
+static float hbnn_kth(float *a, int64_t n, int64_t k) {
+    uint64_t state = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    while (n > 1) {
+        float c[3], p;
+        int64_t lt, le, r;
+        for (r = 0; r < 3; r++) {
+            state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+            c[r] = a[(int64_t)((state >> 33) % (uint64_t)n)];
+        }
+        p = c[0] < c[1] ? (c[1] < c[2] ? c[1] : (c[0] < c[2] ? c[2] : c[0]))
+                        : (c[0] < c[2] ? c[0] : (c[1] < c[2] ? c[2] : c[1]));
+        lt = hbnn_part(a, n, p, 1);
+        if (k < lt) {
+            n = lt;
+            continue;
+        }
+        le = lt + hbnn_part(a + lt, n - lt, p, 0);
+        if (k < le) return p; /* a[lt..le) == p */
+        a += le;
+        n -= le;
+        k -= le;
+    }
+    return a[0];
+}
+
+/* vals[j] = the ranks[j]-th smallest of a[0..n) (ranks ascending, 0-based), reordering a. */
+static void hbnn_kth_sorted(float *a, int64_t n, const int64_t *ranks, int64_t J, float *vals) {
+    int64_t j, done = -1; /* a[0..done] holds the done+1 smallest, in order at done */
+    for (j = 0; j < J; j++) {
+        if (ranks[j] == done) {
+            vals[j] = vals[j - 1];
+            continue;
+        }
+        vals[j] = hbnn_kth(a + done + 1, n - done - 1, ranks[j] - done - 1);
+        done = ranks[j];
+    }
 }
 
 /* ---- SIMD variants: each defines <name>_<suffix> for the driver functions ---- */
@@ -211,4 +293,87 @@ int hbnn_pack_residual(int variant, const float *x, const int8_t *bitmap, int64_
         pack_residual_portable(x, bitmap, B, K, S, n, mu, signs, masks, active, nt); return 0;
     default: return -1;
     }
+}
+
+/* ---- Algorithm 1 bit-map selection (see select_body.c); mode 0/1/2 = middle-out,
+ * bottom-up, top-down keys. ---- */
+
+#define HBNN_SEL_DISPATCH(VID, CALL)                          \
+    switch (VID) {                                            \
+    HBNN_SEL_X86_CASES(CALL)                                  \
+    case HBNN_V_PORTABLE: CALL(portable); break;              \
+    default: return -1;                                       \
+    }
+#ifdef HBNN_X86
+#define HBNN_SEL_X86_CASES(CALL)             \
+    case HBNN_V_AVX512: CALL(avx512); break; \
+    case HBNN_V_AVX2: CALL(avx2); break;
+#else
+#define HBNN_SEL_X86_CASES(CALL)
+#endif
+
+/* Exact Algorithm 1 map of the keys of x[0..n) for J ascending cuts 0 < cuts[j] < n:
+ * out[i] = top - sum_j step[j] * [i is among the first cuts[j] of the stable ascending
+ * key order], thr[j] = the cuts[j]-th smallest key.  Brackets are the order statistics
+ * lo_r[j] <= hi_r[j] (0-based) of the keys at the sorted sample positions idx[0..S), or
+ * of all keys when idx == NULL; cap bounds the keys kept inside one bracket.
+ * Returns 0, 1 (a bracket missed its rank or overflowed cap: use the slow path),
+ * -1 (bad arguments / variant), -2 (out of memory). */
+int hbnn_select_exact(int variant, const float *x, int64_t n, int mode, float mu, int64_t J,
+                      const int64_t *cuts, const int64_t *idx, int64_t S, const int64_t *lo_r,
+                      const int64_t *hi_r, int64_t cap, const int8_t *step, int8_t top, int8_t *out,
+                      float *thr) {
+    const int64_t m = idx ? S : n;
+    int64_t j;
+    int rc = -1;
+    if (n < 1 || J < 1 || J > HBNN_SEL_MAXCUTS || mode < 0 || mode > 2 || cap < 0 || m < 1) return -1;
+    for (j = 0; j < J; j++) {
+        if (cuts[j] < 1 || cuts[j] >= n || (j && cuts[j] < cuts[j - 1])) return -1;
+        if (lo_r[j] < 0 || lo_r[j] > hi_r[j] || hi_r[j] >= m) return -1;
+    }
+    hbnn_compress_lut_init();
+#define HBNN_SEL_CALL(S_) rc = sel_exact_##S_(x, n, mode, mu, J, cuts, idx, S, lo_r, hi_r, cap, step, top, out, thr)
+    HBNN_SEL_DISPATCH(hbnn_pick(variant), HBNN_SEL_CALL)
+#undef HBNN_SEL_CALL
+    return rc;
+}
+
+/* Sampled selection: thr[j] = the ranks[j]-th smallest key (0-based, ranks ascending) of
+ * the sample at sorted positions idx[0..S) (all of x when idx == NULL); out[i] = top -
+ * sum_j step[j] * [key_i <= thr[j]].  Returns 0, -1 (bad arguments), -2 (out of memory). */
+int hbnn_select_sampled(int variant, const float *x, int64_t n, int mode, float mu, int64_t J,
+                        const int64_t *idx, int64_t S, const int64_t *ranks, const int8_t *step, int8_t top,
+                        int8_t *out, float *thr) {
+    const int64_t m = idx ? S : n;
+    int64_t j;
+    int rc = -1;
+    if (n < 1 || J < 1 || J > HBNN_SEL_MAXCUTS || mode < 0 || mode > 2 || m < 1) return -1;
+    for (j = 0; j < J; j++) {
+        if (ranks[j] < 0 || ranks[j] >= m || (j && ranks[j] < ranks[j - 1])) return -1;
+    }
+#define HBNN_SEL_CALL(S_) rc = sel_sampled_##S_(x, n, mode, mu, J, idx, S, ranks, step, top, out, thr)
+    HBNN_SEL_DISPATCH(hbnn_pick(variant), HBNN_SEL_CALL)
+#undef HBNN_SEL_CALL
+    return rc;
+}
+
+/* mean |x[0..n)| accumulated in float64 in a fixed order (identical in every variant). */
+int hbnn_select_mean_abs(int variant, const float *x, int64_t n, double *out) {
+    if (n < 0) return -1;
+#define HBNN_SEL_CALL(S) *out = sel_mean_abs_##S(x, n)
+    HBNN_SEL_DISPATCH(hbnn_pick(variant), HBNN_SEL_CALL)
+#undef HBNN_SEL_CALL
+    return 0;
+}
+
+/* out[i] = top - sum_j step[j] * [key_i <= t[j]] (J <= 7 thresholds).  Returns 0 or -1. */
+int hbnn_select_map(int variant, const float *x, int64_t n, int mode, float mu, int64_t J,
+                    const float *t, const int8_t *step, int8_t top, int8_t *out) {
+    int64_t p[HBNN_SEL_MAXCUTS], j;
+    if (n < 0 || J < 0 || J > HBNN_SEL_MAXCUTS || mode < 0 || mode > 2) return -1;
+    for (j = 0; j < J; j++) p[j] = n; /* ties at t_j are "first" everywhere: key <= t_j */
+#define HBNN_SEL_CALL(S) sel_map_##S(x, n, mode, mu, J, t, p, step, top, out)
+    HBNN_SEL_DISPATCH(hbnn_pick(variant), HBNN_SEL_CALL)
+#undef HBNN_SEL_CALL
+    return 0;
 }

@@ -1,0 +1,179 @@
+"""Algorithm 1 on a float32 CPU tensor in one C call (``hbnn.kernels`` selection).
+
+The numpy path (:mod:`hbnn.quant.select`) materialises the key and walks it several
+times per cut. Here the key is recomputed inside each C pass from ``x`` (and ``mu``), and
+all cuts share the passes (``csrc/select_body.c``, ``sel_exact``):
+
+1. **Brackets.** From the keys of a fixed pseudo-random sample of ``S`` positions, each
+   cut ``c_j`` gets a bracket ``lo_j <= hi_j`` of sample order statistics around rank
+   ``c_j / N * S`` (``+-`` 5 standard deviations of the sample rank, plus 8). Tensors of at
+   most :data:`EXACT_BELOW` entries skip sampling: their exact k-th keys are the brackets,
+   ``lo_j = hi_j``.
+2. **Count pass**: ``#key < lo``, ``#key <= lo``, ``#key < hi``, ``#key <= hi`` per bracket,
+   and the keys strictly inside ``(lo, hi)`` (a few % of the entries).
+3. **Resolve**, on the small inside sets: the ``c_j``-th smallest key ``v_j``,
+   ``n_lt = #key < v_j`` and ``n_eq = #key == v_j``. Stable order takes the first
+   ``need = c_j - n_lt`` ties by index; when ``need < n_eq`` a tie pass finds ``p_j``,
+   one past the index of the need-th tie.
+4. **Map pass**: ``bits[-1] - sum_j (bits[j+1] - bits[j]) * first_j(i)`` with
+   ``first_j(i) = key_i < v_j  or  (key_i == v_j and i < p_j)``.
+
+The result equals :func:`hbnn.quant.bitmap.sort_bitmap` exactly. If a bracket misses its
+rank (probability ~1e-6 per cut) or holds too many keys, :func:`select_map` returns
+``None`` and the caller uses the numpy path. :func:`threshold_map` is the map pass alone
+(``first_j = key <= t_j``), for sampled and inference-time thresholds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+import torch
+
+from hbnn.quant.mix import BitMix
+from hbnn.quant.select import _SAMPLE, _sample_index
+
+__all__ = ["available", "select_map", "sampled_map", "threshold_map", "mean_abs", "EXACT_BELOW", "KEY_MODES"]
+
+#: The C selection kernels' code for each keyed heuristic (``csrc/select_body.c``).
+KEY_MODES = {"middle_out": 0, "bottom_up": 1, "top_down": 2}
+
+EXACT_BELOW = 1 << 16  # at most this many entries: exact k-th keys, no sample
+
+
+_LIB: list = []  # memo: [(binding module, library or None)]
+
+
+def _lib():
+    if not _LIB:
+        from hbnn.kernels import _cbackend
+
+        _LIB.append((_cbackend, _cbackend.library("auto")))
+    return _LIB[0]
+
+
+def available(x: torch.Tensor, heuristic: str = "middle_out") -> bool:
+    """True when the C path applies: a float32 CPU tensor, a keyed heuristic, the kernels built."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or heuristic not in KEY_MODES:
+        return False
+    return _lib()[1] is not None
+
+
+def mean_abs(x: torch.Tensor, variant: str | None = None) -> torch.Tensor:
+    """``mean |x|`` of a float32 CPU tensor (check :func:`available`), summed in float64 in a
+    fixed order and rounded to float32; a 0-dim tensor."""
+    cb, lib = _lib()
+    return torch.tensor(cb.select_mean_abs(lib, x.detach().reshape(-1).contiguous(), variant), dtype=torch.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything about one selection that depends only on ``(N, mix)``."""
+
+    cuts: np.ndarray  # int64 [J], the cuts, all 0 < c_j < N
+    idx: np.ndarray | None  # sorted sample positions, or None (exact brackets)
+    lo_r: np.ndarray  # int64 [J], 0-based bracket ranks in the sample's keys
+    hi_r: np.ndarray
+    cap: int  # keys kept inside one bracket
+    steps: np.ndarray  # int8 [J], bits[j+1] - bits[j]
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(n: int, mix: BitMix) -> _Plan | None:
+    """The plan for ``n`` entries, or ``None`` when a slice is empty or full (the numpy path)."""
+    cuts = mix.cuts(n)
+    if not all(0 < c < n for c in cuts):
+        return None
+    if n <= EXACT_BELOW:
+        exact = np.array(cuts, dtype=np.int64) - 1
+        return _Plan(exact + 1, None, exact, exact, 0, _steps(mix))
+    lo_r, hi_r = [], []
+    for c in cuts:
+        p = c / n
+        delta = 5 * math.sqrt(p * (1 - p) * _SAMPLE) + 8
+        lo_r.append(max(0, int(p * _SAMPLE - delta)))
+        hi_r.append(min(_SAMPLE - 1, int(p * _SAMPLE + delta)))
+    return _Plan(np.array(cuts, dtype=np.int64), _sample_index(n), np.array(lo_r, dtype=np.int64),
+                 np.array(hi_r, dtype=np.int64), n // 8 + 1024, _steps(mix))  # brackets hold ~4 %
+
+
+def _steps(mix: BitMix) -> np.ndarray:
+    return np.array([b - a for a, b in zip(mix.bits, mix.bits[1:])], dtype=np.int8)
+
+
+def _mu(flat: torch.Tensor, heuristic: str, given) -> float:
+    """Middle-out's reference magnitude as the float32 value the C key uses (0 otherwise)."""
+    if heuristic != "middle_out":
+        return 0.0
+    return float(mean_abs(flat) if given is None else torch.as_tensor(given, dtype=torch.float32))
+
+
+def select_map(x: torch.Tensor, mix: BitMix, heuristic: str, mean_abs: torch.Tensor | None = None,
+               variant: str | None = None) -> tuple[torch.Tensor, list[float]] | None:
+    """Algorithm 1 on ``x`` (check :func:`available` first): ``(int8 map of x's shape, thresholds)``.
+
+    Args:
+        x: float32 CPU tensor.
+        mix: a bit mix.
+        heuristic: ``middle_out``, ``bottom_up`` or ``top_down``.
+        mean_abs: middle-out's ``mean |x|`` (computed when ``None``), a float32 scalar.
+        variant: C variant (``portable``, ``avx2``, ``avx512``; default the best supported).
+
+    Returns:
+        The map and, per cut, its boundary key value (as :func:`hbnn.quant.bitmap.select_slices`),
+        or ``None`` when a sample bracket missed (use the numpy path).
+    """
+    cb, lib = _lib()
+    flat = x.detach().reshape(-1).contiguous()
+    plan = _plan(flat.numel(), mix)
+    if plan is None:
+        return None
+    got = cb.select_exact(lib, flat, KEY_MODES[heuristic], _mu(flat, heuristic, mean_abs), plan.cuts, plan.idx,
+                          plan.lo_r, plan.hi_r, plan.cap, plan.steps, mix.bits[-1], variant)
+    if got is None:
+        return None
+    return got[0].reshape(x.shape), got[1].tolist()
+
+
+@functools.lru_cache(maxsize=64)
+def _sampled_plan(n: int, mix: BitMix) -> tuple[np.ndarray | None, np.ndarray] | None:
+    """``(sample positions or None for all, 0-based ranks)`` of the sampled thresholds."""
+    cuts = mix.cuts(n)
+    if not all(0 < c < n for c in cuts):
+        return None
+    m = _SAMPLE if n > _SAMPLE else n
+    ranks = np.array([max(1, min(m, round(c / n * m))) - 1 for c in cuts], dtype=np.int64)
+    return (_sample_index(n) if n > _SAMPLE else None), ranks
+
+
+def sampled_map(x: torch.Tensor, mix: BitMix, heuristic: str, mean_abs: torch.Tensor | None = None,
+                variant: str | None = None) -> tuple[torch.Tensor, list[float]] | None:
+    """:func:`hbnn.quant.bitmap.sampled_thresholds` and the map of ``key > t_j``, in one C call.
+
+    Returns ``(int8 map of x's shape, thresholds)``, or ``None`` when a slice is empty or
+    full (tiny tensors: use the torch path).
+    """
+    cb, lib = _lib()
+    flat = x.detach().reshape(-1).contiguous()
+    plan = _sampled_plan(flat.numel(), mix)
+    if plan is None:
+        return None
+    out, thr = cb.select_sampled(lib, flat, KEY_MODES[heuristic], _mu(flat, heuristic, mean_abs), plan[0], plan[1],
+                                 _steps(mix), mix.bits[-1], variant)
+    return out.reshape(x.shape), thr.tolist()
+
+
+def threshold_map(x: torch.Tensor, mix: BitMix, heuristic: str, thresholds, mean_abs: torch.Tensor | None = None,
+                  variant: str | None = None) -> torch.Tensor:
+    """``bits[0] + sum_j (bits[j+1] - bits[j]) * [key > t_j]`` (as :func:`hbnn.quant.bitmap.map_from_thresholds`).
+
+    ``mean_abs`` is middle-out's reference magnitude (computed when ``None``).
+    """
+    cb, lib = _lib()
+    flat = x.detach().reshape(-1).contiguous()
+    t = np.array([float(v) for v in thresholds], dtype=np.float32)
+    mu = _mu(flat, heuristic, mean_abs)
+    return cb.select_map(lib, flat, KEY_MODES[heuristic], mu, t, _steps(mix), mix.bits[-1], variant).reshape(x.shape)
