@@ -3,7 +3,8 @@
 Layout: :class:`PackedPlanes` (``packing``). Ground truth: ``reference`` (pure torch).
 Fast path: C kernels (``csrc/``), built with the machine's C compiler on first use and
 cached; AVX-512 VPOPCNTDQ / AVX2 / portable variants picked at run time; pure-torch
-fallback (one warning) when no compiler is available.
+fallback (one warning) when no compiler is available. The same library carries the
+bit-map selection passes that :mod:`hbnn.quant.select_c` drives (``csrc/select_body.c``).
 
 Example:
     >>> import torch

@@ -4,22 +4,15 @@ All entries are ranked once by a heuristic key (ascending = fewer bits); the ran
 cut into consecutive slices of ``round(p_b * N)`` entries, smallest bitwidth first, with
 rounding leftovers going to the largest bitwidth (:meth:`BitMix.counts`).
 
-Keys (``a = |x|``, ``m = mean(a)``):
-
-==============  =================  ===========================================
-heuristic       key                meaning
-==============  =================  ===========================================
-``middle_out``  ``|a - m|``        entries nearest the mean magnitude: fewest bits
-``top_down``    ``-a``             largest magnitudes: fewest bits
-``bottom_up``   ``a``              smallest magnitudes: fewest bits
-``random``      seeded permutation a fixed random ranking
-==============  =================  ===========================================
+Keys (:mod:`hbnn.quant.keys`, ``a = |x|``): middle-out ``|a - mean(a)|``, top-down ``-a``,
+bottom-up ``a``; ``random`` ranks by a seeded permutation.
 
 The ranking is the *stable* ascending order of the key (ties broken by flat index), but
-it is never materialised: each cut only needs the k-th smallest key (a sample-bracketed
-``numpy.partition`` on CPU, :mod:`hbnn.quant.select`; a sort on accelerators), then one
-comparison pass, and a tie fix-up pass only when the boundary value repeats. The result equals ``argsort(key, stable=True)`` cut into slices
-exactly.
+it is never materialised: each cut only needs the k-th smallest key, then one comparison
+pass, with a tie fix-up only when the boundary value repeats. Float32 CPU tensors do all
+of it in one C call (:mod:`hbnn.quant.select_c`); otherwise a sample-bracketed
+``numpy.partition`` (:mod:`hbnn.quant.select`) on CPU and one sort on accelerators. Every
+path equals ``argsort(key, stable=True)`` cut into slices exactly (:func:`sort_bitmap`).
 """
 
 from __future__ import annotations
