@@ -135,8 +135,22 @@ def run(benchmarks: Sequence[Benchmark], out_dir: str | os.PathLike, *, quick: b
         rows.append(row)
         detail = row["headline"] if row["status"] == "ok" else f"FAILED: {row['error']}"
         echo(f"[{bench.name}] {row['status']} in {row['wall_s']:.1f} s -> {row['out']}\n    {detail}")
-    atomic_write_json(out_dir / "summary.json", {"benchmarks": rows})
+    atomic_write_json(out_dir / "summary.json", {"benchmarks": _merge_summary(out_dir / "summary.json", rows)})
     return rows
+
+
+def _merge_summary(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` replacing the same-named rows of an existing summary (``--only`` keeps the others)."""
+    import json
+
+    try:
+        old = json.loads(path.read_text()).get("benchmarks", [])
+    except (OSError, ValueError, AttributeError):
+        old = []
+    fresh = {r["name"]: r for r in rows}
+    kept = [r for r in old if isinstance(r, dict) and r.get("name") not in fresh]
+    order = [b.name for b in BENCHMARKS]
+    return sorted(kept + rows, key=lambda r: order.index(r["name"]) if r.get("name") in order else len(order))
 
 
 def main(argv: list[str] | None = None) -> int:

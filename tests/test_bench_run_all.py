@@ -87,3 +87,14 @@ def test_every_flag_is_one_the_benchmark_accepts(bench):
     source = (REPO / Path(*bench.module.split("."))).with_suffix(".py").read_text()
     for flag in {a for a in (*bench.args, *bench.quick_args, "--out") if a.startswith("--")}:
         assert f'"{flag}"' in source, f"{bench.module} has no {flag}"
+
+
+def test_only_keeps_the_other_rows_of_an_existing_summary(fakes, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_all, "BENCHMARKS", tuple(fakes))
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"benchmarks": [{"name": "bad", "status": "old"},
+                                                                 {"name": "ok", "status": "stale"}]}))
+    assert run_all.main(["--only", "ok", "--out-dir", str(out)]) == 0
+    rows = json.loads((out / "summary.json").read_text())["benchmarks"]
+    assert [(r["name"], r["status"]) for r in rows] == [("ok", "ok"), ("bad", "old")]  # registry order
