@@ -9,7 +9,7 @@ import torch
 
 from hbnn.cli import main
 from hbnn.errors import FormatError
-from hbnn.experiments.results import TRAIN_KEYS, append_result, latest, read_results
+from hbnn.experiments.results import TRAIN_KEYS, append_result, git_commit, latest, read_results
 from hbnn.experiments.runner import run_status, select_runs
 from hbnn.experiments.spec import expand, load_experiment
 
@@ -102,6 +102,7 @@ def test_tiny_sweep_end_to_end(write_experiment, tmp_path, capsys):
         assert 0.0 <= line["top1"] <= line["top5"] <= 1.0
         assert line["config"]["train"]["seed"] == 0 and line["wall_s"] > 0
         assert line["hardware"]["threads"] == torch.get_num_threads() and line["hardware"]["device"] == "cpu"
+        assert line["git_commit"] == git_commit()  # None outside a git checkout
         assert json.loads(json.dumps(line)) == line
     fp, het = lines
     assert fp["weight_bits"] == 32 and fp["act_bits"] == 32 and fp["binarized_params"] == 0
@@ -115,3 +116,14 @@ def test_tiny_sweep_end_to_end(write_experiment, tmp_path, capsys):
 
     assert main([*args, "--verify", "--only", "w1.4a1.4"]) == 0
     assert "-> same" in capsys.readouterr().out
+
+
+def test_git_commit_names_this_checkout():
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert git_commit().split("+")[0] == head.stdout.strip()

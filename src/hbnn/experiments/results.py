@@ -9,6 +9,9 @@ Schema (``schema`` 1) of a training run's line::
     float), params, binarized_params, stored_bytes, epochs, wall_s, run_dir,
     hardware {cpu, cores, threads, device, torch, python, platform}, hbnn_version, date (UTC)
 
+and, when hbnn runs from a git checkout, ``git_commit`` (the HEAD commit, with ``+dirty``
+when ``src/`` has uncommitted changes), so a number can be traced to the code that made it.
+
 ``fig2a`` lines share the bookkeeping keys and carry ``heuristic``, ``avg_bits``, ``mix``,
 ``error`` and ``paper`` instead of the accuracy keys (see :mod:`hbnn.experiments.fig2a`).
 
@@ -22,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import math
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -41,6 +46,7 @@ __all__ = [
     "latest",
     "done_index",
     "hardware_info",
+    "git_commit",
     "bookkeeping",
     "clean_json",
 ]
@@ -150,6 +156,23 @@ def hardware_info(device: str = "cpu") -> dict:
             "platform": platform.platform()}
 
 
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The git commit of the checkout hbnn is imported from (``+dirty`` if ``src/`` differs), or None."""
+    src = Path(__file__).resolve().parents[2]
+    repo = src.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--", str(src)],
+                               capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def bookkeeping(run: Any, device: str = "cpu") -> dict:
     """The keys every result line starts with, for a :class:`hbnn.experiments.spec.RunSpec`."""
     import hbnn
@@ -157,5 +180,5 @@ def bookkeeping(run: Any, device: str = "cpu") -> dict:
     return {"schema": SCHEMA, "kind": run.kind, "experiment": run.experiment, "figure": run.figure,
             "point": run.point, "run": run.name, "seed": run.seed, "spec": run.spec,
             "config": run.config, "config_sha": run.sha, "hardware": hardware_info(device),
-            "hbnn_version": hbnn.__version__,
+            "hbnn_version": hbnn.__version__, "git_commit": git_commit(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
