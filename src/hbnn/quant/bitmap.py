@@ -24,7 +24,7 @@ from hbnn.quant import select_c
 from hbnn.quant.checks import check_float_tensor, check_heuristic
 from hbnn.quant.keys import heuristic_key, mean_magnitude
 from hbnn.quant.mix import BitMix
-from hbnn.quant.select import _SAMPLE, _sample_index, first_k_mask, kth_smallest
+from hbnn.quant.select import _SAMPLE, _sample_index, first_k_mask, kth_smallest, sample_rank
 
 __all__ = [
     "make_bitmap",
@@ -178,7 +178,6 @@ def sampled_thresholds(x: torch.Tensor, mix: BitMix, heuristic: str,
     if heuristic == "middle_out" and mean_abs is None:
         mean_abs = mean_magnitude(x)
     sample = heuristic_key(flat, heuristic, mean_abs).cpu().numpy()
-    m = sample.size
     thresholds = []
     for c in mix.cuts(n):
         if c == 0:
@@ -186,7 +185,7 @@ def sampled_thresholds(x: torch.Tensor, mix: BitMix, heuristic: str,
         elif c == n:
             thresholds.append(float("inf"))
         else:
-            thresholds.append(kth_smallest(sample, max(1, min(m, round(c / n * m)))).item())
+            thresholds.append(kth_smallest(sample, sample_rank(c, n)).item())
     return thresholds
 
 

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-__all__ = ["kth_smallest", "first_k_mask", "order_stats"]
+__all__ = ["kth_smallest", "first_k_mask", "order_stats", "sample_rank"]
 
 _SAMPLE = 16384  # sample size for the bracket
 _SMALL = 1 << 16  # below this, partition directly
@@ -37,6 +37,13 @@ def _sample_index(n: int) -> np.ndarray:
     a sample does not matter to its order statistics.
     """
     return np.sort(np.random.default_rng(n).integers(0, n, _SAMPLE))
+
+
+def sample_rank(c: int, n: int) -> int:
+    """The 1-based rank in the sample (:func:`_sample_index`, or all ``n`` entries when
+    ``n <= _SAMPLE``) that estimates rank ``c`` of ``n``: ``round(c / n * m)`` in ``1..m``."""
+    m = _SAMPLE if n > _SAMPLE else n
+    return max(1, min(m, round(c / n * m)))
 
 
 def order_stats(a: np.ndarray, ranks) -> np.ndarray:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from hbnn.quant.mix import BitMix
-from hbnn.quant.select import _SAMPLE, _sample_index
+from hbnn.quant.select import _SAMPLE, _sample_index, sample_rank
 
 __all__ = ["available", "select_map", "sampled_map", "threshold_map", "mean_abs", "EXACT_BELOW", "KEY_MODES"]
 
@@ -144,8 +144,7 @@ def _sampled_plan(n: int, mix: BitMix) -> tuple[np.ndarray | None, np.ndarray] |
     cuts = mix.cuts(n)
     if not all(0 < c < n for c in cuts):
         return None
-    m = _SAMPLE if n > _SAMPLE else n
-    ranks = np.array([max(1, min(m, round(c / n * m))) - 1 for c in cuts], dtype=np.int64)
+    ranks = np.array([sample_rank(c, n) - 1 for c in cuts], dtype=np.int64)
     return (_sample_index(n) if n > _SAMPLE else None), ranks
 
 
