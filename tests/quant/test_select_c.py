@@ -178,3 +178,17 @@ def test_cut_exactly_at_the_end_of_a_tie_run(variants, n):
         ref = sort_bitmap(heuristic_key(x, heuristic), mix)
         for variant in variants:
             assert torch.equal(select_c.select_map(x, mix, heuristic, variant=variant)[0], ref), (heuristic, variant)
+
+
+@pytest.mark.parametrize("pattern", ["sorted", "reversed", "organ_pipe", "sawtooth"])
+def test_quickselect_on_adversarial_orders(variants, pattern):
+    n = 50_000  # exact brackets: quickselect runs on every key
+    ramp = torch.arange(n, dtype=torch.float32) / n
+    x = {"sorted": ramp, "reversed": ramp.flip(0),
+         "organ_pipe": torch.cat([ramp[: n // 2], ramp[: n // 2].flip(0)]),
+         "sawtooth": (torch.arange(n) % 97).float()}[pattern]
+    for heuristic in HEURISTICS:
+        for mix in MIXES:
+            ref = sort_bitmap(heuristic_key(x, heuristic), mix)
+            for variant in variants:
+                assert torch.equal(select_c.select_map(x, mix, heuristic, variant=variant)[0], ref)
