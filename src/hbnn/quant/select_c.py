@@ -44,15 +44,11 @@ KEY_MODES = {"middle_out": 0, "bottom_up": 1, "top_down": 2}
 EXACT_BELOW = 1 << 16  # at most this many entries: exact k-th keys, no sample
 
 
-_LIB: list = []  # memo: [(binding module, library or None)]
-
-
 def _lib():
-    if not _LIB:
-        from hbnn.kernels import _cbackend
+    """``(binding module, library or None)``; the build is memoised by :mod:`hbnn.kernels._build`."""
+    from hbnn.kernels import _cbackend
 
-        _LIB.append((_cbackend, _cbackend.library("auto")))
-    return _LIB[0]
+    return _cbackend, _cbackend.library("auto")
 
 
 def available(x: torch.Tensor, heuristic: str = "middle_out") -> bool:
