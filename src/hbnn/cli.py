@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "exit_process"]
 
 # Feature packages that contribute subcommands, in help order.
 _COMMAND_MODULES = (
@@ -67,5 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def exit_process(code: int) -> None:
+    """Exit with ``code``; a torchrun worker (``WORLD_SIZE`` > 1) skips interpreter teardown.
+
+    Every file hbnn writes is closed (atomic writes) before ``main`` returns. Under gloo,
+    a worker's C++ teardown at interpreter exit can abort ("terminate called without an
+    active exception") while a peer is still finishing, failing a job that succeeded;
+    ``os._exit`` after flushing the standard streams avoids that teardown.
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        world = 1
+    if world > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    exit_process(main())

@@ -10,6 +10,7 @@ down as soon as one exits non-zero.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
@@ -121,8 +122,14 @@ def setup_distributed(cfg: DistConfig, device_preference: str = "auto") -> DistC
 
 
 def teardown_distributed(ctx: DistContext) -> None:
-    """Destroy the process group if this module's caller created one."""
+    """Destroy the process group if this module's caller created one.
+
+    Unreachable objects that still hold the group (a DDP wrapper's reducer sits in
+    reference cycles) are collected first, so the group's threads are joined here rather
+    than during interpreter shutdown.
+    """
     if ctx.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
