@@ -2,10 +2,10 @@
 # Repeat the 2-process torchrun (gloo, CPU) run of tests/train/test_train_distributed.py N
 # times, on the same fabricated miniature Fashion-MNIST, with both cores busy; report each
 # exit code and keep each run's output (workers' lines prefixed [default<rank>]) in
-# OUT/run<i>.log. This is how the teardown race fixed in hbnn.train.run.fit (a barrier
-# before destroying the gloo group) was found: on that day's code 2 of 10 runs failed
-# without it and 0 of 40 with it. The race depends on timing (after the C selection made
-# steps faster, 0 of 24 failed even without the barrier), so a clean run is evidence, not proof.
+# OUT/run<i>.log. This is how a worker abort at interpreter exit ("terminate called
+# without an active exception", ~12% of loaded runs) was found; hbnn.cli.exit_process and
+# the teardown in hbnn.train fixed it (0 of 50). The race depends on timing, so a clean
+# run is evidence, not proof.
 #   usage: scripts/ddp_stress.sh [N=10] [OUT=/tmp/hbnn-ddp-stress]
 set -uo pipefail
 n=${1:-10}
