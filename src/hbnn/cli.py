@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-__all__ = ["main", "build_parser", "exit_process"]
+__all__ = ["main", "run", "build_parser", "exit_process"]
 
 # Feature packages that contribute subcommands, in help order.
 _COMMAND_MODULES = (
@@ -86,5 +86,10 @@ def exit_process(code: int) -> None:
     sys.exit(code)
 
 
-if __name__ == "__main__":  # pragma: no cover
+def run() -> None:
+    """The ``hbnn`` console script: :func:`main`, then :func:`exit_process`."""
     exit_process(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
