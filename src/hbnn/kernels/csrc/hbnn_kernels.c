@@ -172,16 +172,23 @@ static float hbnn_kth(float *a, int64_t n, int64_t k) {
     return a[0];
 }
 
-/* vals[j] = the ranks[j]-th smallest of a[0..n) (ranks ascending, 0-based), reordering a. */
-static void hbnn_kth_sorted(float *a, int64_t n, const int64_t *ranks, int64_t J, float *vals) {
-    int64_t j, done = -1; /* a[0..done] holds the done+1 smallest, in order at done */
-    for (j = 0; j < J; j++) {
-        if (ranks[j] == done) {
-            vals[j] = vals[j - 1];
-            continue;
+/* vals[j] = the ranks[j]-th smallest (0-based) of a[0..n) for K <= 2 * HBNN_SEL_MAXCUTS
+ * ranks in any order, reordering a: the ranks are visited in ascending order, each
+ * selected in the part of a above the previous one. */
+static void hbnn_kth_many(float *a, int64_t n, const int64_t *ranks, int64_t K, float *vals) {
+    int64_t order[2 * HBNN_SEL_MAXCUTS], i, j, done = -1; /* a[0..done] = the done+1 smallest */
+    float last = 0.0f;
+    for (i = 0; i < K; i++) { /* insertion sort of positions by rank */
+        for (j = i; j > 0 && ranks[order[j - 1]] > ranks[i]; j--) order[j] = order[j - 1];
+        order[j] = i;
+    }
+    for (i = 0; i < K; i++) {
+        const int64_t r = ranks[order[i]];
+        if (r != done) {
+            last = hbnn_kth(a + done + 1, n - done - 1, r - done - 1);
+            done = r;
         }
-        vals[j] = hbnn_kth(a + done + 1, n - done - 1, ranks[j] - done - 1);
-        done = ranks[j];
+        vals[order[i]] = last;
     }
 }
 
@@ -338,7 +345,7 @@ int hbnn_select_exact(int variant, const float *x, int64_t n, int mode, float mu
     return rc;
 }
 
-/* Sampled selection: thr[j] = the ranks[j]-th smallest key (0-based, ranks ascending) of
+/* Sampled selection: thr[j] = the ranks[j]-th smallest key (0-based, any order) of
  * the sample at sorted positions idx[0..S) (all of x when idx == NULL); out[i] = top -
  * sum_j step[j] * [key_i <= thr[j]].  Returns 0, -1 (bad arguments), -2 (out of memory). */
 int hbnn_select_sampled(int variant, const float *x, int64_t n, int mode, float mu, int64_t J,
@@ -349,7 +356,7 @@ int hbnn_select_sampled(int variant, const float *x, int64_t n, int mode, float 
     int rc = -1;
     if (n < 1 || J < 1 || J > HBNN_SEL_MAXCUTS || mode < 0 || mode > 2 || m < 1) return -1;
     for (j = 0; j < J; j++) {
-        if (ranks[j] < 0 || ranks[j] >= m || (j && ranks[j] < ranks[j - 1])) return -1;
+        if (ranks[j] < 0 || ranks[j] >= m) return -1;
     }
 #define HBNN_SEL_CALL(S_) rc = sel_sampled_##S_(x, n, mode, mu, J, idx, S, ranks, step, top, out, thr)
     HBNN_SEL_DISPATCH(hbnn_pick(variant), HBNN_SEL_CALL)

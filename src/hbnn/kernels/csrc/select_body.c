@@ -220,28 +220,12 @@ static int FN(sel_exact)(const float *x, int64_t n, int mode, float mu, int64_t 
     int rc = 0;
     if (keys == NULL) return -2;
     FN(sel_gather_keys)(x, idx, m, mode, mu, keys);
-    { /* all 2J bracket ranks in one ascending walk: lo_j <= hi_j <= lo_{j+1} is not
-       * guaranteed, so sort the (rank, slot) pairs first (2J <= 14 entries) */
-        int64_t r[2 * HBNN_SEL_MAXCUTS], slot[2 * HBNN_SEL_MAXCUTS], a, b;
+    {
+        int64_t r[2 * HBNN_SEL_MAXCUTS] = {0};
         float val[2 * HBNN_SEL_MAXCUTS];
-        for (j = 0; j < 2 * J; j++) {
-            r[j] = j < J ? lo_r[j] : hi_r[j - J];
-            slot[j] = j;
-        }
-        for (a = 1; a < 2 * J; a++) {
-            const int64_t tr = r[a], ts = slot[a];
-            for (b = a; b > 0 && r[b - 1] > tr; b--) {
-                r[b] = r[b - 1];
-                slot[b] = slot[b - 1];
-            }
-            r[b] = tr;
-            slot[b] = ts;
-        }
-        hbnn_kth_sorted(keys, m, r, 2 * J, val);
-        for (j = 0; j < 2 * J; j++) {
-            if (slot[j] < J) lo[slot[j]] = val[j];
-            else hi[slot[j] - J] = val[j];
-        }
+        for (j = 0; j < J; j++) r[j] = lo_r[j], r[J + j] = hi_r[j];
+        hbnn_kth_many(keys, m, r, 2 * J, val);
+        for (j = 0; j < J; j++) lo[j] = val[j], hi[j] = val[J + j];
     }
     buf = (float *)malloc((size_t)J * (size_t)(cap + 16) * sizeof(float));
     if (buf == NULL) {
@@ -282,7 +266,7 @@ static int FN(sel_exact)(const float *x, int64_t n, int mode, float mu, int64_t 
     return rc;
 }
 
-/* Sampled selection: thr[j] = the ranks[j]-th smallest (0-based, ascending) key of the
+/* Sampled selection: thr[j] = the ranks[j]-th smallest (0-based) key of the
  * sample (idx[0..S), or all of x when idx == NULL), then out = the map of key <= thr[j]. */
 static int FN(sel_sampled)(const float *x, int64_t n, int mode, float mu, int64_t J, const int64_t *idx,
                            int64_t S, const int64_t *ranks, const int8_t *step, int8_t top, int8_t *out,
@@ -292,7 +276,7 @@ static int FN(sel_sampled)(const float *x, int64_t n, int mode, float mu, int64_
     float *keys = (float *)malloc((size_t)(m > 0 ? m : 1) * sizeof(float));
     if (keys == NULL) return -2;
     FN(sel_gather_keys)(x, idx, m, mode, mu, keys);
-    hbnn_kth_sorted(keys, m, ranks, J, thr);
+    hbnn_kth_many(keys, m, ranks, J, thr);
     free(keys);
     for (j = 0; j < J; j++) p[j] = n;
     FN(sel_map)(x, n, mode, mu, J, thr, p, step, top, out);
