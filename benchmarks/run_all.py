@@ -141,8 +141,6 @@ def run(benchmarks: Sequence[Benchmark], out_dir: str | os.PathLike, *, quick: b
 
 def _merge_summary(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` replacing the same-named rows of an existing summary (``--only`` keeps the others)."""
-    import json
-
     try:
         old = json.loads(path.read_text()).get("benchmarks", [])
     except (OSError, ValueError, AttributeError):

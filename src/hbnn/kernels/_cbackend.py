@@ -16,9 +16,8 @@ import torch
 from hbnn.kernels import _build
 from hbnn.kernels.packing import PackedPlanes
 
-__all__ = ["VARIANTS", "library", "variant_id", "supported_variants", "feature_flags", "gemm", "pack_u8", "pack_residual", "ConvGeometry",
-           "select_exact", "select_sampled", "select_map",
-           "select_mean_abs"]
+__all__ = ["VARIANTS", "library", "variant_id", "supported_variants", "feature_flags", "gemm", "pack_u8", "pack_residual",
+           "ConvGeometry", "select_exact", "select_sampled", "select_map", "select_mean_abs"]
 
 VARIANTS = ("portable", "avx2", "avx512")
 _FEATURES = {"popcnt": 1, "avx2": 2, "avx512f": 4, "avx512bw": 8, "avx512vpopcntdq": 16}

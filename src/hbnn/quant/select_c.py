@@ -34,14 +34,14 @@ import numpy as np
 import torch
 
 from hbnn.quant.mix import BitMix
-from hbnn.quant.select import _SAMPLE, _sample_index, sample_rank
+from hbnn.quant.select import _SAMPLE, _SMALL, _sample_index, sample_rank
 
 __all__ = ["available", "select_map", "sampled_map", "threshold_map", "mean_abs", "EXACT_BELOW", "KEY_MODES"]
 
 #: The C selection kernels' code for each keyed heuristic (``csrc/select_body.c``).
 KEY_MODES = {"middle_out": 0, "bottom_up": 1, "top_down": 2}
 
-EXACT_BELOW = 1 << 16  # at most this many entries: exact k-th keys, no sample
+EXACT_BELOW = _SMALL  # at most this many entries: exact k-th keys, no sample (as the numpy path)
 
 
 def _lib():
@@ -77,27 +77,38 @@ class _Plan:
     steps: np.ndarray  # int8 [J], bits[j+1] - bits[j]
 
 
+def _inner_cuts(n: int, mix: BitMix) -> list[int] | None:
+    """``mix.cuts(n)`` when every cut is inside ``(0, n)``; else ``None`` (a slice is empty or
+    full, which only tiny tensors have: the numpy/torch path handles them)."""
+    cuts = mix.cuts(n)
+    return cuts if all(0 < c < n for c in cuts) else None
+
+
 @functools.lru_cache(maxsize=64)
 def _plan(n: int, mix: BitMix) -> _Plan | None:
-    """The plan for ``n`` entries, or ``None`` when a slice is empty or full (the numpy path)."""
-    cuts = mix.cuts(n)
-    if not all(0 < c < n for c in cuts):
+    """The exact-selection plan for ``n`` entries, or ``None`` (see :func:`_inner_cuts`)."""
+    cuts = _inner_cuts(n, mix)
+    if cuts is None:
         return None
+    ends = np.array(cuts, dtype=np.int64)
     if n <= EXACT_BELOW:
-        exact = np.array(cuts, dtype=np.int64) - 1
-        return _Plan(exact + 1, None, exact, exact, 0, _steps(mix))
+        return _Plan(ends, None, ends - 1, ends - 1, 0, _steps(mix))
     lo_r, hi_r = [], []
     for c in cuts:
         p = c / n
         delta = 5 * math.sqrt(p * (1 - p) * _SAMPLE) + 8
         lo_r.append(max(0, int(p * _SAMPLE - delta)))
         hi_r.append(min(_SAMPLE - 1, int(p * _SAMPLE + delta)))
-    return _Plan(np.array(cuts, dtype=np.int64), _sample_index(n), np.array(lo_r, dtype=np.int64),
-                 np.array(hi_r, dtype=np.int64), n // 8 + 1024, _steps(mix))  # brackets hold ~4 %
+    return _Plan(ends, _sample_index(n), np.array(lo_r, dtype=np.int64), np.array(hi_r, dtype=np.int64),
+                 n // 8 + 1024, _steps(mix))  # brackets hold ~4 % of the keys
 
 
+@functools.lru_cache(maxsize=64)
 def _steps(mix: BitMix) -> np.ndarray:
-    return np.array([b - a for a, b in zip(mix.bits, mix.bits[1:])], dtype=np.int8)
+    """``bits[j+1] - bits[j]`` as int8 (read-only: shared between calls)."""
+    steps = np.array([b - a for a, b in zip(mix.bits, mix.bits[1:])], dtype=np.int8)
+    steps.flags.writeable = False
+    return steps
 
 
 def _mu(flat: torch.Tensor, heuristic: str, given) -> float:
@@ -137,8 +148,8 @@ def select_map(x: torch.Tensor, mix: BitMix, heuristic: str, mean_abs: torch.Ten
 @functools.lru_cache(maxsize=64)
 def _sampled_plan(n: int, mix: BitMix) -> tuple[np.ndarray | None, np.ndarray] | None:
     """``(sample positions or None for all, 0-based ranks)`` of the sampled thresholds."""
-    cuts = mix.cuts(n)
-    if not all(0 < c < n for c in cuts):
+    cuts = _inner_cuts(n, mix)
+    if cuts is None:
         return None
     ranks = np.array([sample_rank(c, n) - 1 for c in cuts], dtype=np.int64)
     return (_sample_index(n) if n > _SAMPLE else None), ranks

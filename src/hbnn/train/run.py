@@ -301,9 +301,9 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwr
         torch.set_num_threads(cfg.train.threads)
     try:
         result = _fit(cfg, Path(run_dir), ctx, resume=resume, overwrite=overwrite, quiet=quiet)
-        # Leave together: rank 0 finishes later (it writes the checkpoints), and a gloo
-        # rank that tears its group down while a peer still uses it can abort
-        # ("terminate called without an active exception"), failing the whole job.
+        # Leave together: rank 0 finishes later (it writes the checkpoints); a rank that
+        # tears its gloo group down and exits while a peer is still working can abort at
+        # exit (see hbnn.cli.exit_process, which avoids the exit-time teardown itself).
         barrier(ctx)
         return result
     finally:
