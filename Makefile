@@ -1,4 +1,4 @@
-# The README's two commands: `make run` (main job) and `make test` (tests).
+# The README's two commands: `make run` (main job, research/showcase.py) and `make test` (tests).
 # Each sets up everything it needs on a fresh Debian machine with Python 3.11.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -24,7 +24,7 @@ data:
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist); }
 
 run: setup data
-	$(VENV)/bin/hbnn showcase --out runs/showcase
+	$(PY) -m research showcase --out runs/showcase
 
 test: setup data
 	$(PY) -m pytest tests

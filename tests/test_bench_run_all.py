@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `pytest` (unlike `python -m pytest`) does not put the repo root on it
-    sys.path.insert(0, str(REPO))
+from benchmarks import run_all
+from benchmarks.run_all import BENCHMARKS, Benchmark
 
-from benchmarks import run_all  # noqa: E402
-from benchmarks.run_all import BENCHMARKS, Benchmark  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 FAKE = textwrap.dedent('''
     import argparse, json, sys

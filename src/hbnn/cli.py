@@ -1,10 +1,14 @@
 """The ``hbnn`` command line: a thin argparse front over importable functions.
 
 Each feature package contributes its subcommands through a ``commands`` module with a
-``register(subparsers)`` function; heavy imports happen inside the handlers, so
+``register(subparsers)`` function, listed in :data:`COMMAND_MODULES` (they always ship with
+hbnn and are imported directly); heavy imports happen inside the handlers, so
 ``hbnn --help`` stays fast. User mistakes (:class:`hbnn.errors.HbnnError`, ``ValueError``,
 ``TypeError``, ``OSError``) print one line and exit with code 2; set ``HBNN_DEBUG=1`` to
 see the traceback instead.
+
+:class:`Parser`, :func:`new_parser` and :func:`main` (with ``parser=``) are public so that
+another front end (the repository's ``python -m research``) gets the same behaviour.
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ import importlib
 import os
 import sys
 
-__all__ = ["main", "run", "build_parser", "exit_process"]
+__all__ = ["COMMAND_MODULES", "Parser", "new_parser", "build_parser", "main", "run", "exit_process"]
 
-# Feature packages that contribute subcommands, in help order.
-_COMMAND_MODULES = (
-    "hbnn.showcase",
+#: Feature packages that contribute subcommands, in help order.
+COMMAND_MODULES = (
     "hbnn.train.commands",
     "hbnn.experiments.commands",
     "hbnn.hw.commands",
@@ -26,43 +29,52 @@ _COMMAND_MODULES = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse with exit code 2 and a one-line message for usage errors."""
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full parser from every available command module."""
-    parser = _Parser(prog="hbnn", description="Heterogeneous Bitwidth Binarization toolkit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def new_parser(prog: str, description: str) -> tuple[Parser, argparse._SubParsersAction]:
+    """An empty :class:`Parser` and its (required) subcommand group, for ``register(subparsers)``."""
+    parser = Parser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real import error inside the module
-                raise
-            continue
-        module.register(sub)
+    return parser, sub
+
+
+def build_parser() -> Parser:
+    """Build the full ``hbnn`` parser from every module in :data:`COMMAND_MODULES`."""
+    parser, sub = new_parser("hbnn", "Heterogeneous Bitwidth Binarization toolkit")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``hbnn`` console script; returns the process exit code."""
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse ``argv``, run the chosen handler, return the process exit code.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+        parser: the parser to use (default :func:`build_parser`, the ``hbnn`` command);
+            its ``prog`` prefixes the one-line error messages.
+
+    Returns:
+        The handler's code (None counts as 0); 2 after a user mistake, 130 after Ctrl-C.
+    """
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
     except KeyboardInterrupt:
-        print("hbnn: interrupted", file=sys.stderr)
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError) as exc:
         if os.environ.get("HBNN_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"hbnn: error: {message}", file=sys.stderr)
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -1,12 +1,16 @@
-"""Experiments: sweeps that write result files, and plots that only read them.
+"""Experiments: sweeps that write result files.
 
 - :mod:`hbnn.experiments.spec` -- experiment YAML (``configs/experiments``) -> named runs;
+- :mod:`hbnn.experiments.kinds` -- what each experiment kind does (expand, execute);
 - :mod:`hbnn.experiments.runner` -- :func:`sweep` (skip done, resume interrupted, append lines);
 - :mod:`hbnn.experiments.results` -- the JSON-lines result schema, atomic appends;
 - :mod:`hbnn.experiments.fig2a` -- the approximation-error study (no training);
 - :mod:`hbnn.experiments.layerwise` -- layer-level mixing solver (Fig. 3a baseline);
-- :mod:`hbnn.experiments.stats`, :mod:`~hbnn.experiments.plots`,
-  :mod:`~hbnn.experiments.verdicts` -- tables, figures and claim checks from result files.
+- :mod:`hbnn.experiments.paper` -- the paper's Fig. 2a reference numbers.
+
+Tables, figures and claim checks that only read the result files are the repository's
+research harness (``research.stats``, ``research.plots``, ``research.verdicts``,
+``python -m research plot``), not part of the library.
 
 Example:
     >>> from hbnn.experiments import load_experiment, expand
@@ -18,8 +22,8 @@ Example:
 from hbnn.experiments.layerwise import LayerPlan, solve_layer_bits
 from hbnn.experiments.results import append_result, read_results
 from hbnn.experiments.runner import rerun, sweep
-from hbnn.experiments.spec import Experiment, RunSpec, expand, load_experiment
-from hbnn.experiments.verdicts import verdicts
+from hbnn.experiments.kinds import expand
+from hbnn.experiments.spec import Experiment, RunSpec, load_experiment
 
 __all__ = [
     "Experiment",
@@ -32,5 +36,4 @@ __all__ = [
     "rerun",
     "solve_layer_bits",
     "sweep",
-    "verdicts",
 ]

@@ -1,4 +1,4 @@
-"""``hbnn sweep`` and ``hbnn plot``: argparse front-ends over :mod:`hbnn.experiments`.
+"""``hbnn sweep``: the argparse front-end over :mod:`hbnn.experiments`.
 
 Examples (from the repository root)::
 
@@ -6,10 +6,9 @@ Examples (from the repository root)::
     hbnn sweep fig2b                            # run what is missing -> results/fig2b.jsonl
     hbnn sweep fig3b --only 'w1.4' --seeds 0,1,2
     hbnn sweep fig2b --only w1.4_mo/seed0 --verify   # re-run a recorded run, compare accuracy
-    hbnn plot fig2b                             # docs/figures/fig2b.png
-    hbnn plot table1 --markdown                 # the aggregated table, for docs/results.md
-    hbnn plot verdicts                          # the five claim checks from results/*.jsonl
 
+Figures, tables and claim checks from the result files are the repository's research
+harness (``python -m research plot EXPERIMENT``), not part of the library.
 Heavy imports happen inside the handlers.
 """
 
@@ -19,10 +18,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "parse_seeds", "DEFAULT_RUNS_DIR", "DEFAULT_FIGURES_DIR"]
+__all__ = ["register", "parse_seeds", "DEFAULT_RUNS_DIR"]
 
 DEFAULT_RUNS_DIR = "runs/sweeps"
-DEFAULT_FIGURES_DIR = "docs/figures"
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -45,7 +43,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``sweep`` and ``plot`` subcommands."""
+    """Add the ``sweep`` subcommand."""
     p = subparsers.add_parser(
         "sweep", help="run an experiment's grid of runs (resumable) into a results file",
         description="Expand configs/experiments/EXPERIMENT.yaml into runs <experiment>/<point>/seed<k>; "
@@ -68,25 +66,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="per-epoch lines from training")
     p.set_defaults(func=_cmd_sweep)
 
-    p = subparsers.add_parser(
-        "plot", help="figures and tables from result files only",
-        description="Draw EXPERIMENT's figure from its results file (PNG), print its aggregated table "
-                    "(--markdown), or print the five claim verdicts (EXPERIMENT = verdicts).")
-    p.add_argument("experiment", help="experiment name, 'verdicts', or 'report' (fill --doc from the results)")
-    p.add_argument("--doc", default="docs/results.md", help="report: the markdown file whose hbnn plot regions to refill")
-    p.add_argument("--results", help="results file (default results/<experiment>.jsonl)")
-    p.add_argument("--out", default=DEFAULT_FIGURES_DIR, help=f"output folder (default {DEFAULT_FIGURES_DIR})")
-    p.add_argument("--markdown", action="store_true", help="print the aggregated markdown table instead")
-    p.add_argument("--results-dir", default="results", help="verdicts: folder of the results files")
-    p.add_argument("--prefix", default="", help="verdicts: results file prefix, e.g. cifar10_")
-    p.set_defaults(func=_cmd_plot)
-
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from hbnn.errors import ConfigError
     from hbnn.experiments.results import default_results_path, read_results
     from hbnn.experiments.runner import run_status, select_runs, sweep, verify
-    from hbnn.experiments.spec import expand, load_experiment
+    from hbnn.experiments.kinds import expand
+    from hbnn.experiments.spec import load_experiment
 
     if args.threads is not None:
         if args.threads < 1:
@@ -108,35 +94,4 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0 if verify(statuses, args.runs_dir, quiet=not args.verbose) else 1
     sweep(runs, results, args.runs_dir, dry_run=args.dry_run, quiet=not args.verbose,
           echo=lambda text: print(text, flush=True))
-    return 0
-
-
-def _cmd_plot(args: argparse.Namespace) -> int:
-    from hbnn.errors import ConfigError
-    from hbnn.experiments.results import default_results_path, read_results
-
-    if args.experiment == "report":
-        from hbnn.experiments.report import render_doc
-        from hbnn.io import atomic_write_text
-
-        doc = Path(args.doc)
-        if not doc.is_file():
-            raise ConfigError(f"--doc: {doc} not found")
-        atomic_write_text(doc, render_doc(doc.read_text(encoding="utf-8"), args.results_dir))
-        print(f"updated {doc}")
-        return 0
-    if args.experiment == "verdicts" or args.markdown:
-        from hbnn.experiments.report import experiment_markdown
-
-        print(experiment_markdown(args.experiment, args.results, args.results_dir, args.prefix))
-        return 0
-    results = Path(args.results) if args.results else default_results_path(args.experiment)
-    if not results.exists():
-        raise ConfigError(f"results file {results} not found; run 'hbnn sweep {args.experiment}' first "
-                          "or pass --results FILE")
-    lines = read_results(results)
-    from hbnn.experiments.plots import plot_lines
-
-    for path in plot_lines(lines, args.out, args.experiment, results):
-        print(path)
     return 0

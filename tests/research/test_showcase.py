@@ -2,7 +2,7 @@
 
 import json
 
-from hbnn.showcase import SHOWCASE_RUNS, _plot, format_table
+from research.showcase import SHOWCASE_RUNS, _plot, format_table
 
 
 def _rows():

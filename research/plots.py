@@ -17,8 +17,8 @@ import io
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from hbnn.experiments.stats import PointStats, aggregate, format_bits, markdown_table
 from hbnn.io import atomic_write_bytes, atomic_write_text
+from research.stats import PointStats, aggregate, format_bits, markdown_table
 
 __all__ = ["plot_lines", "plot_fig2a", "plot_bars", "plot_curve", "plot_table", "BAR_FIGURES"]
 

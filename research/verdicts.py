@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from hbnn.experiments.results import read_results
-from hbnn.experiments.stats import PointStats, aggregate
+from research.stats import PointStats, aggregate
 
 __all__ = ["K", "LINEAR_TOLERANCE", "Verdict", "verdicts", "verdicts_from_dir", "verdicts_markdown", "check"]
 
@@ -224,4 +224,4 @@ def verdicts_markdown(items: Iterable[Verdict]) -> str:
             "|---|---|---|"]
     for v in items:
         rows.append(f"| ({v.claim}) {v.text} | **{v.status}** | {v.detail} |")
-    return "\n".join(rows) + f"\n\nRule: held / did not hold when the ±{K:g} standard-error interval lies entirely on one side of the claim's bound (see hbnn.experiments.verdicts)."
+    return "\n".join(rows) + f"\n\nRule: held / did not hold when the ±{K:g} standard-error interval lies entirely on one side of the claim's bound (see research.verdicts)."

@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from hbnn.cli import main  # noqa: E402
 from hbnn.experiments.results import append_result  # noqa: E402
+from research.cli import main  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

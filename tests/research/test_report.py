@@ -1,9 +1,9 @@
-"""hbnn plot report: result-table regions of a markdown file regenerate from result files."""
+"""python -m research plot report: result-table regions of a markdown file regenerate from result files."""
 
 import json
 
-from hbnn.cli import main
-from hbnn.experiments.report import render_doc
+from research.cli import main
+from research.report import render_doc
 
 
 def _write_results(folder, name, rows):
@@ -14,7 +14,7 @@ def _write_results(folder, name, rows):
 
 
 def test_render_doc_fills_and_refills_regions(tmp_path, monkeypatch):
-    from hbnn.experiments import report
+    from research import report
 
     calls = []
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hbnn.experiments.stats import aggregate
-from hbnn.experiments.verdicts import FAILED, FEW, HELD, NOT_RUN, SPREAD, check, verdicts, verdicts_from_dir
+from research.stats import aggregate
+from research.verdicts import FAILED, FEW, HELD, NOT_RUN, SPREAD, check, verdicts, verdicts_from_dir
 
 TIGHT = (-0.001, 0.0, 0.001)  # seed offsets (fractions): std 0.1 points
 WIDE = (-0.02, 0.0, 0.02)     # std 2 points

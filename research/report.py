@@ -1,4 +1,4 @@
-"""Fill a markdown document's result tables from the result files (``hbnn plot report``).
+"""Fill a markdown document's result tables from the result files (``python -m research plot report``).
 
 A region in the document::
 
@@ -6,9 +6,11 @@ A region in the document::
     ...generated, replaced on every run...
     <!-- /hbnn plot -->
 
-is replaced by what ``hbnn plot fig2b --markdown`` prints (``<!-- hbnn plot verdicts -->``:
-the verdict table). A marker without a closing line gets one. So every number in the
-document regenerates from the committed ``results/*.jsonl`` with one command.
+is replaced by what ``python -m research plot fig2b --markdown`` prints (``<!-- hbnn plot
+verdicts -->``: the verdict table). A marker without a closing line gets one. So every number
+in the document regenerates from the committed ``results/*.jsonl`` with one command. (The
+markers keep their ``hbnn plot`` spelling, so documents written before the command moved
+still refill.)
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ _REGION = re.compile(
 
 def experiment_markdown(name: str, results: str | Path | None = None, results_dir: str | Path = "results",
                         prefix: str = "") -> str:
-    """The markdown ``hbnn plot NAME --markdown`` prints (``verdicts``: the claim table)."""
+    """The markdown ``python -m research plot NAME --markdown`` prints (``verdicts``: the claim table)."""
     from hbnn.experiments.results import default_results_path, read_results
-    from hbnn.experiments.stats import aggregate, fig2a_markdown, gaps_markdown, markdown_table
+    from research.stats import aggregate, fig2a_markdown, gaps_markdown, markdown_table
 
     if name == "verdicts":
-        from hbnn.experiments.verdicts import verdicts_from_dir, verdicts_markdown
+        from research.verdicts import verdicts_from_dir, verdicts_markdown
 
         return verdicts_markdown(verdicts_from_dir(results_dir, prefix))
     path = Path(results) if results else Path(results_dir) / default_results_path(name).name
@@ -51,7 +53,7 @@ def experiment_markdown(name: str, results: str | Path | None = None, results_di
 
 
 def render_doc(text: str, results_dir: str | Path = "results") -> str:
-    """``text`` with every ``hbnn plot`` region regenerated (missing result files: left as they are)."""
+    """``text`` with every ``<!-- hbnn plot -->`` region regenerated (missing result files: left as they are)."""
 
     def replace(match: re.Match) -> str:
         head = match.group(1) or match.group(3)

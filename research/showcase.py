@@ -1,8 +1,9 @@
 """The README's main job: FP vs 1-bit vs 2-bit vs 1.4-bit HBNN on Fashion-MNIST.
 
-``hbnn showcase --out runs/showcase`` trains the four recipes in ``configs/showcase/``
-(weights and activations binarized, as in the paper's Table 1), then prints a table of
-test accuracy, realized average bits and stored model size, and writes
+``python -m research showcase --out runs/showcase`` (``make run``) trains the four recipes
+``showcase/*.yaml`` found by :func:`hbnn.configs.find_config` (in the repository:
+``configs/showcase/``; weights and activations binarized, as in the paper's Table 1), then
+prints a table of test accuracy, realized average bits and stored model size, and writes
 ``showcase.json``, ``showcase.md`` and ``showcase.png`` into the output folder.
 Finished runs are reused and interrupted ones resume, so the command can be re-run.
 """
@@ -24,17 +25,6 @@ SHOWCASE_RUNS = (
     ("w1.4a1.4", "w1.4a1.4.yaml", "1.4 / 1.4 HBNN (MO)"),
     ("w1a1", "w1a1.yaml", "1 / 1"),
 )
-
-
-def _recipe_dir() -> Path:
-    """``configs/showcase`` from the working directory, else from the source checkout."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base / "configs" / "showcase"
-        if candidate.is_dir():
-            return candidate
-    from hbnn.errors import ConfigError
-
-    raise ConfigError("configs/showcase not found: run hbnn showcase from the hbnn repository root")
 
 
 def _train_one(name: str, recipe: Path, out: Path, overrides: list[str], quiet: bool) -> dict:
@@ -113,16 +103,16 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def run_showcase(out: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> list[dict]:
     """Train the four showcase runs into ``out`` and write the table, JSON and plot there."""
+    from hbnn.configs import find_config
     from hbnn.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
-    recipes = _recipe_dir()
     overrides = list(overrides or [])
     rows = []
     for name, recipe, label in SHOWCASE_RUNS:
         if not quiet:
             print(f"== showcase: {label} ({recipe})", flush=True)
-        row = _train_one(name, recipes / recipe, out, overrides, quiet)
+        row = _train_one(name, find_config(recipe, "showcase"), out, overrides, quiet)
         rows.append(dict(row, label=label))
     table = format_table(rows)
     atomic_write_json(out / "showcase.json", rows)
@@ -146,7 +136,7 @@ def _cmd_showcase(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``hbnn showcase``."""
+    """Add the ``showcase`` subcommand (``python -m research showcase``)."""
     p = subparsers.add_parser("showcase", help="FP vs 1/2/1.4-bit HBNN on Fashion-MNIST: table and plot")
     p.add_argument("--out", default="runs/showcase", help="output folder (default: runs/showcase)")
     p.add_argument("--epochs", type=int, help="epochs per run (default: the recipes', 2)")

@@ -1,0 +1,92 @@
+"""``python -m research``: the research harness's command line (run from the repository root).
+
+- ``python -m research showcase [--out runs/showcase] ...`` -- the README's main job
+  (:mod:`research.showcase`);
+- ``python -m research plot EXPERIMENT`` -- the figure from ``results/EXPERIMENT.jsonl``
+  (:mod:`research.plots`); ``--markdown`` prints its aggregated table instead;
+- ``python -m research plot verdicts [--results-dir results] [--prefix P]`` -- the five
+  claim checks (:mod:`research.verdicts`);
+- ``python -m research plot report [--doc docs/results.md]`` -- refill the document's
+  result regions (:mod:`research.report`).
+
+Parsing, one-line errors (exit code 2) and ``HBNN_DEBUG=1`` are those of :mod:`hbnn.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hbnn.cli import exit_process, main as _hbnn_main, new_parser
+from research import showcase
+
+__all__ = ["DEFAULT_FIGURES_DIR", "build_parser", "main", "run"]
+
+PROG = "python -m research"
+DEFAULT_FIGURES_DIR = "docs/figures"
+
+
+def _register_plot(subparsers: Any) -> None:
+    """Add the ``plot`` subcommand."""
+    p = subparsers.add_parser(
+        "plot", help="figures and tables from result files only",
+        description="Draw EXPERIMENT's figure from its results file (PNG), print its aggregated table "
+                    "(--markdown), or print the five claim verdicts (EXPERIMENT = verdicts).")
+    p.add_argument("experiment", help="experiment name, 'verdicts', or 'report' (fill --doc from the results)")
+    p.add_argument("--doc", default="docs/results.md", help="report: the markdown file whose hbnn plot regions to refill")
+    p.add_argument("--results", help="results file (default results/<experiment>.jsonl)")
+    p.add_argument("--out", default=DEFAULT_FIGURES_DIR, help=f"output folder (default {DEFAULT_FIGURES_DIR})")
+    p.add_argument("--markdown", action="store_true", help="print the aggregated markdown table instead")
+    p.add_argument("--results-dir", default="results", help="verdicts: folder of the results files")
+    p.add_argument("--prefix", default="", help="verdicts: results file prefix, e.g. cifar10_")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from hbnn.errors import ConfigError
+    from hbnn.experiments.results import default_results_path, read_results
+
+    if args.experiment == "report":
+        from hbnn.io import atomic_write_text
+        from research.report import render_doc
+
+        doc = Path(args.doc)
+        if not doc.is_file():
+            raise ConfigError(f"--doc: {doc} not found")
+        atomic_write_text(doc, render_doc(doc.read_text(encoding="utf-8"), args.results_dir))
+        print(f"updated {doc}")
+        return 0
+    if args.experiment == "verdicts" or args.markdown:
+        from research.report import experiment_markdown
+
+        print(experiment_markdown(args.experiment, args.results, args.results_dir, args.prefix))
+        return 0
+    results = Path(args.results) if args.results else default_results_path(args.experiment)
+    if not results.exists():
+        raise ConfigError(f"results file {results} not found; run 'hbnn sweep {args.experiment}' first "
+                          "or pass --results FILE")
+    lines = read_results(results)
+    from research.plots import plot_lines
+
+    for path in plot_lines(lines, args.out, args.experiment, results):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m research`` parser: ``showcase`` and ``plot``."""
+    parser, sub = new_parser(PROG, "hbnn research harness: the showcase, figures, tables and claim checks")
+    showcase.register(sub)
+    _register_plot(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``python -m research`` command; returns the exit code (2 after a user mistake)."""
+    return _hbnn_main(argv, parser=build_parser())
+
+
+def run() -> None:
+    """``python -m research``: :func:`main`, then :func:`hbnn.cli.exit_process`."""
+    exit_process(main())
