@@ -74,7 +74,7 @@ def test_conversion_preserves_weights_and_dequantize_restores_float():
 def test_config_round_trip_and_errors():
     cfg = QuantizeConfig.from_dict({"default": {"weight": 1.4}, "rules": {r"\.dw$": None}})
     assert QuantizeConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ConfigError, match="unknown key 'defaults'; allowed: default, rules"):
+    with pytest.raises(ConfigError, match="unknown key defaults; allowed in QuantizeConfig: default, rules"):
         QuantizeConfig.from_dict({"defaults": {}})
     with pytest.raises(ConfigError, match="invalid regular expression"):
         QuantizeConfig.from_dict({"rules": {"(": None}})

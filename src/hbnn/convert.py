@@ -17,24 +17,24 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 from torch import nn
 
 from hbnn.errors import ConfigError
 from hbnn.nn import HBConv2d, HBLinear
 from hbnn.quant.config import LayerQuant
+from hbnn.schema import Schema, check
 from hbnn.summary import summarize
 
 __all__ = ["QuantizeConfig", "ConversionReport", "quantize_", "dequantize_", "summarize"]
 
 _SWAPS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: HBConv2d, nn.Linear: HBLinear}
-_KEYS = ("default", "rules", "keep_first", "keep_last", "last_output_scale")
 
 
 @dataclass
-class QuantizeConfig:
-    """Which layers to binarize, and how.
+class QuantizeConfig(Schema):
+    """Which layers to binarize, and how (a :class:`hbnn.schema.Schema`: ``from_dict``/``to_dict``).
 
     Attributes:
         default: config for layers no rule matches (``None``: keep them float).
@@ -53,42 +53,18 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         if self.default is not None:
-            self.default = LayerQuant.from_dict(self.default)
-        if not isinstance(self.rules, Mapping):
-            raise ConfigError(f"rules: expected a mapping of regex -> layer config, got {self.rules!r}")
+            self.default = LayerQuant.from_dict(self.default, "default")
+        check(isinstance(self.rules, Mapping), "rules", self.rules, "a mapping of regex -> layer config")
         rules = {}
         for pattern, cfg in self.rules.items():
             try:
                 re.compile(pattern)
             except (re.error, TypeError) as exc:
                 raise ConfigError(f"rules: invalid regular expression {pattern!r} ({exc})") from None
-            rules[pattern] = None if cfg is None else LayerQuant.from_dict(cfg)
+            rules[pattern] = None if cfg is None else LayerQuant.from_dict(cfg, f"rules.{pattern}")
         self.rules = rules
         for name in ("keep_first", "keep_last", "last_output_scale"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}: invalid value {getattr(self, name)!r}; allowed: true or false")
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "QuantizeConfig":
-        """Build from the YAML/dict form (see module docstring); passes a QuantizeConfig through."""
-        if isinstance(data, QuantizeConfig):
-            return data
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"quant: expected a mapping with keys {', '.join(_KEYS)}, got {data!r}")
-        unknown = [k for k in data if k not in _KEYS]
-        if unknown:
-            raise ConfigError(f"quant: unknown key {unknown[0]!r}; allowed: {', '.join(_KEYS)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-safe dict."""
-        return {
-            "default": None if self.default is None else self.default.to_dict(),
-            "rules": {k: None if v is None else v.to_dict() for k, v in self.rules.items()},
-            "keep_first": self.keep_first,
-            "keep_last": self.keep_last,
-            "last_output_scale": self.last_output_scale,
-        }
+            check(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
 
 
 @dataclass

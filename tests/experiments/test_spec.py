@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from hbnn.errors import ConfigError
-from hbnn.experiments.spec import config_sha, expand, load_experiment, point_quant
+from hbnn.experiments.kinds import KIND_TABLE, expand
+from hbnn.experiments.spec import KINDS, Layout, Point, config_sha, load_experiment, point_quant
+from hbnn.quant import LayerQuant, QuantSpec
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((REPO / "configs" / "experiments").glob("[!_]*.yaml"))
@@ -61,17 +63,28 @@ def test_act_layout_keeps_the_image_float(write_experiment):
 
 
 def test_random_heuristic_is_seeded_by_the_run_seed():
-    spec = {"weight": 1.4, "heuristic": "random"}
-    assert point_quant(spec, {}, 7)["default"]["weight"]["seed"] == 7
-    assert "seed" not in point_quant({"weight": 1.4}, {}, 7)["default"]["weight"]
+    spec = Point.from_dict({"name": "p", "weight": 1.4, "heuristic": "random"})
+    assert point_quant(spec, Layout(), 7).default.weight.seed == 7
+    assert point_quant(Point(name="p", weight=1.4), Layout(), 7).default.weight.seed == 0  # the default
 
 
 def test_fixed_rules_come_first_and_layer_plans_name_layers():
-    layout = {"rules": {"dw$": None}, "with_act": {"float_input": ["^stem$"]}}
-    q = point_quant({"act": 1}, layout, 0, layer_plan={"stem": 2, "b.pw": 1})
-    assert list(q["rules"]) == ["dw$", "^stem$", "^b\\.pw$"]
-    assert q["rules"]["^stem$"] == {"weight": {"bits": 2}, "act": None}
-    assert q["rules"]["^b\\.pw$"]["act"]["bits"] == 1 and q["default"] is None
+    layout = Layout.from_dict({"rules": {"dw$": None}, "with_act": {"float_input": ["^stem$"]}})
+    q = point_quant(Point(name="p", act=1), layout, 0, layer_plan={"stem": 2, "b.pw": 1})
+    assert list(q.rules) == ["dw$", "^stem$", "^b\\.pw$"]
+    assert q.rules["^stem$"] == LayerQuant(weight=QuantSpec(bits=2), act=None)
+    assert q.rules["^b\\.pw$"].act == QuantSpec(bits=1) and q.default is None
+
+
+def test_every_kind_has_behaviour():
+    assert tuple(KIND_TABLE) == KINDS
+
+
+def test_layout_with_act_names_layout_keys():
+    with pytest.raises(ConfigError, match="with_act"):
+        Layout.from_dict({"with_act": {"keep": 1}}, "layout")
+    with pytest.raises(ConfigError, match="with_act"):
+        Layout.from_dict({"with_act": {"with_act": {}}}, "layout")
 
 
 def test_config_sha_ignores_excluded_keys():
@@ -121,7 +134,8 @@ def test_every_fashion_mnist_run_builds_and_runs_forward(path, monkeypatch):
     import torch
 
     from hbnn.experiments.layerwise import dataset_shape_of
-    from hbnn.train.run import build_model_for
+    from hbnn.train.config import config_from_dict
+    from hbnn.train.rebuild import build_model_for
 
     monkeypatch.chdir(REPO)
     seen = set()
@@ -129,7 +143,7 @@ def test_every_fashion_mnist_run_builds_and_runs_forward(path, monkeypatch):
         if run.sha in seen:
             continue
         seen.add(run.sha)
-        model, report = build_model_for(run.config["model"], dataset_shape_of(run.config["data"]),
-                                        run.config["quant"])
+        cfg = config_from_dict(run.config)
+        model, report = build_model_for(cfg.model, dataset_shape_of(run.config["data"]), cfg.quant)
         assert report is None or not report.unmatched_rules, run.name
         model(torch.randn(4, 1, 28, 28)).sum().backward()

@@ -11,7 +11,8 @@ from hbnn.cli import main
 from hbnn.errors import FormatError
 from hbnn.experiments.results import TRAIN_KEYS, append_result, git_commit, latest, read_results
 from hbnn.experiments.runner import run_status, select_runs
-from hbnn.experiments.spec import expand, load_experiment
+from hbnn.experiments.kinds import expand
+from hbnn.experiments.spec import load_experiment
 
 POINTS = [{"name": "fp"}, {"name": "w1.4", "weight": 1.4, "seeds": [0, 1]}, {"name": "w2", "weight": 2}]
 

@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hbnn.convert import QuantizeConfig
 from hbnn.errors import ConfigError
+from hbnn.quant import LayerQuant, QuantSpec
 from hbnn.train.config import (
     Config,
     apply_overrides,
     config_from_dict,
     config_to_dict,
     config_to_yaml,
+    set_dotted,
     load_config,
     load_yaml_recipe,
     save_config,
@@ -79,7 +82,8 @@ def test_extends_merges_in_order_and_file_wins(tmp_path):
     (tmp_path / "sub" / "c.yaml").write_text("extends: [../a.yaml, ../b.yaml]\ntrain: {epochs: 7}\n")
     cfg = load_config(tmp_path / "sub" / "c.yaml", ["train.seed=3"])
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.seed, cfg.optim.lr) == (7, 64, 3, 0.2)
-    assert cfg.quant == {"default": {"weight": {"bits": 2}}}
+    assert cfg.quant == QuantizeConfig(default=LayerQuant(weight=QuantSpec(bits=2)))
+    assert config_to_dict(cfg)["quant"] == {"default": {"weight": {"bits": 2}}}  # recorded as written
 
 
 def test_extends_cycle_and_missing_and_bad_yaml(tmp_path):
@@ -107,8 +111,24 @@ def test_overrides_parse_yaml_values_and_create_free_form_sections():
         apply_overrides({}, ["train.epochs"])
     with pytest.raises(ConfigError, match="is not a section"):
         apply_overrides({"train": {"epochs": 3}}, ["train.epochs.x=1"])
-    with pytest.raises(ConfigError, match="unknown config key train.epoch"):
+    with pytest.raises(ConfigError, match="unknown key train.epoch; allowed in train: epochs"):
         load_config(None, ["train.epoch=3"])
+
+
+def test_set_dotted_sets_values_directly_in_order():
+    data = set_dotted({"train": {"epochs": 3}}, [("quant.default", {"weight": 2}), ("quant.default.act", 1e-5),
+                                                 ("train.epochs", 4)])
+    assert data == {"train": {"epochs": 4}, "quant": {"default": {"weight": 2, "act": 1e-5}}}
+    with pytest.raises(ConfigError, match="bad key"):
+        set_dotted({}, [("train..epochs", 1)])
+
+
+def test_quant_is_typed_and_recorded_as_written():
+    cfg = load_config(None, ["quant.default.weight=1.4", "quant.keep_last=false"])
+    assert cfg.quant.default.weight == QuantSpec(bits=1.4) and cfg.quant.keep_last is False
+    assert config_to_dict(cfg)["quant"] == {"default": {"weight": 1.4}, "keep_last": False}
+    explicit = config_from_dict({**config_to_dict(cfg), "quant": cfg.quant.to_dict()})
+    assert explicit == cfg and config_to_dict(explicit)["quant"] == cfg.quant.to_dict()
 
 
 def test_there_is_a_recipe_per_paper_experiment():
@@ -124,21 +144,21 @@ def test_there_is_a_recipe_per_paper_experiment():
 def test_every_recipe_validates(recipe):
     cfg = load_config(recipe)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.01, 0.9, 1e-4)
-    if cfg.quant is not None and "act" in (cfg.quant.get("default") or {}):
+    if cfg.quant is not None and cfg.quant.default is not None and cfg.quant.default.act is not None:
         assert cfg.model.activation == "hardtanh"
 
 
 @pytest.mark.parametrize("recipe", [p for p in RECIPES if "fashion_mnist" in p.parts or "mobilenet_v1" in p.parts],
                          ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_recipes_build_and_their_rules_match(recipe):
-    from hbnn.train.run import build_model_for
+    from hbnn.train.rebuild import build_model_for
 
     cfg = load_config(recipe, ["model.kwargs.width_mult=0.25"] if "mobilenet_v1" in recipe.parts else [])
     shape = {"num_classes": 10, "in_channels": 1 if cfg.data.name == "fashion_mnist" else 3,
              "image_size": 28 if cfg.data.name == "fashion_mnist" else 32}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model, report = build_model_for(config_to_dict(cfg)["model"], shape, cfg.quant)
+        model, report = build_model_for(cfg.model, shape, cfg.quant)
     if cfg.quant is None:
         assert report is None
     else:

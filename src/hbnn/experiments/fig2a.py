@@ -24,13 +24,13 @@ Experiment keys (``configs/experiments/fig2a.yaml``)::
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from hbnn.errors import ConfigError
 from hbnn.experiments.paper import FIG2A_AVERAGES, fig2a_paper
 from hbnn.experiments.spec import Experiment, RunSpec, config_sha
 
-__all__ = ["expand_fig2a", "approximation_error", "run_fig2a"]
+__all__ = ["expand_fig2a", "approximation_error", "run_fig2a", "fig2a_detail"]
 
 _TENSOR_KEYS = ("n", "distribution")
 
@@ -38,7 +38,7 @@ _TENSOR_KEYS = ("n", "distribution")
 def _tensor_settings(exp: Experiment, overrides: Iterable[str]) -> dict:
     import yaml
 
-    tensor = {"n": 1_000_000, "distribution": "normal", **dict(exp.raw.get("tensor") or {})}
+    tensor = {"n": 1_000_000, "distribution": "normal", **exp.tensor}
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip().removeprefix("tensor.")
@@ -72,14 +72,13 @@ def expand_fig2a(exp: Experiment, *, seeds: Iterable[int] | None = None, overrid
     from hbnn.quant.checks import HEURISTICS
 
     tensor = _tensor_settings(exp, overrides)
-    raw = exp.raw
-    heuristics = list(raw.get("heuristics", HEURISTICS))
+    heuristics = list(HEURISTICS if exp.heuristics is None else exp.heuristics)
     bad = [h for h in heuristics if h not in HEURISTICS]
     if bad:
         raise ConfigError(f"heuristics: {bad[0]!r} is not allowed; choose from {', '.join(HEURISTICS)}")
-    averages = [float(a) for a in raw.get("mixes", FIG2A_AVERAGES)]
-    homogeneous = [int(b) for b in raw.get("homogeneous", (1, 2, 3, 4))]
-    seed_list = list(seeds) if seeds is not None else list(raw.get("seeds", [0]))
+    averages = [float(a) for a in (FIG2A_AVERAGES if exp.mixes is None else exp.mixes)]
+    homogeneous = [int(b) for b in ((1, 2, 3, 4) if exp.homogeneous is None else exp.homogeneous)]
+    seed_list = list(seeds) if seeds is not None else list(exp.seeds)
     runs = []
     for seed in seed_list:
         base = {"distribution": tensor["distribution"], "n": tensor["n"], "seed": int(seed)}
@@ -130,6 +129,11 @@ def approximation_error(x: Any, bits: Any, heuristic: str | None = None, seed: i
             bitmap = make_bitmap(x, mix, heuristic or "middle_out", generator=torch.Generator().manual_seed(seed))
             x_hat = hetero_binarize(x, bitmap)
         return float((x - x_hat).norm() / x.norm())
+
+
+def fig2a_detail(line: Mapping[str, Any]) -> str:
+    """The short result text of a fig2a line (``error 0.1234``)."""
+    return f"error {line.get('error', float('nan')):.4f}"
 
 
 def run_fig2a(run: RunSpec, cache: dict | None = None) -> dict:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from hbnn.experiments.results import append_result, bookkeeping, read_results
+from hbnn.experiments.kinds import kind_of
+from hbnn.experiments.results import append_result, read_results
 from hbnn.experiments.spec import RunSpec
 
 __all__ = ["RunStatus", "select_runs", "run_status", "execute_run", "sweep", "rerun", "verify"]
@@ -81,9 +82,10 @@ def run_status(runs: Iterable[RunSpec], lines: Iterable[Mapping[str, Any]], runs
             continue
         note = " (recorded under another config)" if run.name in names else ""
         run_dir = run.run_dir(runs_dir)
-        if run.kind == "train" and (run_dir / "last.safetensors").exists():
+        trains = kind_of(run.kind).trains
+        if trains and (run_dir / "last.safetensors").exists():
             out.append(RunStatus(run, "resume", _checkpoint_epoch(run_dir) + note))
-        elif run.kind == "train" and run_dir.exists() and any(run_dir.iterdir()):
+        elif trains and run_dir.exists() and any(run_dir.iterdir()):
             out.append(RunStatus(run, "restart", "no checkpoint yet" + note))
         else:
             out.append(RunStatus(run, "new", note.strip()))
@@ -91,50 +93,12 @@ def run_status(runs: Iterable[RunSpec], lines: Iterable[Mapping[str, Any]], runs
 
 
 def _done_detail(line: Mapping[str, Any]) -> str:
-    if line.get("kind") == "fig2a":
-        return f"error {line.get('error', float('nan')):.4f}"
-    top1 = line.get("top1")
-    return "top1 n/a" if top1 is None else f"top1 {100 * top1:.2f}%"
-
-
-def _measure(run_dir: Path) -> dict:
-    """Realized bits, sizes and wall time of a finished run, from its last checkpoint."""
-    from hbnn.train.checkpoint import load_checkpoint
-    from hbnn.train.evaluation import summary_for
-
-    _, summary = summary_for(str(run_dir / "last.safetensors"))
-    meta = load_checkpoint(run_dir, "last").metadata
-    m = summary["model"]
-    return {"weight_bits": m["avg_weight_bits"], "act_bits": m["avg_act_bits"], "params": m["params"],
-            "binarized_params": m["binarized_params"], "stored_bytes": m["stored_bytes"],
-            "epochs": meta.get("epoch"), "wall_s": meta.get("wall_time_s")}
-
-
-def _train(status: RunStatus, runs_dir: Path, quiet: bool) -> dict:
-    from hbnn.train.config import config_from_dict
-    from hbnn.train.distributed import resolve_device
-    from hbnn.train.run import fit
-
-    run = status.run
-    cfg = config_from_dict(run.config)
-    run_dir = run.run_dir(runs_dir)
-    result = fit(cfg, run_dir, resume=status.state == "resume", overwrite=status.state == "restart",
-                 quiet=quiet)
-    line = bookkeeping(run, str(resolve_device(cfg.train.device)))
-    line.update(top1=result.get("top1"), top5=result.get("top5"), loss=result.get("loss"),
-                best_top1=result.get("best_metric"))
-    line.update(_measure(run_dir))
-    line["run_dir"] = str(run_dir)
-    return line
+    return kind_of(line.get("kind", "train")).detail(line)
 
 
 def execute_run(status: RunStatus, runs_dir: str | Path, *, quiet: bool = True, cache: dict | None = None) -> dict:
-    """Run (or resume) one run and return its result line (not yet written)."""
-    if status.run.kind == "fig2a":
-        from hbnn.experiments.fig2a import run_fig2a
-
-        return {**bookkeeping(status.run), **run_fig2a(status.run, cache)}
-    return _train(status, Path(runs_dir), quiet)
+    """Run (or resume) one run by its kind's executor and return its result line (not yet written)."""
+    return kind_of(status.run.kind).execute(status.run, runs_dir, state=status.state, quiet=quiet, cache=cache)
 
 
 def sweep(runs: Iterable[RunSpec], results: str | Path, runs_dir: str | Path, *, dry_run: bool = False,
@@ -211,7 +175,7 @@ def verify(statuses: Iterable[RunStatus], runs_dir: str | Path, *, quiet: bool =
     """
     ok = True
     for status in statuses:
-        if status.state != "done" or status.line is None or status.run.kind != "train":
+        if status.state != "done" or status.line is None or not kind_of(status.run.kind).trains:
             continue
         out = rerun(status.line, Path(runs_dir) / "_verify" / status.run.name, quiet=quiet)
         ok &= out["same"]

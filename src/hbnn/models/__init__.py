@@ -19,7 +19,8 @@ Example:
 """
 
 from hbnn.models import alexnet_bn, cifar_fc4, mobilenet_v1, vgg8_cnv  # noqa: F401  (register)
+from hbnn.models._layers import ACTIVATIONS
 from hbnn.models.mobilenet_v1 import POINTWISE_ONLY_QUANT
 from hbnn.models.registry import build_model, list_models, model_options, register_model
 
-__all__ = ["POINTWISE_ONLY_QUANT", "build_model", "list_models", "model_options", "register_model"]
+__all__ = ["ACTIVATIONS", "POINTWISE_ONLY_QUANT", "build_model", "list_models", "model_options", "register_model"]

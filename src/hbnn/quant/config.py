@@ -1,19 +1,21 @@
 """Quantizer configurations: dataclasses that validate themselves and round-trip to dicts.
 
 ``QuantSpec`` says how one tensor (a layer's weight or its input activation) is binarized;
-``LayerQuant`` pairs the weight and activation specs of one layer. Both accept the short
-forms used in YAML recipes (``weight: 1.4`` means ``QuantSpec(bits=1.4)``).
+``LayerQuant`` pairs the weight and activation specs of one layer. Both are
+:class:`hbnn.schema.Schema` classes (``from_dict``/``to_dict``); a spec also accepts the
+short form used in YAML recipes (``weight: 1.4`` means ``QuantSpec(bits=1.4)``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from hbnn.errors import ConfigError
 from hbnn.quant.checks import HEURISTICS
 from hbnn.quant.mix import BitMix
+from hbnn.schema import Schema, check, check_choice
 
 __all__ = ["QuantSpec", "LayerQuant", "EVAL_MODES", "SELECT_MODES"]
 
@@ -21,19 +23,8 @@ EVAL_MODES = ("running", "exact")
 SELECT_MODES = ("exact", "sampled")
 
 
-def _fail(field: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{field}: invalid value {value!r}; allowed: {allowed}")
-
-
-def _check_keys(cls, data: Mapping, where: str) -> None:
-    allowed = [f.name for f in fields(cls)]
-    unknown = [k for k in data if k not in allowed]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
-
-
 @dataclass
-class QuantSpec:
+class QuantSpec(Schema):
     """How to binarize one tensor.
 
     Attributes:
@@ -66,21 +57,14 @@ class QuantSpec:
             self.bits = BitMix.coerce(self.bits)
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc)) from None
-        if self.heuristic not in HEURISTICS:
-            raise _fail("heuristic", self.heuristic, ", ".join(HEURISTICS))
-        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
-            raise _fail("block", self.block, "an integer >= 1")
-        if not isinstance(self.per_channel, bool):
-            raise _fail("per_channel", self.per_channel, "true or false")
-        if self.eval_mode not in EVAL_MODES:
-            raise _fail("eval_mode", self.eval_mode, ", ".join(EVAL_MODES))
+        check_choice("heuristic", self.heuristic, HEURISTICS)
+        check(_is_int(self.block) and self.block >= 1, "block", self.block, "an integer >= 1")
+        check(isinstance(self.per_channel, bool), "per_channel", self.per_channel, "true or false")
+        check_choice("eval_mode", self.eval_mode, EVAL_MODES)
         m = self.momentum
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or not 0 < m <= 1:
-            raise _fail("momentum", m, "a number in (0, 1]")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise _fail("seed", self.seed, "an integer")
-        if self.select not in SELECT_MODES:
-            raise _fail("select", self.select, ", ".join(SELECT_MODES))
+        check(_is_number(m) and math.isfinite(m) and 0 < m <= 1, "momentum", m, "a number in (0, 1]")
+        check(_is_int(self.seed), "seed", self.seed, "an integer")
+        check_choice("select", self.select, SELECT_MODES)
 
     @property
     def mix(self) -> BitMix:
@@ -89,23 +73,16 @@ class QuantSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-safe dict (bits as ``{"1": 0.7, ...}``)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["bits"] = {str(b): p for b, p in self.bits.to_dict().items()}
-        return out
+        return {**super().to_dict(), "bits": {str(b): p for b, p in self.bits.to_dict().items()}}
 
     @classmethod
-    def from_dict(cls, data: Any) -> "QuantSpec":
-        """Build from a dict, or from a bare bits value (``1.4``, ``"70/20/10"``)."""
-        if isinstance(data, QuantSpec):
-            return data
-        if not isinstance(data, Mapping):
-            return cls(bits=data)
-        _check_keys(cls, data, "quant spec")
-        return cls(**data)
+    def from_value(cls, value: Any, where: str) -> "QuantSpec":
+        """The short form: a bare bits value (``1.4``, ``"70/20/10"``)."""
+        return cls(bits=value)
 
 
 @dataclass
-class LayerQuant:
+class LayerQuant(Schema):
     """The quantization of one layer: its weight, its input activation, an output scale.
 
     Attributes:
@@ -121,35 +98,23 @@ class LayerQuant:
 
     def __post_init__(self) -> None:
         if self.weight is not None:
-            self.weight = QuantSpec.from_dict(self.weight)
-            if self.weight.select != "exact":
-                raise _fail("weight.select", self.weight.select, "exact (sampled selection applies to activations)")
+            self.weight = QuantSpec.from_dict(self.weight, "weight")
+            check(self.weight.select == "exact", "weight.select", self.weight.select,
+                  "exact (sampled selection applies to activations)")
         if self.act is not None:
-            self.act = QuantSpec.from_dict(self.act)
-            if self.act.block != 1:
-                raise _fail("act.block", self.act.block, "1 (block granularity applies to weights only)")
-        if not isinstance(self.output_scale, bool):
-            raise _fail("output_scale", self.output_scale, "true or false")
+            self.act = QuantSpec.from_dict(self.act, "act")
+            check(self.act.block == 1, "act.block", self.act.block, "1 (block granularity applies to weights only)")
+        check(isinstance(self.output_scale, bool), "output_scale", self.output_scale, "true or false")
 
     @property
     def is_float(self) -> bool:
         """True when nothing is quantized."""
         return self.weight is None and self.act is None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-safe dict."""
-        return {
-            "weight": None if self.weight is None else self.weight.to_dict(),
-            "act": None if self.act is None else self.act.to_dict(),
-            "output_scale": self.output_scale,
-        }
 
-    @classmethod
-    def from_dict(cls, data: Any) -> "LayerQuant":
-        """Build from a dict with keys weight/act/output_scale."""
-        if isinstance(data, LayerQuant):
-            return data
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"layer quant: expected a mapping with weight/act/output_scale, got {data!r}")
-        _check_keys(cls, data, "layer quant")
-        return cls(**data)
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -12,6 +12,8 @@ Example:
     >>> cfg.train.epochs, cfg.optim.lr
     (3, 0.1)
 
+Every section is a :class:`hbnn.schema.Schema` dataclass, built by the one schema
+mechanism; ``quant`` is a typed :class:`hbnn.convert.QuantizeConfig` (None = float model).
 Every mistake raises :class:`hbnn.errors.ConfigError` with one line naming the key, the
 bad value and what is allowed.
 """
@@ -19,7 +21,6 @@ bad value and what is allowed.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -28,9 +29,13 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from hbnn.configs import find_config
+from hbnn.convert import QuantizeConfig
+from hbnn.data import list_datasets
 from hbnn.errors import ConfigError
 from hbnn.io import atomic_write_text
-from hbnn.train._schema import build_dataclass
+from hbnn.models import ACTIVATIONS
+from hbnn.schema import Schema, check, check_choice
 
 __all__ = [
     "Config",
@@ -41,42 +46,29 @@ __all__ = [
     "TrainConfig",
     "RunConfig",
     "DistConfig",
-    "DATASETS",
     "OPTIMIZERS",
     "SCHEDULERS",
     "load_config",
     "resolve_recipe",
     "load_yaml_recipe",
     "deep_merge",
+    "set_dotted",
+    "parse_override",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
     "config_to_yaml",
     "save_config",
-    "validate_quant",
 ]
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "imagenet")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "constant")
-ACTIVATIONS = ("relu", "hardtanh")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "nccl", "gloo")
 
 
-def _choice(section: str, name: str, value: Any, allowed: Iterable[str]) -> None:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{section}.{name}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
-
-
-def _check(cond: bool, section: str, name: str, value: Any, what: str) -> None:
-    if not cond:
-        raise ConfigError(f"{section}.{name}: {value!r} is invalid; expected {what}")
-
-
 @dataclass
-class ModelConfig:
+class ModelConfig(Schema):
     """Which network to build: ``hbnn.models.build_model(name, activation=..., **kwargs)``.
 
     Attributes:
@@ -90,12 +82,12 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "model", "name", self.name, "a model name")
-        _choice("model", "activation", self.activation, ACTIVATIONS)
+        check(bool(self.name), "name", self.name, "a model name")
+        check_choice("activation", self.activation, ACTIVATIONS)
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Schema):
     """Which dataset: ``hbnn.data.build_dataset(name, split, data_dir, image_size, limit=...)``.
 
     Attributes:
@@ -117,23 +109,15 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _choice("data", "name", self.name, _dataset_names())
+        check_choice("name", self.name, list_datasets())
         for name in ("image_size", "train_limit", "test_limit"):
             value = getattr(self, name)
-            _check(value is None or value >= 1, "data", name, value, "null or an integer >= 1")
-        _check(self.num_workers >= 0, "data", "num_workers", self.num_workers, "an integer >= 0")
-
-
-def _dataset_names() -> tuple[str, ...]:
-    try:
-        from hbnn.data import list_datasets
-    except ImportError:  # pragma: no cover - partial source trees
-        return DATASETS
-    return tuple(list_datasets())
+            check(value is None or value >= 1, name, value, "null or an integer >= 1")
+        check(self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Schema):
     """Optimizer; the paper's recipe is SGD lr 0.01, momentum 0.9, weight decay 1e-4.
 
     Attributes:
@@ -153,18 +137,18 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
     def __post_init__(self) -> None:
-        _choice("optim", "name", self.name, OPTIMIZERS)
-        _check(self.lr > 0 and math.isfinite(self.lr), "optim", "lr", self.lr, "a finite number > 0")
-        _check(0 <= self.momentum < 1, "optim", "momentum", self.momentum, "a number in [0, 1)")
-        _check(self.weight_decay >= 0, "optim", "weight_decay", self.weight_decay, "a number >= 0")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim", "betas",
+        check_choice("name", self.name, OPTIMIZERS)
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
                self.betas, "two numbers in [0, 1)")
-        _check(not (self.nesterov and (self.name != "sgd" or self.momentum == 0)), "optim", "nesterov",
+        check(not (self.nesterov and (self.name != "sgd" or self.momentum == 0)), "nesterov",
                self.nesterov, "nesterov only with sgd and momentum > 0")
 
 
 @dataclass
-class SchedConfig:
+class SchedConfig(Schema):
     """Learning-rate schedule, stepped once per epoch.
 
     Attributes:
@@ -186,15 +170,15 @@ class SchedConfig:
     interval: str = "epoch"
 
     def __post_init__(self) -> None:
-        _choice("sched", "name", self.name, SCHEDULERS)
-        _choice("sched", "interval", self.interval, ("epoch", "step"))
-        _check(self.step_size >= 1, "sched", "step_size", self.step_size, "an integer >= 1")
-        _check(0 < self.gamma <= 1, "sched", "gamma", self.gamma, "a number in (0, 1]")
-        _check(self.min_lr >= 0, "sched", "min_lr", self.min_lr, "a number >= 0")
+        check_choice("name", self.name, SCHEDULERS)
+        check_choice("interval", self.interval, ("epoch", "step"))
+        check(self.step_size >= 1, "step_size", self.step_size, "an integer >= 1")
+        check(0 < self.gamma <= 1, "gamma", self.gamma, "a number in (0, 1]")
+        check(self.min_lr >= 0, "min_lr", self.min_lr, "a number >= 0")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Schema):
     """The training loop.
 
     Attributes:
@@ -230,20 +214,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_every", "log_every_steps"):
             value = getattr(self, name)
-            _check(value >= 1, "train", name, value, "an integer >= 1")
+            check(value >= 1, name, value, "an integer >= 1")
         for name in ("eval_batch_size", "limit_train_batches", "limit_test_batches", "threads"):
             value = getattr(self, name)
-            _check(value is None or value >= 1, "train", name, value, "null or an integer >= 1")
-        _check(self.seed >= 0, "train", "seed", self.seed, "an integer >= 0")
-        _check(self.checkpoint_every_steps >= 0, "train", "checkpoint_every_steps",
+            check(value is None or value >= 1, name, value, "null or an integer >= 1")
+        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        check(self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
                self.checkpoint_every_steps, "an integer >= 0")
-        _check(0 <= self.label_smoothing < 1, "train", "label_smoothing", self.label_smoothing,
+        check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
                "a number in [0, 1)")
-        _choice("train", "device", self.device, DEVICES)
+        check_choice("device", self.device, DEVICES)
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Schema):
     """Where and how a run records itself.
 
     Attributes:
@@ -258,7 +242,7 @@ class RunConfig:
 
 
 @dataclass
-class DistConfig:
+class DistConfig(Schema):
     """Distributed (torchrun) settings; ignored for single-process runs.
 
     Attributes:
@@ -270,40 +254,49 @@ class DistConfig:
     timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
-        _choice("dist", "backend", self.backend, BACKENDS)
-        _check(self.timeout_s > 0, "dist", "timeout_s", self.timeout_s, "a number of seconds > 0")
+        check_choice("backend", self.backend, BACKENDS)
+        check(self.timeout_s > 0, "timeout_s", self.timeout_s, "a number of seconds > 0")
 
 
 @dataclass
-class Config:
+class Config(Schema):
     """A complete, validated training configuration.
 
-    ``quant`` is None for a float model, else the dict form of
-    ``hbnn.convert.QuantizeConfig`` (see docs/architecture.md), passed through unchanged.
+    ``quant`` is None for a float model, else a :class:`hbnn.convert.QuantizeConfig`.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    quant: dict | None = None
+    quant: QuantizeConfig | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict form; ``quant`` as it was written (:meth:`~hbnn.schema.Schema.as_written`)."""
+        out = super().to_dict()
+        written = None if self.quant is None else self.quant.as_written()
+        if written is not None:
+            out["quant"] = written
+        return out
+
 
 # ----------------------------------------------------------------------------- dict <-> Config
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Build and validate a :class:`Config` from its dict form (missing keys take defaults)."""
-    cfg = build_dataclass(Config, data, "")
-    validate_quant(cfg.quant)
-    return cfg
+    return Config.from_dict(data)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """The plain-dict form of ``cfg`` (JSON/YAML-safe; round-trips with :func:`config_from_dict`)."""
-    return dataclasses.asdict(cfg)
+    """The plain-dict form of ``cfg`` (JSON/YAML-safe; round-trips with :func:`config_from_dict`).
+
+    The ``quant`` section is recorded as it was given, so a run's config file and hash
+    replay exactly; :meth:`hbnn.convert.QuantizeConfig.to_dict` is its explicit form.
+    """
+    return cfg.to_dict()
 
 
 def config_to_yaml(cfg: Config) -> str:
@@ -314,27 +307,6 @@ def config_to_yaml(cfg: Config) -> str:
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Atomically write ``cfg`` as YAML to ``path``."""
     atomic_write_text(path, config_to_yaml(cfg))
-
-
-def validate_quant(quant: Any) -> None:
-    """Validate the ``quant`` section with ``hbnn.convert.QuantizeConfig.from_dict``.
-
-    Raises:
-        ConfigError: the section is not a mapping or QuantizeConfig rejects it.
-    """
-    if quant is None:
-        return
-    if not isinstance(quant, Mapping):
-        raise ConfigError(f"quant: {quant!r} is invalid; expected null (float model) or a mapping")
-    try:
-        from hbnn.convert import QuantizeConfig
-    except ImportError:  # pragma: no cover - convert is part of hbnn; tolerate partial trees
-        return
-    try:
-        QuantizeConfig.from_dict(dict(quant))
-    except (ValueError, TypeError, KeyError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"quant: {msg}") from None
 
 
 # ----------------------------------------------------------------------------- YAML + overrides
@@ -348,9 +320,6 @@ def deep_merge(base: dict, top: Mapping) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-_deep_merge = deep_merge  # old private name, still imported by hbnn.experiments.spec
 
 
 def _read_yaml(path: Path) -> dict:
@@ -402,39 +371,47 @@ def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
     return deep_merge(merged, data)
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"section.key=value"`` -> ``("section.key", value)`` with the value parsed as YAML."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
     key, _, text = item.partition("=")
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"--set {item!r}: bad key {key!r}; expected section.key, e.g. optim.lr")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
-    return parts, value
+    return key.strip(), value
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict:
-    """Apply ``section.key=value`` strings to a config dict (values parsed as YAML).
+def set_dotted(data: Mapping[str, Any], items: Iterable[tuple[str, Any]]) -> dict:
+    """A copy of ``data`` with each ``(dotted key, value)`` set in order (the value replaces).
 
-    Keys are checked when the result is validated by :func:`config_from_dict`; free-form
-    sections (``quant``, ``model.kwargs``) get missing intermediate mappings created.
+    Keys are checked when the result is validated by :func:`config_from_dict`; missing
+    intermediate mappings (free-form sections such as ``quant``, ``model.kwargs``) are created.
+
+    Raises:
+        ConfigError: an empty key part, or a key part that is not a section.
     """
     out = copy.deepcopy(dict(data))
-    for item in overrides:
-        parts, value = _parse_override(item)
+    for key, value in items:
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {key}: bad key; expected section.key, e.g. optim.lr")
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
-        node[parts[-1]] = value
+        node[parts[-1]] = copy.deepcopy(value)
     return out
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict:
+    """Apply ``section.key=value`` strings to a config dict (values parsed as YAML; see :func:`set_dotted`)."""
+    return set_dotted(data, [parse_override(item) for item in overrides])
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
@@ -457,15 +434,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 
 def resolve_recipe(name: str | os.PathLike) -> Path:
-    """A recipe path from a path or a name under ``configs/`` (``cifar10/w1.4_mo``).
+    """A recipe path from a path or a name under a config root (``cifar10/w1.4_mo``; see :mod:`hbnn.configs`).
 
     Raises:
         ConfigError: neither exists.
     """
-    path = Path(name)
-    if path.is_file():
-        return path
-    for candidate in (Path("configs") / name, Path("configs") / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"config file not found: {name} (also looked for configs/{name}.yaml)")
+    return find_config(name)
