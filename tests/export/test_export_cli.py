@@ -1,4 +1,4 @@
-"""``hbnn export`` / ``hbnn infer`` / ``hbnn eval --packed`` / ``hbnn bench infer`` end to end on a tiny trained run."""
+"""``hbnn export`` / ``hbnn infer`` / ``hbnn eval --packed`` end to end on a tiny trained run (the benchmark: tests/test_bench_infer.py)."""
 
 from __future__ import annotations
 
@@ -73,14 +73,6 @@ def test_eval_bad_arguments_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("hbnn: error: ") and message in err and err.count("\n") == 1
-
-
-def test_bench_infer_quick_prints_json(capsys):
-    assert main(["bench", "infer", "--quick", "--cases", "W1A1", "--batch", "4"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    case = result["cases"][0]
-    assert case["config"] == "W1A1" and case["mismatches"] == 0 and case["packed_ms"] > 0
-    assert set(case["profile_ms"]) == {"float_layers", "act_binarize_pack", "binary_kernels", "other"}
 
 
 def test_import_hbnn_does_not_import_export():

@@ -1,10 +1,9 @@
-"""``hbnn export``, ``hbnn infer`` and ``hbnn bench infer``: packed deployment from the command line.
+"""``hbnn export`` and ``hbnn infer``: packed deployment from the command line.
 
 - ``hbnn export RUN_DIR|CHECKPOINT --out FILE [--onnx FILE]`` writes the packed file (and
   optionally an ONNX model) and prints the size report;
 - ``hbnn infer FILE [--compare RUN_DIR|CHECKPOINT]`` evaluates a packed file on its test
-  split (:func:`hbnn.export.evaluate.evaluate_packed`, also behind ``hbnn eval --packed``);
-- ``hbnn bench infer`` runs the whole-net benchmark (:mod:`hbnn.export.bench`) and prints JSON.
+  split (:func:`hbnn.export.evaluate.evaluate_packed`, also behind ``hbnn eval --packed``).
 
 Heavy imports live in the handlers; errors surface as one line and exit code 2 (``hbnn.cli``).
 """
@@ -18,7 +17,7 @@ __all__ = ["register", "format_eval"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``export``, ``infer`` and ``bench`` subcommands."""
+    """Add the ``export`` and ``infer`` subcommands."""
     p = subparsers.add_parser("export", help="write a trained model as a packed file (and ONNX)")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--out", required=True, metavar="FILE", help="packed model file to write (.hbnn)")
@@ -34,18 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also run the training-time model on the same batches and count differing predictions")
     p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint inside --compare's run")
     p.set_defaults(func=_cmd_infer)
-
-    p = subparsers.add_parser("bench", help="benchmarks (JSON)")
-    sub = p.add_subparsers(dest="bench", metavar="WHAT", parser_class=type(p))
-    sub.required = True
-    b = sub.add_parser("infer", help="whole cifar_fc4 net: packed engine vs torch fp32 eval")
-    b.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
-    b.add_argument("--reps", type=int, default=9, help="timed repetitions, medians (default 9)")
-    b.add_argument("--threads", type=int, help="torch/kernel threads (default: torch's)")
-    b.add_argument("--cases", nargs="+", metavar="CASE", help="subset of W1A1 W2A2 W1.4A1.4")
-    b.add_argument("--quick", action="store_true", help="3 reps, batch 16 (smoke run)")
-    b.add_argument("--out", metavar="FILE", help="also write the JSON here")
-    b.set_defaults(func=_cmd_bench_infer)
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,19 +82,4 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     result = evaluate_packed(args.packed, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
                              limit=args.limit, backend=args.backend, compare=args.compare, which=args.which)
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_eval(result))
-    return 0
-
-
-def _cmd_bench_infer(args: argparse.Namespace) -> int:
-    from hbnn.export.bench import bench_infer
-    from hbnn.io import atomic_write_json
-
-    for name in ("batch", "reps", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name}: {value} is invalid; expected an integer >= 1")
-    result = bench_infer(batch=args.batch, reps=args.reps, threads=args.threads, quick=args.quick, cases=args.cases)
-    if args.out:
-        atomic_write_json(args.out, result)
-    print(json.dumps(result, indent=2))
     return 0
