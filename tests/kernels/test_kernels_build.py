@@ -1,4 +1,5 @@
-"""Lazy JIT build: importing compiles nothing; no compiler -> torch fallback with one warning."""
+"""Lazy JIT build: importing compiles nothing; a fresh build says so once on stderr; no compiler ->
+torch fallback with one warning."""
 
 from __future__ import annotations
 
@@ -43,11 +44,14 @@ print(json.dumps({
 """
 
 
-def _run(code: str, env_extra: dict) -> dict:
+def _run(code: str, env_extra: dict, stderr: list | None = None) -> dict:
     env = {**os.environ, **env_extra}
     env.pop("HBNN_KERNEL_VARIANT", None)
+    env.pop("HBNN_KERNELS", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+    if stderr is not None:
+        stderr.append(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -71,8 +75,14 @@ def test_first_call_builds_into_the_cache_dir(tmp_path, c_variants):
         "libs = [f for d, _, fs in os.walk(root) for f in fs]\n"
         "print(json.dumps({'libs': libs}))\n"
     )
-    res = _run(code, {"HBNN_CACHE_DIR": str(tmp_path / "cache")})
+    cache, err = tmp_path / "cache", []
+    res = _run(code, {"HBNN_CACHE_DIR": str(cache)}, err)
     assert res["libs"] == ["libhbnn_kernels.so"]  # no temporary files left behind
+    assert err[0].splitlines().count(f"hbnn: compiling C kernels (one time, cached in {cache}) ...") == 1
+    # A second process loads the cached build: no notice; build() says it was cached.
+    code = "import json, hbnn.kernels as k; print(json.dumps(k.build()))"
+    res = _run(code, {"HBNN_CACHE_DIR": str(cache)}, err)
+    assert "compiling" not in err[1] and res["compiled"] is False and res["library"].startswith(str(cache))
 
 
 def test_c_backend_reports_features(c_variants):

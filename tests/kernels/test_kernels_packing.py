@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hbnn.kernels import PackedPlanes, pack_activations, pack_conv_input, pack_conv_weight, pack_planes
-from hbnn.kernels.packing import pack_bits, unpack_bits, valid_words
+from hbnn.kernels.layout import pack_bits, unpack_bits, valid_words
 
 EXACT = dict(atol=0, rtol=0)
 

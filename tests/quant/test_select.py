@@ -57,7 +57,7 @@ def test_bracket_miss_falls_back_to_exact(monkeypatch):
     key = np.abs(np.clip(np.random.default_rng(1).standard_normal(100_000) * 1.5, -1, 1)).astype(np.float32)
     order = np.argsort(key, kind="stable")
     # A misleading "sample": only the smallest keys, so the bracket cannot contain rank 0.9 n.
-    monkeypatch.setattr(sel, "_sample_index", lambda n: order[: sel._SAMPLE])
+    monkeypatch.setattr(sel, "sample_index", lambda n: order[: sel.SAMPLE_SIZE])
     k = 90_000
     assert sel.kth_smallest(key, k) == np.sort(key)[k - 1]
     assert sel._bracketed(key, k, key[order[0]], key[order[10]]) == np.sort(key)[k - 1]

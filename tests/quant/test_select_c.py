@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hbnn.kernels import available_backends, cpu_features
+from hbnn.kernels import available_backends, cpu_features, selection
 from hbnn.quant import BitMix, make_bitmap
 from hbnn.quant import select_c
 from hbnn.quant.bitmap import (
@@ -113,7 +113,7 @@ def test_missed_bracket_falls_back_to_exact_numpy_path(variants, monkeypatch):
     key = heuristic_key(x, "middle_out")
     order = np.argsort(key.numpy(), kind="stable")
     # A misleading sample (only the smallest keys): no bracket can contain rank 0.7 N.
-    monkeypatch.setattr(select_c, "_sample_index", lambda n: np.sort(order[: select_c._SAMPLE]))
+    monkeypatch.setattr(select_c, "sample_index", lambda n: np.sort(order[: select_c.SAMPLE_SIZE]))
     select_c._plan.cache_clear()
     try:
         assert select_c.select_map(x, mix, "middle_out") is None
@@ -139,7 +139,7 @@ def test_without_c_kernels_the_torch_path_gives_the_same_maps(variants, monkeypa
     mu = mean_magnitude(x)
     with_c = keyed_bitmap(x, mix, "middle_out", mu), sampled_bitmap(x, mix, "middle_out", mu)
     with_c_thr = threshold_bitmap(x, mix, "middle_out", [0.2, 0.5], mu)
-    monkeypatch.setattr(select_c, "_lib", lambda: (None, None))
+    monkeypatch.setenv("HBNN_KERNELS", "off")
     assert not select_c.available(x)
     without = keyed_bitmap(x, mix, "middle_out", mu), sampled_bitmap(x, mix, "middle_out", mu)
     for (a, ta), (b, tb) in zip(with_c, without):
@@ -156,14 +156,17 @@ def test_c_path_applies_only_to_float32_cpu_keyed_heuristics(variants):
 
 
 def test_c_entry_points_reject_bad_arguments(variants):
-    cb, lib = select_c._lib()
     x = torch.randn(100)
     steps = np.array([1], dtype=np.int8)
     with pytest.raises(RuntimeError, match="hbnn_select_exact failed with code -1"):
-        cb.select_exact(lib, x, 0, 0.5, np.array([100], dtype=np.int64), None, np.array([99], dtype=np.int64),
-                        np.array([99], dtype=np.int64), 0, steps, 2)  # a cut must be < N
+        selection.select_exact(x, "middle_out", 0.5, np.array([100]), None, np.array([99]), np.array([99]), 0, steps,
+                               2)  # a cut must be < N
     with pytest.raises(RuntimeError, match="hbnn_select_sampled failed with code -1"):
-        cb.select_sampled(lib, x, 3, 0.5, None, np.array([5], dtype=np.int64), steps, 2)  # no mode 3
+        selection.select_sampled(x, "bottom_up", 0.5, None, np.array([100]), steps, 2)  # rank 100 of 100 keys
+    with pytest.raises(ValueError, match="heuristic: expected one of"):
+        selection.select_map(x, "random", 0.5, np.array([0.5]), steps, 2)
+    with pytest.raises(TypeError, match="float32 CPU tensor"):
+        selection.select_mean_abs(x.double())
 
 
 @pytest.mark.parametrize("n", [1000, 200_000])

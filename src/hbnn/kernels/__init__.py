@@ -1,10 +1,17 @@
-"""Bit-serial binary kernels behind one door (no hbnn dependencies, nothing compiled at import).
+"""Bit-serial binary kernels behind one door (only ``hbnn.errors`` imported, nothing compiled at import).
 
-Layout: :class:`PackedPlanes` (``packing``). Ground truth: ``reference`` (pure torch).
-Fast path: C kernels (``csrc/``), built with the machine's C compiler on first use and
-cached; AVX-512 VPOPCNTDQ / AVX2 / portable variants picked at run time; pure-torch
-fallback (one warning) when no compiler is available. The same library carries the
-bit-map selection passes that :mod:`hbnn.quant.select_c` drives (``csrc/select_body.c``).
+Layout: :class:`PackedPlanes` (``layout``), built by ``packing``. Ground truth: ``reference``
+(pure torch). Fast path: C kernels (``csrc/``), built with the machine's C compiler on
+first use (or ahead of time by :func:`build`, ``hbnn kernels build``) and cached;
+AVX-512 VPOPCNTDQ / AVX2 / portable variants picked at run time; pure-torch fallback (one
+warning) when no compiler is available. ``$HBNN_KERNELS=auto|off|require`` decides
+whether C runs (``toolchain``). The same library carries the bit-map selection passes
+(``selection``, ``csrc/select_body.c``) that :mod:`hbnn.quant.select_c` drives.
+
+Imports flow one way: ``layout`` and ``_build`` are leaves; ``_cbackend`` (ctypes
+bindings) reads both; then ``packing``, ``reference``, ``dispatch``, ``toolchain`` in that
+order; ``selection`` reads only ``_cbackend``; ``commands`` (the CLI) imports ``toolchain``
+in its handlers. Outside this package only the names here and ``selection`` are public.
 
 Example:
     >>> import torch
@@ -23,7 +30,9 @@ from hbnn.kernels.dispatch import (
     binary_linear_counts,
     cpu_features,
 )
-from hbnn.kernels.packing import PackedPlanes, pack_activations, pack_conv_input, pack_conv_weight, pack_planes
+from hbnn.kernels.layout import PackedPlanes
+from hbnn.kernels.packing import pack_activations, pack_conv_input, pack_conv_weight, pack_planes
+from hbnn.kernels.toolchain import build, status
 
 __all__ = [
     "PackedPlanes",
@@ -37,4 +46,6 @@ __all__ = [
     "binary_conv2d_counts",
     "available_backends",
     "cpu_features",
+    "build",
+    "status",
 ]

@@ -1,7 +1,10 @@
-"""ctypes bindings of the C kernels: argument marshalling only, no maths.
+"""ctypes bindings of the C kernels: the library handle, variants, GEMM and packing marshalling.
 
 Every tensor handed to C is contiguous and of the dtype the C side expects (int64 words,
 float32 scales/outputs, int32 counts, uint8 flags); the C side never keeps a pointer.
+Package-private: other packages reach the kernels through :mod:`hbnn.kernels` (GEMM,
+packing) and :mod:`hbnn.kernels.selection` (the bit-map selection passes, whose argument
+marshalling lives there).
 """
 
 from __future__ import annotations
@@ -10,14 +13,13 @@ import ctypes
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from hbnn.kernels import _build
-from hbnn.kernels.packing import PackedPlanes
+from hbnn.kernels.layout import PackedPlanes
 
 __all__ = ["VARIANTS", "library", "variant_id", "supported_variants", "feature_flags", "gemm", "pack_u8", "pack_residual",
-           "ConvGeometry", "select_exact", "select_sampled", "select_map", "select_mean_abs"]
+           "ConvGeometry", "check"]
 
 VARIANTS = ("portable", "avx2", "avx512")
 _FEATURES = {"popcnt": 1, "avx2": 2, "avx512f": 4, "avx512bw": 8, "avx512vpopcntdq": 16}
@@ -91,7 +93,7 @@ def library(backend: str = "auto") -> ctypes.CDLL | None:
         return None
     if backend not in ("auto", "c"):
         raise ValueError(f"backend: expected 'auto', 'c' or 'torch', got {backend!r}")
-    lib = _build.load()
+    lib = _build.load()  # None when $HBNN_KERNELS=off; raises when it is "require" and the build failed
     if lib is None:
         if backend == "c":
             raise RuntimeError(f"backend='c': the C kernels are unavailable ({_build.build_error()})")
@@ -155,7 +157,8 @@ def gemm(
     return y, counts, VARIANTS[vid]
 
 
-def _check(rc: int, what: str) -> None:
+def check(rc: int, what: str) -> None:
+    """Raise ``RuntimeError`` naming ``what`` when a C entry point returned ``rc != 0``."""
     if rc != 0:
         raise RuntimeError(f"{what} failed with code {rc}")
 
@@ -166,7 +169,7 @@ def pack_u8(lib: ctypes.CDLL, bits: torch.Tensor, s: int, variant: str | None = 
     src = bits.reshape(m, k, s).contiguous().view(torch.uint8)
     out = torch.empty(m * s, (k + 63) // 64, dtype=torch.int64)
     vid = variant_id(lib, variant)
-    _check(lib.hbnn_pack_u8(vid, src.data_ptr(), m, k, s, out.data_ptr(), torch.get_num_threads()), "hbnn_pack_u8")
+    check(lib.hbnn_pack_u8(vid, src.data_ptr(), m, k, s, out.data_ptr(), torch.get_num_threads()), "hbnn_pack_u8")
     return out
 
 
@@ -184,63 +187,5 @@ def pack_residual(
         variant_id(lib, variant), x.data_ptr(), _ptr(bitmap), b, k, s, n, scales.data_ptr(), signs.data_ptr(),
         _ptr(masks), active.data_ptr(), torch.get_num_threads(),
     )
-    _check(rc, "hbnn_pack_residual")
+    check(rc, "hbnn_pack_residual")
     return signs, masks, active.tolist()
-
-
-def _np_ptr(a: np.ndarray | None) -> int | None:
-    return None if a is None else a.ctypes.data
-
-
-def select_exact(
-    lib: ctypes.CDLL, x: torch.Tensor, mode: int, mu: float, cuts: np.ndarray, idx: np.ndarray | None,
-    lo_r: np.ndarray, hi_r: np.ndarray, cap: int, steps: np.ndarray, top: int, variant: str | None = None,
-) -> tuple[torch.Tensor, np.ndarray] | None:
-    """``hbnn_select_exact`` on a contiguous float32 ``x``: ``(int8 map, thresholds)``, or ``None``
-    when a bracket missed (int64 ``cuts``/``idx``/``lo_r``/``hi_r``, int8 ``steps``, contiguous)."""
-    out = torch.empty(x.shape, dtype=torch.int8)
-    thr = np.empty(cuts.size, dtype=np.float32)
-    rc = lib.hbnn_select_exact(
-        variant_id(lib, variant), x.data_ptr(), x.numel(), mode, mu, cuts.size, _np_ptr(cuts), _np_ptr(idx),
-        0 if idx is None else idx.size, _np_ptr(lo_r), _np_ptr(hi_r), cap, _np_ptr(steps), top, out.data_ptr(),
-        _np_ptr(thr),
-    )
-    if rc == 1:
-        return None
-    _check(rc, "hbnn_select_exact")
-    return out, thr
-
-
-def select_sampled(
-    lib: ctypes.CDLL, x: torch.Tensor, mode: int, mu: float, idx: np.ndarray | None, ranks: np.ndarray,
-    steps: np.ndarray, top: int, variant: str | None = None,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """``hbnn_select_sampled``: ``(int8 map, float32 thresholds)`` from the sample's order statistics."""
-    out = torch.empty(x.shape, dtype=torch.int8)
-    thr = np.empty(ranks.size, dtype=np.float32)
-    rc = lib.hbnn_select_sampled(
-        variant_id(lib, variant), x.data_ptr(), x.numel(), mode, mu, ranks.size, _np_ptr(idx),
-        0 if idx is None else idx.size, _np_ptr(ranks), _np_ptr(steps), top, out.data_ptr(), _np_ptr(thr),
-    )
-    _check(rc, "hbnn_select_sampled")
-    return out, thr
-
-
-def select_map(
-    lib: ctypes.CDLL, x: torch.Tensor, mode: int, mu: float, thresholds: np.ndarray, steps: np.ndarray, top: int,
-    variant: str | None = None,
-) -> torch.Tensor:
-    """``hbnn_select_map``: ``top - sum_j steps[j] * [key <= thresholds[j]]`` (float32 thresholds, int8 steps)."""
-    out = torch.empty(x.shape, dtype=torch.int8)
-    rc = lib.hbnn_select_map(variant_id(lib, variant), x.data_ptr(), x.numel(), mode, mu, thresholds.size,
-                             _np_ptr(thresholds), _np_ptr(steps), top, out.data_ptr())
-    _check(rc, "hbnn_select_map")
-    return out
-
-
-def select_mean_abs(lib: ctypes.CDLL, x: torch.Tensor, variant: str | None = None) -> float:
-    """``hbnn_select_mean_abs``: mean ``|x|`` of a contiguous float32 ``x``, summed in float64."""
-    out = ctypes.c_double()
-    _check(lib.hbnn_select_mean_abs(variant_id(lib, variant), x.data_ptr(), x.numel(), ctypes.byref(out)),
-           "hbnn_select_mean_abs")
-    return out.value

@@ -3,10 +3,12 @@
 ``backend="auto"`` uses the C kernels when they build (first call compiles them, see
 :mod:`hbnn.kernels._build`) and otherwise the pure-torch reference, after one warning;
 ``"c"`` insists on C (raises if unavailable); ``"torch"`` always uses the reference.
+``$HBNN_KERNELS=off`` makes ``"auto"`` the reference (no compiler is ever run);
+``$HBNN_KERNELS=require`` makes a failed build an error (:mod:`hbnn.kernels.toolchain`).
 ``variant`` (or ``$HBNN_KERNEL_VARIANT``) forces one of ``"portable"``, ``"avx2"``,
 ``"avx512"``; all variants and the reference give bit-identical counts and float outputs.
 
-Inputs are :class:`~hbnn.kernels.packing.PackedPlanes` or unpacked ``(signs, masks,
+Inputs are :class:`~hbnn.kernels.layout.PackedPlanes` or unpacked ``(signs, masks,
 scales)`` triples as returned by ``hbnn.quant.binarize_planes`` (packed on the fly).
 """
 
@@ -16,7 +18,8 @@ import torch
 
 from hbnn.kernels import _build, _cbackend
 from hbnn.kernels import reference as ref
-from hbnn.kernels.packing import PackedPlanes, pack_conv_input, pack_conv_weight, pack_planes
+from hbnn.kernels.layout import PackedPlanes
+from hbnn.kernels.packing import pack_conv_input, pack_conv_weight, pack_planes
 
 __all__ = [
     "binary_linear",
@@ -93,7 +96,7 @@ def _conv(x, w, stride, padding, dilation, backend, variant, counts):
     stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
         raise ValueError(f"binary_conv2d: need stride >= 1, dilation >= 1, padding >= 0; got {stride}, {dilation}, {padding}")
-    ref._conv_args(x, w, stride, padding, dilation)
+    ref.conv_args(x, w, stride, padding, dilation)
     b, h, wd, c = x.shape
     o, kh, kw, _ = w.shape
     oh, ow = ref.conv_output_hw(h, wd, (kh, kw), stride, padding, dilation)

@@ -1,7 +1,7 @@
 """Pure-torch reference bit-serial kernels: the ground truth every fast kernel must match.
 
 For weight planes ``(s_w_i, m_w_i, a_w_i)`` (rows ``o``) and activation planes
-``(s_x_j, m_x_j, a_x_j)`` (rows ``b``), packed along K (see :mod:`hbnn.kernels.packing`),
+``(s_x_j, m_x_j, a_x_j)`` (rows ``b``), packed along K (see :mod:`hbnn.kernels.layout`),
 the per-pair dot count is
 
     c_ij[b, o] = sum_k m_w_i[o,k] m_x_j[b,k] (+1 if s_w_i == s_x_j else -1)
@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hbnn.kernels.packing import PackedPlanes, pack_planes, valid_words
+from hbnn.kernels.layout import PackedPlanes, valid_words
+from hbnn.kernels.packing import pack_planes
 
 __all__ = [
     "popcount64",
@@ -33,6 +34,7 @@ __all__ = [
     "combine_counts",
     "binary_linear_ref",
     "conv_output_hw",
+    "conv_args",
     "im2col_planes",
     "conv_weight_rows",
     "binary_conv2d_counts_ref",
@@ -149,7 +151,9 @@ def conv_weight_rows(w: PackedPlanes) -> PackedPlanes:
     return pack_planes(flat(signs), flat(masks), scales, backend="torch")
 
 
-def _conv_args(x: PackedPlanes, w: PackedPlanes, stride, padding, dilation):
+def conv_args(x: PackedPlanes, w: PackedPlanes, stride, padding, dilation):
+    """Check that ``x`` is packed ``(B, H, W, C)`` and ``w`` ``(O, kh, kw, C)``; return the int pairs
+    ``(stride, padding, dilation)``."""
     pair = lambda v: (int(v), int(v)) if isinstance(v, int) else tuple(int(t) for t in v)  # noqa: E731
     if len(x.shape) != 4 or len(w.shape) != 4:
         raise ValueError(f"binary_conv2d: expected x packed (B, H, W, C) and w (O, kh, kw, C), got {x.shape} and {w.shape}")
@@ -160,14 +164,14 @@ def _conv_args(x: PackedPlanes, w: PackedPlanes, stride, padding, dilation):
 
 def binary_conv2d_counts_ref(x: PackedPlanes, w: PackedPlanes, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """Exact integer dot counts of a binary conv: int32 ``[nw, nx, B*OH*OW, O]`` (rows ``(b, oy, ox)``)."""
-    stride, padding, dilation = _conv_args(x, w, stride, padding, dilation)
+    stride, padding, dilation = conv_args(x, w, stride, padding, dilation)
     cols = im2col_planes(x, w.shape[1:3], stride, padding, dilation)
     return binary_linear_counts_ref(cols, conv_weight_rows(w))
 
 
 def binary_conv2d_ref(x: PackedPlanes, w: PackedPlanes, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """Reference binary conv: ``F.conv2d(x_hat, w_hat)`` from packed planes, float32 ``[B, O, OH, OW]``."""
-    stride, padding, dilation = _conv_args(x, w, stride, padding, dilation)
+    stride, padding, dilation = conv_args(x, w, stride, padding, dilation)
     b, h, wd, _ = x.shape
     oh, ow = conv_output_hw(h, wd, w.shape[1:3], stride, padding, dilation)
     counts = binary_conv2d_counts_ref(x, w, stride, padding, dilation)

@@ -24,7 +24,7 @@ from hbnn.quant import select_c
 from hbnn.quant.checks import check_float_tensor, check_heuristic
 from hbnn.quant.keys import heuristic_key, mean_magnitude
 from hbnn.quant.mix import BitMix
-from hbnn.quant.select import _SAMPLE, _sample_index, first_k_mask, kth_smallest, sample_rank
+from hbnn.quant.select import SAMPLE_SIZE as _SAMPLE, first_k_mask, kth_smallest, sample_index as _sample_index, sample_rank
 
 __all__ = [
     "make_bitmap",

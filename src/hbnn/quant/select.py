@@ -22,27 +22,29 @@ import math
 
 import numpy as np
 
-__all__ = ["kth_smallest", "first_k_mask", "order_stats", "sample_rank"]
+__all__ = ["kth_smallest", "first_k_mask", "order_stats", "sample_rank", "sample_index", "SAMPLE_SIZE", "EXACT_BELOW"]
 
-_SAMPLE = 16384  # sample size for the bracket
-_SMALL = 1 << 16  # below this, partition directly
+#: Entries in the fixed pseudo-random sample that brackets a rank (:func:`sample_index`).
+SAMPLE_SIZE = 16384
+#: Tensors of at most this many entries skip the sample: partition (or select) exactly.
+EXACT_BELOW = 1 << 16
 _CHUNK = 4096
 
 
 @functools.lru_cache(maxsize=32)
-def _sample_index(n: int) -> np.ndarray:
+def sample_index(n: int) -> np.ndarray:
     """A fixed pseudo-random sample of positions (seeded by ``n`` only, so runs repeat).
 
     Sorted, so gathering the sample walks memory forwards (prefetch-friendly); the order of
     a sample does not matter to its order statistics.
     """
-    return np.sort(np.random.default_rng(n).integers(0, n, _SAMPLE))
+    return np.sort(np.random.default_rng(n).integers(0, n, SAMPLE_SIZE))
 
 
 def sample_rank(c: int, n: int) -> int:
-    """The 1-based rank in the sample (:func:`_sample_index`, or all ``n`` entries when
-    ``n <= _SAMPLE``) that estimates rank ``c`` of ``n``: ``round(c / n * m)`` in ``1..m``."""
-    m = _SAMPLE if n > _SAMPLE else n
+    """The 1-based rank in the sample (:func:`sample_index`, or all ``n`` entries when
+    ``n <= SAMPLE_SIZE``) that estimates rank ``c`` of ``n``: ``round(c / n * m)`` in ``1..m``."""
+    m = SAMPLE_SIZE if n > SAMPLE_SIZE else n
     return max(1, min(m, round(c / n * m)))
 
 
@@ -70,15 +72,15 @@ def kth_smallest(key: np.ndarray, k: int):
     n = key.size
     if not 1 <= k <= n:
         raise ValueError(f"k: expected 1..{n}, got {k}")
-    if n <= _SMALL:
+    if n <= EXACT_BELOW:
         return np.partition(key, k - 1)[k - 1]
-    sample = key[_sample_index(n)]
-    delta = 4 * math.sqrt(_SAMPLE)  # ~4 standard deviations of the sample rank
-    lo_r = max(0, int(k / n * _SAMPLE - delta))
-    hi_r = min(_SAMPLE - 1, int(k / n * _SAMPLE + delta))
+    sample = key[sample_index(n)]
+    delta = 4 * math.sqrt(SAMPLE_SIZE)  # ~4 standard deviations of the sample rank
+    lo_r = max(0, int(k / n * SAMPLE_SIZE - delta))
+    hi_r = min(SAMPLE_SIZE - 1, int(k / n * SAMPLE_SIZE + delta))
     lo, hi = order_stats(sample, [lo_r, hi_r])  # sample is a copy (fancy indexing)
     tied = max(np.count_nonzero(sample == lo), np.count_nonzero(sample == hi))
-    if tied < _SAMPLE // 64:  # (nearly) distinct around the rank: introselect is fastest
+    if tied < SAMPLE_SIZE // 64:  # (nearly) distinct around the rank: introselect is fastest
         return np.partition(key, k - 1)[k - 1]
     return _bracketed(key, k, lo, hi)
 

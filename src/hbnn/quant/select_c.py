@@ -1,4 +1,4 @@
-"""Algorithm 1 on a float32 CPU tensor in one C call (``hbnn.kernels`` selection).
+"""Algorithm 1 on a float32 CPU tensor in one C call (:mod:`hbnn.kernels.selection`).
 
 The numpy path (:mod:`hbnn.quant.select`) materialises the key and walks it several
 times per cut. Here the key is recomputed inside each C pass from ``x`` (and ``mu``), and
@@ -34,35 +34,31 @@ import numpy as np
 import torch
 
 from hbnn.quant.mix import BitMix
-from hbnn.quant.select import _SAMPLE, _SMALL, _sample_index, sample_rank
+from hbnn.quant.select import EXACT_BELOW, SAMPLE_SIZE, sample_index, sample_rank
 
-__all__ = ["available", "select_map", "sampled_map", "threshold_map", "mean_abs", "EXACT_BELOW", "KEY_MODES"]
-
-#: The C selection kernels' code for each keyed heuristic (``csrc/select_body.c``).
-KEY_MODES = {"middle_out": 0, "bottom_up": 1, "top_down": 2}
-
-EXACT_BELOW = _SMALL  # at most this many entries: exact k-th keys, no sample (as the numpy path)
+__all__ = ["available", "select_map", "sampled_map", "threshold_map", "mean_abs", "EXACT_BELOW"]
 
 
-def _lib():
-    """``(binding module, library or None)``; the build is memoised by :mod:`hbnn.kernels._build`."""
-    from hbnn.kernels import _cbackend
+def _kernels():
+    """:mod:`hbnn.kernels.selection`, imported on first use (so ``import hbnn`` loads no kernels)."""
+    from hbnn.kernels import selection
 
-    return _cbackend, _cbackend.library("auto")
+    return selection
 
 
 def available(x: torch.Tensor, heuristic: str = "middle_out") -> bool:
-    """True when the C path applies: a float32 CPU tensor, a keyed heuristic, the kernels built."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or heuristic not in KEY_MODES:
+    """True when the C path applies: a float32 CPU tensor, a keyed heuristic, the kernels on and built
+    (``$HBNN_KERNELS``; the first call builds them)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
         return False
-    return _lib()[1] is not None
+    kernels = _kernels()
+    return heuristic in kernels.KEY_MODES and kernels.available()
 
 
 def mean_abs(x: torch.Tensor, variant: str | None = None) -> torch.Tensor:
     """``mean |x|`` of a float32 CPU tensor (check :func:`available`), summed in float64 in a
     fixed order and rounded to float32; a 0-dim tensor."""
-    cb, lib = _lib()
-    return torch.tensor(cb.select_mean_abs(lib, x.detach().reshape(-1).contiguous(), variant), dtype=torch.float32)
+    return torch.tensor(_kernels().select_mean_abs(x, variant), dtype=torch.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +92,10 @@ def _plan(n: int, mix: BitMix) -> _Plan | None:
     lo_r, hi_r = [], []
     for c in cuts:
         p = c / n
-        delta = 5 * math.sqrt(p * (1 - p) * _SAMPLE) + 8
-        lo_r.append(max(0, int(p * _SAMPLE - delta)))
-        hi_r.append(min(_SAMPLE - 1, int(p * _SAMPLE + delta)))
-    return _Plan(ends, _sample_index(n), np.array(lo_r, dtype=np.int64), np.array(hi_r, dtype=np.int64),
+        delta = 5 * math.sqrt(p * (1 - p) * SAMPLE_SIZE) + 8
+        lo_r.append(max(0, int(p * SAMPLE_SIZE - delta)))
+        hi_r.append(min(SAMPLE_SIZE - 1, int(p * SAMPLE_SIZE + delta)))
+    return _Plan(ends, sample_index(n), np.array(lo_r, dtype=np.int64), np.array(hi_r, dtype=np.int64),
                  n // 8 + 1024, _steps(mix))  # brackets hold ~4 % of the keys
 
 
@@ -109,6 +105,11 @@ def _steps(mix: BitMix) -> np.ndarray:
     steps = np.array([b - a for a, b in zip(mix.bits, mix.bits[1:])], dtype=np.int8)
     steps.flags.writeable = False
     return steps
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as one contiguous row (a copy only when ``x`` is not contiguous), shared by a call's passes."""
+    return x.detach().reshape(-1).contiguous()
 
 
 def _mu(flat: torch.Tensor, heuristic: str, given) -> float:
@@ -133,13 +134,13 @@ def select_map(x: torch.Tensor, mix: BitMix, heuristic: str, mean_abs: torch.Ten
         The map and, per cut, its boundary key value (as :func:`hbnn.quant.bitmap.select_slices`),
         or ``None`` when a sample bracket missed (use the numpy path).
     """
-    cb, lib = _lib()
-    flat = x.detach().reshape(-1).contiguous()
+    flat = _flat(x)
     plan = _plan(flat.numel(), mix)
     if plan is None:
         return None
-    got = cb.select_exact(lib, flat, KEY_MODES[heuristic], _mu(flat, heuristic, mean_abs), plan.cuts, plan.idx,
-                          plan.lo_r, plan.hi_r, plan.cap, plan.steps, mix.bits[-1], variant)
+    mu = _mu(flat, heuristic, mean_abs)
+    got = _kernels().select_exact(flat, heuristic, mu, plan.cuts, plan.idx, plan.lo_r, plan.hi_r, plan.cap,
+                                  plan.steps, mix.bits[-1], variant)
     if got is None:
         return None
     return got[0].reshape(x.shape), got[1].tolist()
@@ -152,7 +153,7 @@ def _sampled_plan(n: int, mix: BitMix) -> tuple[np.ndarray | None, np.ndarray] |
     if cuts is None:
         return None
     ranks = np.array([sample_rank(c, n) - 1 for c in cuts], dtype=np.int64)
-    return (_sample_index(n) if n > _SAMPLE else None), ranks
+    return (sample_index(n) if n > SAMPLE_SIZE else None), ranks
 
 
 def sampled_map(x: torch.Tensor, mix: BitMix, heuristic: str, mean_abs: torch.Tensor | None = None,
@@ -162,13 +163,12 @@ def sampled_map(x: torch.Tensor, mix: BitMix, heuristic: str, mean_abs: torch.Te
     Returns ``(int8 map of x's shape, thresholds)``, or ``None`` when a slice is empty or
     full (tiny tensors: use the torch path).
     """
-    cb, lib = _lib()
-    flat = x.detach().reshape(-1).contiguous()
+    flat = _flat(x)
     plan = _sampled_plan(flat.numel(), mix)
     if plan is None:
         return None
-    out, thr = cb.select_sampled(lib, flat, KEY_MODES[heuristic], _mu(flat, heuristic, mean_abs), plan[0], plan[1],
-                                 _steps(mix), mix.bits[-1], variant)
+    mu = _mu(flat, heuristic, mean_abs)
+    out, thr = _kernels().select_sampled(flat, heuristic, mu, plan[0], plan[1], _steps(mix), mix.bits[-1], variant)
     return out.reshape(x.shape), thr.tolist()
 
 
@@ -178,8 +178,7 @@ def threshold_map(x: torch.Tensor, mix: BitMix, heuristic: str, thresholds, mean
 
     ``mean_abs`` is middle-out's reference magnitude (computed when ``None``).
     """
-    cb, lib = _lib()
-    flat = x.detach().reshape(-1).contiguous()
+    flat = _flat(x)
     t = np.array([float(v) for v in thresholds], dtype=np.float32)
     mu = _mu(flat, heuristic, mean_abs)
-    return cb.select_map(lib, flat, KEY_MODES[heuristic], mu, t, _steps(mix), mix.bits[-1], variant).reshape(x.shape)
+    return _kernels().select_map(flat, heuristic, mu, t, _steps(mix), mix.bits[-1], variant).reshape(x.shape)
