@@ -66,7 +66,7 @@ def kth_smallest(key: np.ndarray, k: int):
     """The ``k``-th smallest value of a flat array (1-based ``k``), exactly.
 
     Example:
-        >>> kth_smallest(np.array([3.0, 1.0, 2.0, 1.0]), 3)
+        >>> float(kth_smallest(np.array([3.0, 1.0, 2.0, 1.0]), 3))
         2.0
     """
     n = key.size
