@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from hbnn.errors import FormatError
-from hbnn.export import PackedLayer, export_model, load
+from hbnn.export import PackedLayer, PackedLinear, export_model, load
 from hbnn.export import encode
-from hbnn.export.engine import running_bitmap
+from hbnn.export.engine import make_act_quantizer
 from hbnn.kernels import pack_conv_weight
 from hbnn.nn import HBConv2d
-from hbnn.quant import ActQuantizer
-from hbnn.quant.functional import residual_forward
+from hbnn.quant.bitmap import expand_blocks, heuristic_key, map_from_thresholds
+from hbnn.quant.functional import binarize_planes, dequantize_planes, residual_forward
 
 EXACT = dict(atol=0, rtol=0)
 
@@ -46,7 +46,7 @@ def test_level_code_example_and_bad_lengths():
 def test_block_units_round_trip(block):
     gen = torch.Generator().manual_seed(block)
     units = torch.randint(0, 3, (5 * -(-20 // block),), generator=gen)
-    levels = encode.expand_units(units, (5, 4, 5), block)  # rows of K = 20 entries
+    levels = expand_blocks(units, (5, 4, 5), block)  # rows of K = 20 entries
     bitmap = torch.tensor([1, 2, 3])[levels].to(torch.int8)
     assert torch.equal(encode.unit_levels(bitmap, (1, 2, 3), block), units)
 
@@ -98,19 +98,37 @@ def test_engine_planes_are_the_training_planes(weight, tmp_path, make_fc4):
             torch.testing.assert_close(layer(x), hb(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("bits, heuristic", list(itertools.product([1.4, "80/0/20", 1.9, 2],
-                                                                   ["middle_out", "top_down", "bottom_up"])))
-def test_engine_bitmap_equals_running_bitmap(bits, heuristic):
-    q = ActQuantizer({"bits": bits, "heuristic": heuristic}).train()
-    gen = torch.Generator().manual_seed(2)
-    q(torch.randn(8, 3, 5, 5, generator=gen))
-    q.eval()
-    x = torch.randn(8, 3, 5, 5, generator=gen)
-    if q.running_thresholds.numel():  # entries whose key sits exactly on a threshold
-        t = float(q.running_thresholds[0])
-        m = float(q.running_mean_abs)
-        exact = {"middle_out": m + t, "top_down": -t, "bottom_up": t}[heuristic]
-        x.view(-1)[:5] = torch.tensor(exact, dtype=torch.float32)
-    want = q.running_bitmap(x)
-    got = running_bitmap(q, x)
-    assert (got is None and want is None) or torch.equal(got, want)
+# Dyadic running estimates, so inputs can put keys exactly on the thresholds: middle_out's key
+# is ||x| - 0.5| and x = 0.75, 1.0 give 0.25, 0.5 exactly.
+_TIES = {"middle_out": [0.25, 0.5], "top_down": [-1.0, -0.5], "bottom_up": [0.5, 1.0]}
+
+
+@pytest.mark.parametrize("bits, heuristic", list(itertools.product([(1, 2, 3), (1, 3), (2, 4)], _TIES)))
+def test_engine_map_is_the_quantizer_map_including_ties(bits, heuristic):
+    fractions = [1 / len(bits)] * len(bits)
+    thresholds = torch.tensor(_TIES[heuristic][: len(bits) - 1])
+    act = make_act_quantizer(bits, fractions, heuristic, torch.tensor([0.8, 0.4, 0.2, 0.1])[: bits[-1]],
+                             thresholds, torch.tensor(0.5))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 40, generator=gen)
+    x.view(-1)[:8] = torch.tensor([0.75, -0.75, 1.0, -1.0, 0.5, -0.5, 0.25, -0.25])
+    key = heuristic_key(x, heuristic, act.running_mean_abs)
+    assert all(bool((key == t).any()) for t in thresholds.tolist())  # ties key == t_j present
+    want = map_from_thresholds(key, act.mix, thresholds.tolist())  # the torch formula
+    assert torch.equal(act.running_bitmap(x), want)  # the quantizer (fused C for float32 CPU)
+    w_signs, w_masks, w_scales = binarize_planes(torch.randn(4, 40, generator=gen), torch.ones(4, 40, dtype=torch.int8))
+    layer = PackedLinear(dequantize_planes(w_signs, w_masks, w_scales), (w_signs, w_masks, w_scales), act, None, None)
+    assert layer.binary
+    _, got_masks, _ = layer.pack_input(x).unpack()  # the engine packs its input at the same map
+    assert torch.equal(got_masks, torch.stack([want > i for i in range(bits[-1])]))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dequantized_planes_are_the_training_x_hat(per_channel):
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(6, 3, 3, 3, generator=gen)
+    bitmap = torch.randint(1, 4, w.shape, generator=gen)
+    cdim = 0 if per_channel else None
+    x_hat, scales, signs, masks = residual_forward(w, bitmap, 3, cdim, keep_planes=True)
+    torch.testing.assert_close(dequantize_planes(signs, masks, scales), x_hat, **EXACT)
+    torch.testing.assert_close(dequantize_planes(*binarize_planes(w, bitmap, cdim)), x_hat, **EXACT)

@@ -29,6 +29,7 @@ import torch
 
 from hbnn.errors import FormatError
 from hbnn.kernels.packing import WORD_BITS, pack_bits, unpack_bits
+from hbnn.quant.bitmap import block_view_shape, expand_blocks
 
 __all__ = [
     "pack_stream",
@@ -36,7 +37,6 @@ __all__ = [
     "encode_levels",
     "decode_levels",
     "unit_levels",
-    "expand_units",
     "encode_signs",
     "decode_signs",
     "stream_words",
@@ -110,7 +110,8 @@ def unit_levels(bitmap: torch.Tensor, bits: tuple[int, ...], block: int) -> torc
 
     Units follow :func:`hbnn.quant.bitmap.block_view_shape`: ``O`` rows of ``K`` inputs
     (``weight.reshape(O, -1)``), each cut into runs of ``block``; a unit's level is its
-    first entry's (every entry of a block shares it, which is checked).
+    first entry's (every entry of a block shares it, which is checked). The inverse is
+    :func:`hbnn.quant.bitmap.expand_blocks`.
     """
     lut = torch.full((max(bits) + 1,), -1, dtype=torch.int64)
     lut[list(bits)] = torch.arange(len(bits))
@@ -119,21 +120,11 @@ def unit_levels(bitmap: torch.Tensor, bits: tuple[int, ...], block: int) -> torc
         raise ValueError(f"bit map holds bitwidths outside the mix {list(bits)}")
     if block == 1:
         return levels.reshape(-1)
-    rows = bitmap.shape[0] if bitmap.dim() > 1 else 1
-    per_row = levels.reshape(rows, -1)
-    units = per_row[:, ::block]
-    if not torch.equal(expand_units(units.reshape(-1), tuple(bitmap.shape), block), levels.reshape(bitmap.shape)):
+    rows = block_view_shape(bitmap.shape, block)[0]
+    units = levels.reshape(rows, -1)[:, ::block].reshape(-1)
+    if not torch.equal(expand_blocks(units, tuple(bitmap.shape), block), levels.reshape(bitmap.shape)):
         raise ValueError(f"bit map is not constant over blocks of {block}")
-    return units.reshape(-1)
-
-
-def expand_units(levels: torch.Tensor, shape: tuple[int, ...], block: int) -> torch.Tensor:
-    """Per-unit levels -> per-entry levels of ``shape`` (inverse of :func:`unit_levels`)."""
-    if block == 1:
-        return levels.reshape(shape)
-    rows = shape[0] if len(shape) > 1 else 1
-    k = math.prod(shape) // rows
-    return levels.reshape(rows, -1).repeat_interleave(block, dim=1)[:, :k].reshape(shape)
+    return units
 
 
 def encode_signs(signs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,10 @@ A packed layer computes (``y`` per output channel ``o``)::
     y = out_scale[o] * op(Q_a(x), W)[o] + bias[o]
 
 with ``Q_a`` the activation quantizer at its calibrated running estimates (elementwise:
-map ``b_1 + sum_j (b_{j+1} - b_j) [key(x) > t_j]``, residual with fixed ``mu_j``),
-``W`` the binarized weight ``sum_i mu_i (2 s_i - 1) 1{A_i}``, and ``out_scale``/``bias``
-holding the layer's output scale, bias and any folded batch norm.
+map ``b_1 + sum_j (b_{j+1} - b_j) [key(x) > t_j]``, :meth:`hbnn.quant.ActQuantizer.running_bitmap`;
+residual with fixed ``mu_j``), ``W`` the binarized weight ``sum_i mu_i (2 s_i - 1) 1{A_i}``
+(:func:`hbnn.quant.functional.dequantize_planes`), and ``out_scale``/``bias`` holding the
+layer's output scale, bias and any folded batch norm.
 
 When both the input and the weight are binarized (and ``groups == 1``) the layer runs
 ``hbnn.kernels.binary_conv2d``/``binary_linear``: the input is binarized and packed in one
@@ -26,24 +27,8 @@ from torch import nn
 
 from hbnn.kernels import PackedPlanes, binary_conv2d, binary_linear, pack_activations, pack_conv_weight, pack_planes
 from hbnn.quant import ActQuantizer, QuantSpec
-from hbnn.quant.bitmap import heuristic_key
 
-__all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "make_act_quantizer", "dequantize_planes",
-           "running_bitmap", "optimize_chain"]
-
-
-def dequantize_planes(signs: torch.Tensor, masks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``w_hat = sum_i mu_i (2 s_i - 1) 1{A_i}`` accumulated plane by plane, as training does.
-
-    Args:
-        signs, masks: bool ``[n, O, ...]``.
-        scales: ``[n]`` or ``[n, O]``.
-    """
-    out = torch.zeros(signs.shape[1:], dtype=torch.float32)
-    for i in range(signs.shape[0]):
-        mu = scales[i].reshape(-1, *([1] * (signs.dim() - 2))) if scales.dim() == 2 else scales[i]
-        out += torch.where(signs[i], mu, -mu) * masks[i]
-    return out
+__all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "make_act_quantizer", "optimize_chain"]
 
 
 def make_act_quantizer(bits, fractions, heuristic: str, scales, thresholds, mean_abs) -> ActQuantizer:
@@ -58,26 +43,11 @@ def make_act_quantizer(bits, fractions, heuristic: str, scales, thresholds, mean
     return q.eval()
 
 
-def running_bitmap(act: ActQuantizer, x: torch.Tensor) -> torch.Tensor | None:
-    """``act.running_bitmap(x)`` in int8 arithmetic (same comparisons, fewer passes).
-
-    ``M = b_0 + sum_j (b_{j+1} - b_j) [key(x) > t_j]`` with the running thresholds ``t_j``
-    and, for middle_out, ``key = ||x| - m|`` at the running mean magnitude ``m``.
-    """
-    mix = act.mix
-    if mix.is_homogeneous:
-        return None
-    key = heuristic_key(x.detach(), act.spec.heuristic, act.running_mean_abs)
-    out = torch.full(x.shape, mix.bits[0], dtype=torch.int8)
-    for j, t in enumerate(act.running_thresholds.tolist()):
-        step = mix.bits[j + 1] - mix.bits[j]
-        above = key > t
-        out += above if step == 1 else above.to(torch.int8) * step
-    return out
-
-
 class PackedLayer(nn.Module):
-    """Shared state of packed conv/linear layers (see the module docstring for the maths).
+    """Shared state and forward pass of packed conv/linear layers (module docstring: the maths).
+
+    Subclasses give the op twice -- :meth:`float_op` on float tensors and :meth:`kernel_op`
+    on packed planes -- and ``CHANNEL_SHAPE``, the view of an ``[O]`` vector over the output.
 
     Args:
         weight: float weight: ``w_hat`` for a binarized weight, else the float weight.
@@ -131,13 +101,36 @@ class PackedLayer(nn.Module):
         :func:`hbnn.kernels.pack_conv_input` produces -- so a channels-last input (what
         the engine passes between layers) is packed without a transpose.
         """
-        scales = self.act.running_scales
+        act = self.act
         if x.dim() != 4:
-            return pack_activations(x, scales, running_bitmap(self.act, x), backend=self.backend)
+            return pack_activations(x, act.running_scales, act.running_bitmap(x), backend=self.backend)
         b, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view when x is channels-last
-        p = pack_activations(rows, scales, running_bitmap(self.act, rows), backend=self.backend)
+        p = pack_activations(rows, act.running_scales, act.running_bitmap(rows), backend=self.backend)
         return PackedPlanes(p.signs, p.masks, p.full, p.scales, (b, h, w, c))
+
+    CHANNEL_SHAPE: tuple[int, ...] = (1, -1)
+
+    def float_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``op(x, weight) + bias`` on float tensors (the training-time computation)."""
+        raise NotImplementedError
+
+    def kernel_op(self, xp: PackedPlanes) -> torch.Tensor:
+        """The bit-serial op on packed input planes, ``out_scale`` included (no bias)."""
+        raise NotImplementedError
+
+    def compute(self, xp: PackedPlanes) -> torch.Tensor:
+        """Kernel path after packing: :meth:`kernel_op` plus the bias."""
+        return self._finish(self.kernel_op(xp), self.CHANNEL_SHAPE, scaled=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``out_scale * op(Q_a(x), W) + bias`` (bit-serial when binary)."""
+        if self.binary:
+            return self.compute(self.pack_input(x))
+        xq = self.quantize_input(x)
+        if self.out_scale is None:  # bias inside the op, exactly as the float layer computes it
+            return self.float_op(xq, self.bias)
+        return self._finish(self.float_op(xq, None), self.CHANNEL_SHAPE, scaled=False)
 
     def train(self, mode: bool = True) -> "PackedLayer":
         """Packed layers are inference-only: they stay in eval mode."""
@@ -154,21 +147,16 @@ class PackedConv2d(PackedLayer):
             signs, masks, _ = planes
             self.kernel_weight = pack_conv_weight(signs, masks, self._kernel_scales(), backend=backend)
 
-    def compute(self, xp: PackedPlanes) -> torch.Tensor:
-        """Kernel path after packing: ``binary_conv2d`` plus the bias."""
-        y = binary_conv2d(xp, self.kernel_weight, stride=self.stride, padding=self.padding,
-                          dilation=self.dilation, backend=self.backend)
-        return self._finish(y, (1, -1, 1, 1), scaled=True)
+    CHANNEL_SHAPE = (1, -1, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``out_scale * conv2d(Q_a(x), W) + bias`` (bit-serial when binary)."""
-        if self.binary:
-            return self.compute(self.pack_input(x))
-        xq = self.quantize_input(x)
-        if self.out_scale is None:  # bias inside the op, exactly as the float layer computes it
-            return F.conv2d(xq, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        y = F.conv2d(xq, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-        return self._finish(y, (1, -1, 1, 1), scaled=False)
+    def float_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``conv2d(x, weight, bias)`` with the layer's geometry."""
+        return F.conv2d(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def kernel_op(self, xp: PackedPlanes) -> torch.Tensor:
+        """``binary_conv2d`` of the packed input and weight."""
+        return binary_conv2d(xp, self.kernel_weight, stride=self.stride, padding=self.padding,
+                             dilation=self.dilation, backend=self.backend)
 
     def extra_repr(self) -> str:
         o, c, kh, kw = self.weight.shape
@@ -185,18 +173,13 @@ class PackedLinear(PackedLayer):
             signs, masks, _ = planes
             self.kernel_weight = pack_planes(signs, masks, self._kernel_scales(), backend=backend)
 
-    def compute(self, xp: PackedPlanes) -> torch.Tensor:
-        """Kernel path after packing: ``binary_linear`` plus the bias."""
-        return self._finish(binary_linear(xp, self.kernel_weight, backend=self.backend), (1, -1), scaled=True)
+    def float_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``linear(x, weight, bias)``."""
+        return F.linear(x, self.weight, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``out_scale * linear(Q_a(x), W) + bias`` (bit-serial when binary)."""
-        if self.binary:
-            return self.compute(self.pack_input(x))
-        xq = self.quantize_input(x)
-        if self.out_scale is None:
-            return F.linear(xq, self.weight, self.bias)
-        return self._finish(F.linear(xq, self.weight), (1, -1), scaled=False)
+    def kernel_op(self, xp: PackedPlanes) -> torch.Tensor:
+        """``binary_linear`` of the packed input and weight."""
+        return binary_linear(xp, self.kernel_weight, backend=self.backend)
 
     def extra_repr(self) -> str:
         o, k = self.weight.shape

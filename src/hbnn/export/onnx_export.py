@@ -28,6 +28,7 @@ from torch import nn
 from hbnn.errors import FormatError
 from hbnn.export.engine import PackedConv2d, PackedLayer, PackedLinear, PackedModel
 from hbnn.export.ops import unsupported
+from hbnn.quant.functional import broadcast_scale
 
 __all__ = ["OPSET", "build_onnx", "to_onnx"]
 
@@ -98,7 +99,7 @@ def _act_ops(g: _Graph, x: str, act) -> str:
 def _scaled_weight(layer: PackedLayer) -> torch.Tensor:
     w = layer.weight.float()
     if layer.out_scale is not None:
-        w = w * layer.out_scale.reshape(-1, *([1] * (w.dim() - 1)))
+        w = w * broadcast_scale(layer.out_scale, w, 0)
     return w
 
 

@@ -37,11 +37,11 @@ from torch import nn
 
 from hbnn.errors import FormatError
 from hbnn.export import encode
-from hbnn.export.engine import PackedConv2d, PackedLinear, dequantize_planes, make_act_quantizer
+from hbnn.export.engine import PackedConv2d, PackedLinear, make_act_quantizer
 from hbnn.export.ops import build_simple, simple_record, unsupported
 from hbnn.nn import HBConv2d, HBLayerMixin, HBLinear
-from hbnn.quant.bitmap import block_view_shape
-from hbnn.quant.functional import residual_forward
+from hbnn.quant.bitmap import block_view_shape, expand_blocks
+from hbnn.quant.functional import broadcast_scale, dequantize_planes, residual_forward
 
 __all__ = ["bn_affine", "can_fold", "layer_record", "build_layer"]
 
@@ -167,7 +167,7 @@ def _affine_layer(name: str, layer: nn.Module, bn, bn_name, p: str, out: dict) -
     else:
         w = layer.weight.detach().double()
         if scale is not None:
-            w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
+            w = w * broadcast_scale(scale, w, 0)
         out[f"{p}.weight"] = w.float().contiguous()
         rec["weight"] = {"encoding": "float32"}
     rec["act"] = _act_record(layer, name, out, p) if hb else None
@@ -246,7 +246,7 @@ def _decode_planes(w: dict, shape: tuple[int, ...], tensors: dict, p: str, where
     if len(bits) > 1:
         stream = encode.unpack_stream(_tensor(tensors, f"{p}.map", None, where, torch.int64), map_bits, where)
         levels = encode.decode_levels(stream, units, len(bits), where)
-    bitmap = torch.tensor(bits)[encode.expand_units(levels, shape, block)]
+    bitmap = torch.tensor(bits)[expand_blocks(levels, shape, block)]
     masks = torch.stack([bitmap > i for i in range(n)])
     if [int(m.sum()) for m in masks] != counts:
         raise FormatError(f"{where}: bit map gives plane sizes {[int(m.sum()) for m in masks]}, header says {counts}")

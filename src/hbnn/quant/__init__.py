@@ -3,7 +3,13 @@
 from hbnn.quant.bitmap import make_bitmap
 from hbnn.quant.checks import HEURISTICS
 from hbnn.quant.config import LayerQuant, QuantSpec
-from hbnn.quant.functional import binarize_planes, binarize_with_scales, hetero_binarize, residual_binarize
+from hbnn.quant.functional import (
+    binarize_planes,
+    binarize_with_scales,
+    dequantize_planes,
+    hetero_binarize,
+    residual_binarize,
+)
 from hbnn.quant.mix import PAPER_MIXES, BitMix
 from hbnn.quant.modules import ActQuantizer, WeightQuantizer
 
@@ -15,6 +21,7 @@ __all__ = [
     "residual_binarize",
     "hetero_binarize",
     "binarize_planes",
+    "dequantize_planes",
     "binarize_with_scales",
     "QuantSpec",
     "LayerQuant",

@@ -24,7 +24,7 @@ from hbnn.quant import select_c
 from hbnn.quant.checks import check_float_tensor, check_heuristic
 from hbnn.quant.keys import heuristic_key, mean_magnitude
 from hbnn.quant.mix import BitMix
-from hbnn.quant.select import SAMPLE_SIZE as _SAMPLE, first_k_mask, kth_smallest, sample_index as _sample_index, sample_rank
+from hbnn.quant.select import SAMPLE_SIZE, first_k_mask, kth_smallest, sample_index, sample_rank
 
 __all__ = [
     "make_bitmap",
@@ -37,6 +37,8 @@ __all__ = [
     "map_from_thresholds",
     "sampled_thresholds",
     "block_view_shape",
+    "expand_blocks",
+    "unchecked_bitmap",
     "DEFAULT_SEED",
 ]
 
@@ -146,14 +148,29 @@ def keyed_bitmap(x: torch.Tensor, mix: BitMix, heuristic: str,
 
 def threshold_bitmap(x: torch.Tensor, mix: BitMix, heuristic: str, thresholds: list[float],
                      mean_abs: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`map_from_thresholds` on ``x``'s key, fused in C for float32 CPU tensors."""
+    """The elementwise bit map of ``x`` at given cut thresholds (inference, sampled selection).
+
+    ``M = b_0 + sum_j (b_{j+1} - b_j) [key(x) > t_j]`` with ``key`` the heuristic's key
+    (:func:`heuristic_key`, middle-out measured from ``mean_abs``): :func:`map_from_thresholds`
+    on the key, or the same formula fused in C for float32 CPU tensors
+    (:func:`hbnn.quant.select_c.threshold_map`, bit-identical). A key equal to ``t_j`` is
+    not above it. Every caller (the activation quantizer at inference, the packed engine,
+    sampled selection) goes through here.
+    """
     if select_c.available(x, heuristic):
         return select_c.threshold_map(x, mix, heuristic, thresholds, mean_abs)
     return map_from_thresholds(heuristic_key(x, heuristic, mean_abs), mix, thresholds)
 
 
 def map_from_thresholds(key: torch.Tensor, mix: BitMix, thresholds: list[float]) -> torch.Tensor:
-    """``bits[0] + sum_j (bits[j+1] - bits[j]) * [key > t_j]`` as int8 (elementwise selection)."""
+    """The threshold map in torch: ``M = b_0 + sum_j (b_{j+1} - b_j) [key > t_j]`` as int8.
+
+    Args:
+        key: the heuristic key of every entry (any shape).
+        mix: the bit mix ``b_0 < ... < b_{K-1}``.
+        thresholds: ``K - 1`` cut values ``t_j`` (``-inf``/``inf`` for empty/full slices);
+            ``key == t_j`` counts as not above.
+    """
     out = torch.full(key.shape, mix.bits[0], dtype=torch.int8, device=key.device)
     for j, t in enumerate(thresholds):
         above = (key > t).view(torch.int8)  # bool -> int8 without a copy
@@ -173,8 +190,8 @@ def sampled_thresholds(x: torch.Tensor, mix: BitMix, heuristic: str,
     """
     flat = x.reshape(-1)
     n = flat.numel()
-    if n > _SAMPLE:
-        flat = flat[torch.from_numpy(_sample_index(n)).to(flat.device)]
+    if n > SAMPLE_SIZE:
+        flat = flat[torch.from_numpy(sample_index(n)).to(flat.device)]
     if heuristic == "middle_out" and mean_abs is None:
         mean_abs = mean_magnitude(x)
     sample = heuristic_key(flat, heuristic, mean_abs).cpu().numpy()
@@ -234,10 +251,16 @@ def _block_keys(key: torch.Tensor, shape: torch.Size, block: int) -> torch.Tenso
     return (sums / sizes).reshape(-1)
 
 
-def _expand_blocks(block_map: torch.Tensor, shape: torch.Size, block: int) -> torch.Tensor:
+def expand_blocks(values: torch.Tensor, shape: tuple[int, ...], block: int) -> torch.Tensor:
+    """Per-block values ``[rows * blocks_per_row]`` -> per-entry values of ``shape``.
+
+    Every entry of a block (:func:`block_view_shape`) takes its block's value; ``block = 1``
+    is a reshape.
+    """
+    if block == 1:
+        return values.reshape(shape)
     rows, nb, k = block_view_shape(shape, block)
-    per_row = block_map.reshape(rows, nb).repeat_interleave(block, dim=1)[:, :k]
-    return per_row.reshape(shape)
+    return values.reshape(rows, nb).repeat_interleave(block, dim=1)[:, :k].reshape(shape)
 
 
 def make_bitmap(
@@ -273,11 +296,12 @@ def make_bitmap(
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block: expected an integer >= 1, got {block!r}")
     with torch.no_grad():
-        return _bitmap(x.detach(), mix, heuristic, generator, block)
+        return unchecked_bitmap(x.detach(), mix, heuristic, generator, block)
 
 
-def _bitmap(x: torch.Tensor, mix: BitMix, heuristic: str, generator, block: int) -> torch.Tensor:
-    """:func:`make_bitmap` without argument checks (used by the quantizer modules)."""
+def unchecked_bitmap(x: torch.Tensor, mix: BitMix, heuristic: str, generator: torch.Generator | None,
+                     block: int) -> torch.Tensor:
+    """:func:`make_bitmap` without argument checks or autograd handling (the quantizer modules' call)."""
     if mix.is_homogeneous:
         return torch.full(x.shape, mix.bits[0], dtype=torch.int8, device=x.device)
     if block > 1:
@@ -287,7 +311,7 @@ def _bitmap(x: torch.Tensor, mix: BitMix, heuristic: str, generator, block: int)
         else:
             key = _block_keys(heuristic_key(x, heuristic), x.shape, block)
         block_map, _ = select_slices(key, mix)
-        return _expand_blocks(block_map, x.shape, block)
+        return expand_blocks(block_map, x.shape, block)
     if heuristic == "random":
         bitmap, _ = select_slices(_random_ranks(x.numel(), generator, x.device), mix)
         return bitmap.reshape(x.shape)

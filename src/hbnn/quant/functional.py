@@ -8,6 +8,8 @@ bit ``i = 1..max(M)`` and the active set ``A_i = {j : M_j >= i}``::
     E_i  = E_{i-1} - mu_i * s_i     on A_i, unchanged elsewhere
     x_hat = sum_i mu_i * s_i * 1{j in A_i}
 
+Stored as planes (signs ``s_i > 0``, masks ``1{A_i}``, scales ``mu_i``), :func:`dequantize_planes`
+rebuilds ``x_hat`` with the same per-plane term and summation order as the loop.
 Per-channel scales take the mean over ``A_i`` within each slice of ``channel_dim``.
 Gradients use the clipped straight-through estimator ``d x_hat / d x = 1{|x| <= 1}``
 with the scales treated as constants (:class:`hbnn.quant.ste.ClippedSTE`).
@@ -27,6 +29,9 @@ __all__ = [
     "binarize_planes",
     "binarize_with_scales",
     "residual_forward",
+    "plane_term",
+    "dequantize_planes",
+    "broadcast_scale",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -84,11 +89,9 @@ def residual_forward(
         if scales is None:
             mu = _masked_mean(residual.abs(), active, channel_dim)
         else:
-            mu = _broadcast_scale(scales[i], work, channel_dim)
+            mu = broadcast_scale(scales[i], work, channel_dim)
         positive = residual > 0  # sign(0) = -1
-        step = torch.where(positive, mu, -mu)  # mu_i * s_i
-        if active is not None:
-            step *= active
+        step = plane_term(positive, active, mu)
         out += step
         residual -= step
         mus.append(mu.reshape(-1) if channel_dim is not None else mu.reshape(()))
@@ -102,7 +105,48 @@ def residual_forward(
     return result, stacked
 
 
-def _broadcast_scale(mu: torch.Tensor, like: torch.Tensor, channel_dim: int | None) -> torch.Tensor:
+def plane_term(sign: torch.Tensor, mask: torch.Tensor | None, mu: torch.Tensor) -> torch.Tensor:
+    """One plane's share of Eq. 5: ``mu_i * where(s_i, +1, -1) * 1{A_i}`` (a new tensor).
+
+    Args:
+        sign: bool, True = +1.
+        mask: bool active set ``A_i``, or ``None`` for all entries.
+        mu: the plane's scale, broadcastable to ``sign`` (0-dim, or per channel).
+    """
+    step = torch.where(sign, mu, -mu)
+    if mask is not None:
+        step *= mask
+    return step
+
+
+def dequantize_planes(signs: torch.Tensor, masks: torch.Tensor, scales: torch.Tensor,
+                      channel_dim: int = 0) -> torch.Tensor:
+    """Eq. 5 from stored planes: ``x_hat = sum_i scales_i * where(signs_i, +1, -1) * masks_i``.
+
+    The planes are summed in order into zeros with :func:`plane_term`, the float arithmetic
+    of :func:`residual_forward`, so the result equals the ``x_hat`` the planes came from
+    bit for bit (the inverse of :func:`binarize_planes`).
+
+    Args:
+        signs, masks: bool ``[n, *shape]`` (True = +1; active entries of plane ``i``).
+        scales: ``[n]`` (per tensor) or ``[n, C]`` (per channel along ``channel_dim``).
+        channel_dim: the dim of ``shape`` that 2-d scales run along (default 0: output channels).
+
+    Returns:
+        ``x_hat`` of ``shape`` in ``scales``'s dtype.
+    """
+    if scales.dim() not in (1, 2) or scales.shape[0] != signs.shape[0]:
+        raise ValueError(f"scales: expected [{signs.shape[0]}] or [{signs.shape[0]}, C], got {list(scales.shape)}")
+    out = torch.zeros(signs.shape[1:], dtype=scales.dtype, device=scales.device)
+    for i in range(signs.shape[0]):
+        mu = broadcast_scale(scales[i], out, None if scales.dim() == 1 else channel_dim)
+        out += plane_term(signs[i], masks[i], mu)
+    return out
+
+
+def broadcast_scale(mu: torch.Tensor, like: torch.Tensor, channel_dim: int | None) -> torch.Tensor:
+    """``mu`` in ``like``'s dtype, shaped to multiply ``like``: as is (``channel_dim=None``), or
+    a per-channel vector ``[C]`` viewed as ``[1, .., C, .., 1]`` along ``channel_dim``."""
     mu = mu.to(like.dtype)
     if channel_dim is None:
         return mu
@@ -166,7 +210,8 @@ def binarize_planes(x: torch.Tensor, bitmap: torch.Tensor, channel_dim: int | No
     Returns:
         ``(signs, masks, scales)``: ``signs`` bool ``[n, *x.shape]`` (True = +1), ``masks`` bool
         ``[n, *x.shape]`` (``bitmap >= i + 1``), ``scales`` ``[n]`` or ``[n, C]``, such that
-        ``hetero_binarize(x, bitmap) == sum_i scales_i * where(signs_i, 1, -1) * masks_i``.
+        ``hetero_binarize(x, bitmap) == dequantize_planes(signs, masks, scales, channel_dim)``
+        (``sum_i scales_i * where(signs_i, 1, -1) * masks_i``).
     """
     check_float_tensor(x)
     check_bitmap(bitmap, x)

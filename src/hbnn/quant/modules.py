@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hbnn.quant.bitmap import DEFAULT_SEED, _bitmap, keyed_bitmap, sampled_bitmap, threshold_bitmap
+from hbnn.quant.bitmap import DEFAULT_SEED, keyed_bitmap, sampled_bitmap, threshold_bitmap, unchecked_bitmap
 from hbnn.quant.config import QuantSpec
 from hbnn.quant.keys import mean_magnitude
-from hbnn.quant.functional import residual_forward
+from hbnn.quant.functional import binarize_with_scales, residual_forward
 from hbnn.quant.ste import clipped_ste
 
 __all__ = ["WeightQuantizer", "ActQuantizer"]
@@ -53,7 +53,7 @@ class WeightQuantizer(nn.Module):
         spec = self.spec
         gen = _generator(spec.seed) if spec.heuristic == "random" else None
         with torch.no_grad():
-            return _bitmap(weight.detach(), spec.mix, spec.heuristic, gen, spec.block)
+            return unchecked_bitmap(weight.detach(), spec.mix, spec.heuristic, gen, spec.block)
 
     def _current_bitmap(self, weight: torch.Tensor) -> torch.Tensor | None:
         if self.spec.mix.is_homogeneous:
@@ -141,7 +141,7 @@ class ActQuantizer(nn.Module):
     def _select(self, x: torch.Tensor):
         spec = self.spec
         if spec.heuristic == "random":
-            return _bitmap(x, spec.mix, "random", _generator(spec.seed), 1), [], None
+            return unchecked_bitmap(x, spec.mix, "random", _generator(spec.seed), 1), [], None
         mean_abs = mean_magnitude(x) if spec.heuristic == "middle_out" else None
         if spec.select == "sampled":
             bitmap, thresholds = sampled_bitmap(x, spec.mix, spec.heuristic, mean_abs)
@@ -169,19 +169,24 @@ class ActQuantizer(nn.Module):
 
     # --------------------------------------------------------------- inference
     def running_bitmap(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The inference bit map: ``bits[0] + sum_j (bits[j+1] - bits[j]) * [key > t_j]``."""
+        """The inference bit map: ``bits[0] + sum_j (bits[j+1] - bits[j]) * [key > t_j]``.
+
+        :func:`hbnn.quant.bitmap.threshold_bitmap` at the running thresholds ``t_j`` and, for
+        middle-out, the running mean magnitude; ``None`` for a homogeneous mix. The packed
+        engine binarizes its inputs with this map too.
+        """
         mix, spec = self.spec.mix, self.spec
         if mix.is_homogeneous:
             return None
         if spec.heuristic == "random":
-            return _bitmap(x.detach(), mix, "random", _generator(spec.seed), 1)
+            return unchecked_bitmap(x.detach(), mix, "random", _generator(spec.seed), 1)
         return threshold_bitmap(x.detach(), mix, spec.heuristic, self.running_thresholds.tolist(),
                                 self.running_mean_abs.to(x.device))
 
     def _forward_running(self, x: torch.Tensor) -> torch.Tensor:
         bitmap = self.running_bitmap(x)
         scales = self.running_scales.to(x.device)
-        return clipped_ste(x, lambda t: residual_forward(t, bitmap, scales.shape[0], scales=scales)[0])
+        return binarize_with_scales(x, bitmap, scales)
 
     def realized_bits(self) -> float:
         """Average activation bits: the running estimate gathered in training."""
