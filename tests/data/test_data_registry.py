@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hbnn.data import DATASETS, build_dataset, build_loader, list_datasets
+from hbnn.data import DATASETS, build_dataset, build_loader, dataset_info, list_datasets
 from hbnn.data.registry import subset_indices
 from hbnn.errors import ConfigError, DatasetError
 
@@ -22,6 +22,13 @@ def test_unknown_dataset_lists_the_allowed_names():
     with pytest.raises(ConfigError, match=rf"unknown dataset 'svhn'; allowed: {allowed}$"):
         build_dataset("svhn", "train")
     assert list_datasets() == ["cifar10", "fashion_mnist", "imagenet", "mnist"]
+    with pytest.raises(ConfigError, match=rf"unknown dataset 'svhn'; allowed: {allowed}$"):
+        dataset_info("svhn")
+
+
+def test_dataset_info_ignores_case_and_dashes():
+    assert dataset_info("Fashion-MNIST") is DATASETS["fashion_mnist"]
+    assert dataset_info(" cifar10 ") is DATASETS["cifar10"]
 
 
 def test_unknown_split_and_bad_options(tmp_path, fab):

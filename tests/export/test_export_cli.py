@@ -1,4 +1,4 @@
-"""``hbnn export`` / ``hbnn infer`` / ``hbnn eval --packed`` end to end on a tiny trained run (the benchmark: tests/test_bench_infer.py)."""
+"""``hbnn export`` / ``hbnn infer`` end to end on a tiny trained run (the benchmark: tests/test_bench_infer.py)."""
 
 from __future__ import annotations
 
@@ -45,29 +45,26 @@ def test_export_prints_the_size_table(run, tmp_path, capsys):
     assert "bits/parameter stored" in text and "features.4" in text
 
 
-def test_eval_packed_is_infer(run, packed_run, capsys):
+def test_infer_options(run, packed_run, capsys):
     assert main(["infer", str(packed_run), "--json"]) == 0
-    infer = json.loads(capsys.readouterr().out)
-    assert main(["eval", "--packed", str(packed_run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result == infer and result["count"] == 64 and "compare" not in result
-    assert main(["eval", "--packed", str(packed_run), "--limit", "16", "--batch-size", "8"]) == 0
+    assert result["count"] == 64 and "compare" not in result
+    assert main(["infer", str(packed_run), "--limit", "16", "--batch-size", "8"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"{packed_run}: cifar_fc4 packed") and "(16 images)" in text and "\nvs" not in text
 
 
-def test_eval_packed_with_target_compares_with_it(run, packed_run, capsys):
-    assert main(["eval", str(run), "--packed", str(packed_run), "--which", "last", "--json"]) == 0
+def test_infer_compare_with_last_checkpoint(run, packed_run, capsys):
+    assert main(["infer", str(packed_run), "--compare", str(run), "--which", "last", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["compare"]["checkpoint"] == str(run) and result["compare"]["mismatches"] == 0
-    assert main(["eval", str(run), "--packed", str(packed_run)]) == 0
+    assert main(["infer", str(packed_run), "--compare", str(run)]) == 0
     assert f"\nvs {run}: top1" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["eval"], "eval: give a RUN_DIR or CHECKPOINT, or --packed FILE"),
-    (["eval", "--packed", "missing.hbnn"], "packed model not found: missing.hbnn"),
-    (["eval", "--packed", "x.hbnn", "--device", "cuda"], "--device: packed models run on the CPU"),
+    (["eval"], "eval: give a RUN_DIR or CHECKPOINT (a packed file: hbnn infer FILE)"),
+    (["infer", "missing.hbnn"], "packed model not found: missing.hbnn"),
 ])
 def test_eval_bad_arguments_exit_2(argv, message, capsys):
     assert main(argv) == 2

@@ -1,4 +1,4 @@
-"""``hbnn hw estimate --run`` / ``--packed`` on a tiny trained run: the loader hooks of hbnn.train and hbnn.export."""
+"""``hbnn hw estimate --run`` / ``--packed`` on a tiny trained run: models rebuilt by hbnn.train and hbnn.export."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 import pytest
 
 from hbnn.cli import main
-from hbnn.export import export_model, load_model_for_hw
-from hbnn.hw import loaders
+from hbnn.export import export_model, model_from_packed, packed_input_shape
 
 W14 = {"weight": {"bits": 1.4}, "act": {"bits": 1.4}}
 
@@ -16,12 +15,6 @@ W14 = {"weight": {"bits": 1.4}, "act": {"bits": 1.4}}
 def estimate(capsys, *argv) -> dict:
     assert main(["hw", "estimate", *argv, "--per-layer", "--json"]) == 0
     return json.loads(capsys.readouterr().out)
-
-
-@pytest.fixture(autouse=True)
-def _default_loaders(monkeypatch):
-    """The DEFAULT_LOADERS hooks, whatever other tests registered."""
-    monkeypatch.setattr(loaders, "_REGISTRY", {})
 
 
 def test_run_and_packed_estimates_agree(trained_run, packed_run, capsys):
@@ -39,9 +32,9 @@ def test_run_and_packed_estimates_agree(trained_run, packed_run, capsys):
         assert row["abits"] == pytest.approx(1.4)  # nominal: packed files keep no running estimate
 
 
-def test_packed_loader_rebuilds_the_source_architecture(packed_run):
-    model, shape = load_model_for_hw(packed_run)
-    assert shape == (1, 28, 28) and not model.training
+def test_packed_file_rebuilds_the_source_architecture(packed_run):
+    model, header = model_from_packed(packed_run)
+    assert packed_input_shape(header) == (1, 28, 28) and not model.training
     quantized = [n for n, m in model.named_modules() if getattr(m, "weight_quantizer", None) is not None]
     assert quantized == ["features.4", "features.8"]
 

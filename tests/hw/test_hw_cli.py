@@ -1,4 +1,4 @@
-"""``hbnn hw estimate`` end to end: built-in nets, registry models, loader hooks, bad input."""
+"""``hbnn hw estimate`` end to end: built-in nets, registry models, trained runs, bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hbnn.cli import main
-from hbnn.hw import estimate_module, loaders
+from hbnn.hw import estimate_module
 
 
 def run_json(capsys, *argv):
@@ -125,27 +125,25 @@ def test_bad_input_exits_2(capsys, argv, message):
     assert message in error(capsys, "estimate", "--model", "vgg8", *argv)
 
 
-def test_run_and_packed_need_loaders(capsys, tmp_path, monkeypatch):
-    assert "does not exist" in error(capsys, "estimate", "--run", str(tmp_path / "nope"))
-    monkeypatch.setattr(loaders, "_REGISTRY", {})
-    monkeypatch.setitem(loaders.DEFAULT_LOADERS, "packed", "hbnn.export:no_such_loader")
-    err = error(capsys, "estimate", "--packed", str(tmp_path))
-    assert "needs hbnn.export.no_such_loader, which this install does not provide" in err
-    monkeypatch.setitem(loaders.DEFAULT_LOADERS, "packed", "hbnn_no_such_package:load")
-    assert "needs hbnn_no_such_package.load" in error(capsys, "estimate", "--packed", str(tmp_path))
+def test_run_and_packed_bad_paths(capsys, tmp_path):
+    nope = tmp_path / "nope"
+    assert f"run: {str(nope)!r} does not exist" in error(capsys, "estimate", "--run", str(nope))
+    assert f"packed: {str(nope)!r} does not exist" in error(capsys, "estimate", "--packed", str(nope))
     assert "drop --wbits" in error(capsys, "estimate", "--run", str(tmp_path), "--wbits", "1")
 
 
-def test_registered_loader_feeds_the_estimate(capsys, tmp_path, monkeypatch, tiny_net):
-    monkeypatch.setattr(loaders, "_REGISTRY", {})
+def test_run_model_feeds_the_estimate(capsys, tmp_path, monkeypatch, tiny_net):
+    import types
+
+    import hbnn.train.rebuild
+
     seen = []
-    loaders.register_loader("run", lambda path: (seen.append(path), (tiny_net, (3, 8, 8)))[1])
+    ckpt = types.SimpleNamespace(metadata={"model": {"num_classes": 10, "in_channels": 3, "image_size": 8}})
+    monkeypatch.setattr(hbnn.train.rebuild, "model_from_checkpoint", lambda path: (seen.append(path), (tiny_net, ckpt))[1])
     report = run_json(capsys, "--run", str(tmp_path), "--platform", "zc706")
     assert seen == [tmp_path]
     assert report["network"]["macs"] == 16256
     assert report["network"]["bits"] == pytest.approx((1152 * 2 + 1280 * 1.5) / (1152 + 1280))
-    with pytest.raises(ValueError, match="unknown kind"):
-        loaders.register_loader("onnx", lambda p: None)
 
 
 def test_estimate_module_api(tiny_net):

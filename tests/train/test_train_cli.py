@@ -11,6 +11,7 @@ import yaml
 
 import hbnn.io
 from hbnn.cli import main
+from hbnn.quant import BitMix
 from hbnn.train.config import config_from_dict
 from hbnn.train.logs import METRIC_FIELDS
 
@@ -42,7 +43,7 @@ def test_train_writes_a_complete_run_dir(run_dir, tmp_path, tiny_args):
     assert {"config.yaml", "metrics.csv", "last.safetensors", "last.json", "best.safetensors",
             "best.json"} <= names
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    assert cfg.train.epochs == 1 and cfg.train.batch_size == 32 and cfg.quant["default"]["act"]["bits"] == 1.4
+    assert cfg.train.epochs == 1 and cfg.train.batch_size == 32 and cfg.quant.default.act.bits == BitMix.coerce(1.4)
     with (run_dir / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == METRIC_FIELDS and len(rows) == 1
@@ -244,7 +245,7 @@ def test_failed_checkpoint_write_exits_2_and_keeps_previous_checkpoint(run_dir, 
 def test_recipe_short_names_and_default_run_dir(tmp_path, fmnist_dir, monkeypatch, capsys):
     from pathlib import Path
 
-    from hbnn.train.commands import default_run_dir
+    from hbnn.train.rundir import default_run_dir
     from hbnn.train.config import resolve_recipe
 
     repo = Path(__file__).resolve().parents[2]
@@ -259,15 +260,19 @@ def test_recipe_short_names_and_default_run_dir(tmp_path, fmnist_dir, monkeypatc
     assert yaml.safe_load((out / "config.yaml").read_text())["quant"]["default"]["weight"]["bits"] == 2
 
 
-def test_model_from_checkpoint_and_hw_loader_hook(run_dir):
+def test_model_from_checkpoint_and_hw_estimate(run_dir, capsys):
     import torch
 
-    from hbnn.hw.loaders import load_for_estimate
-    from hbnn.train.evaluation import model_from_checkpoint
+    from hbnn.train.rebuild import model_from_checkpoint
 
     model, ckpt = model_from_checkpoint(run_dir, "last")
     assert not model.training and ckpt.metadata["step"] == 6
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt.model_state[key])
-    hw_model, shape = load_for_estimate("run", run_dir)
-    assert shape == (1, 28, 28) and type(hw_model) is type(model)
+    from hbnn.hw import profile_model
+
+    layers = profile_model(model, (1, 28, 28))
+    assert main(["hw", "estimate", "--run", str(run_dir), "--per-layer", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["network"]["macs"] == sum(layer.macs for layer in layers) > 0
+    assert [row["name"] for row in report["layers"]] == [layer.name for layer in layers]

@@ -13,7 +13,7 @@ from hbnn.data.arrays import ArrayDataset
 from hbnn.data.folder import ImageFolderDataset
 from hbnn.data.info import DATASETS, DatasetInfo
 from hbnn.data.loader import Loader, build_loader
-from hbnn.data.registry import build_dataset, list_datasets
+from hbnn.data.registry import build_dataset, dataset_info, list_datasets
 
 __all__ = [
     "DATASETS",
@@ -23,5 +23,6 @@ __all__ = [
     "Loader",
     "build_dataset",
     "build_loader",
+    "dataset_info",
     "list_datasets",
 ]

@@ -15,7 +15,7 @@ from hbnn.data.info import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES, Datas
 from hbnn.data.seeding import STREAM_SUBSET, make_generator
 from hbnn.errors import ConfigError, DatasetError
 
-__all__ = ["SPLITS", "list_datasets", "build_dataset", "resolve_data_dir", "subset_indices"]
+__all__ = ["SPLITS", "list_datasets", "dataset_info", "build_dataset", "resolve_data_dir", "subset_indices"]
 
 SPLITS = {"train": "train", "test": "test", "val": "test"}  # "val" is an alias of "test"
 
@@ -25,7 +25,12 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def _lookup(name: str) -> DatasetInfo:
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a registry name (case and ``-``/``_`` are ignored).
+
+    Raises:
+        ConfigError: unknown name (the message lists :func:`list_datasets`).
+    """
     key = str(name).strip().lower().replace("-", "_")
     if key not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; allowed: {', '.join(list_datasets())}")
@@ -123,7 +128,7 @@ def build_dataset(
         ConfigError: unknown name or split, bad ``image_size`` or ``limit``.
         DatasetError: missing, truncated or malformed files.
     """
-    info = _lookup(name)
+    info = dataset_info(name)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

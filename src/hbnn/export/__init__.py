@@ -8,8 +8,8 @@
 - :func:`storage_report` / :func:`format_report` -- file size vs fp32, bits per parameter;
 - :func:`to_onnx` -- a standard-ops ONNX model of a packed model (needs ``onnx``);
 - :func:`evaluate_packed` -- accuracy of a packed file on its dataset's test split;
-- :func:`load_model_for_hw` -- the source architecture of a packed file, for
-  ``hbnn hw estimate --packed`` (the hook :mod:`hbnn.hw.loaders` names).
+- :func:`model_from_packed` / :func:`packed_input_shape` -- the source architecture of a
+  packed file and its input shape (what ``hbnn hw estimate --packed`` costs).
 
 Example:
     >>> report = export_model(model, "model.hbnn", meta={"model": {"name": "cifar_fc4"}})  # doctest: +SKIP
@@ -29,7 +29,7 @@ from hbnn.export.format import (
     storage_report,
 )
 from hbnn.export.ops import SUPPORTED_LAYERS
-from hbnn.export.source import load_model_for_hw
+from hbnn.export.source import model_from_packed, packed_input_shape
 
 __all__ = [
     "FORMAT",
@@ -47,7 +47,8 @@ __all__ = [
     "format_report",
     "to_onnx",
     "evaluate_packed",
-    "load_model_for_hw",
+    "model_from_packed",
+    "packed_input_shape",
 ]
 
 

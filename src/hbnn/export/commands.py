@@ -2,8 +2,9 @@
 
 - ``hbnn export RUN_DIR|CHECKPOINT --out FILE [--onnx FILE]`` writes the packed file (and
   optionally an ONNX model) and prints the size report;
-- ``hbnn infer FILE [--compare RUN_DIR|CHECKPOINT]`` evaluates a packed file on its test
-  split (:func:`hbnn.export.evaluate.evaluate_packed`, also behind ``hbnn eval --packed``).
+- ``hbnn infer FILE [--compare RUN_DIR|CHECKPOINT [--which best|last]]`` evaluates a packed
+  file on its test split (:func:`hbnn.export.evaluate.evaluate_packed`) and, with
+  ``--compare``, runs the training-time model on the same batches.
 
 Heavy imports live in the handlers; errors surface as one line and exit code 2 (``hbnn.cli``).
 """
@@ -28,14 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser("infer", help="evaluate a packed model on its test split")
-    _eval_arguments(p)
-    p.add_argument("--compare", metavar="RUN_DIR|CHECKPOINT",
-                   help="also run the training-time model on the same batches and count differing predictions")
-    p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint inside --compare's run")
-    p.set_defaults(func=_cmd_infer)
-
-
-def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("packed", metavar="FILE", help="packed model file")
     p.add_argument("--dataset", help="dataset name (default: the one recorded at export)")
     p.add_argument("--data-dir", help="dataset folder (default: the recorded one)")
@@ -43,6 +36,10 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="evaluate a fixed subset of this many test samples")
     p.add_argument("--backend", default="auto", choices=("auto", "c", "torch"), help="kernel backend")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--compare", metavar="RUN_DIR|CHECKPOINT",
+                   help="also run the training-time model on the same batches and count differing predictions")
+    p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint inside --compare's run")
+    p.set_defaults(func=_cmd_infer)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

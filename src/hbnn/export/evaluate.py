@@ -1,9 +1,9 @@
 """Accuracy of a packed model on its dataset's test split, optionally against its source model.
 
-``evaluate_packed`` is what ``hbnn infer`` (and ``hbnn eval --packed``) run. With
-``compare=RUN_DIR|CHECKPOINT`` the training-time model (eval mode, simulated
-quantization in float) sees the same batches, and the result counts the test images
-whose predicted class differs and the largest logit difference.
+``evaluate_packed`` is what ``hbnn infer`` runs. With ``compare=RUN_DIR|CHECKPOINT`` the
+training-time model (eval mode, simulated quantization in float) sees the same batches,
+and the result counts the test images whose predicted class differs and the largest
+logit difference.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data
     name, loader = test_loader_for(header, dataset=dataset, data_dir=data_dir, batch_size=batch_size, limit=limit)
     reference = None
     if compare is not None:
-        from hbnn.train.evaluation import model_from_checkpoint
+        from hbnn.train.rebuild import model_from_checkpoint
 
         reference, _ = model_from_checkpoint(compare, which)
     sums, ref_sums = _Sums(), _Sums()

@@ -2,9 +2,10 @@
 
 Checkpoints carry their resolved config (``hbnn.train``), so the exact model -- name,
 options, quantization, calibrated activation estimates -- is rebuilt from the checkpoint
-alone (:func:`hbnn.train.evaluation.model_from_checkpoint`). The metadata handed to the
-packed file keeps what is needed to rebuild it again (:func:`hbnn.export.load_model_for_hw`)
-and to find its test data.
+alone (:func:`hbnn.train.rebuild.model_from_checkpoint`). The metadata handed to the
+packed file keeps what is needed to rebuild it again (:func:`model_from_packed`, which
+``hbnn hw estimate --packed`` costs, with :func:`packed_input_shape`) and to find its
+test data.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from hbnn.errors import FormatError
 
-__all__ = ["model_from_checkpoint", "model_from_packed", "load_model_for_hw"]
+__all__ = ["model_from_checkpoint", "model_from_packed", "packed_input_shape"]
 
 
 def model_from_checkpoint(target: str | os.PathLike, which: str = "best") -> tuple[torch.nn.Module, dict]:
@@ -29,13 +30,14 @@ def model_from_checkpoint(target: str | os.PathLike, which: str = "best") -> tup
         CheckpointError: nothing to load, or unusable metadata.
     """
     from hbnn.train.config import config_from_dict, config_to_dict
-    from hbnn.train.evaluation import model_from_checkpoint as rebuild
+    from hbnn.train.rebuild import model_from_checkpoint as rebuild
+    from hbnn.train.rebuild import recorded_shape
 
     model, ckpt = rebuild(target, which)
     meta = ckpt.metadata
     cfg = config_from_dict(meta["config"])  # validated by rebuild() already
     cfg_dict = config_to_dict(cfg)
-    shape = {k: int(meta["model"][k]) for k in ("num_classes", "in_channels", "image_size")}
+    shape = recorded_shape(meta["model"])
     data: dict[str, Any] = {"name": cfg.data.name, "data_dir": cfg.data.data_dir, "image_size": cfg.data.image_size}
     export_meta = {
         "model": {"name": cfg.model.name, "config": cfg_dict["model"], "quant": cfg_dict["quant"], **shape},
@@ -44,9 +46,6 @@ def model_from_checkpoint(target: str | os.PathLike, which: str = "best") -> tup
                    "step": meta.get("step"), "metrics": meta.get("metrics")},
     }
     return model, export_meta
-
-
-_SHAPE_KEYS = ("num_classes", "in_channels", "image_size")
 
 
 def model_from_packed(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
@@ -65,20 +64,24 @@ def model_from_packed(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
             records that do not match the rebuilt model.
     """
     from hbnn.export.format import read_packed
-    from hbnn.train.run import build_model_for
+    from hbnn.train.rebuild import SHAPE_KEYS, build_model_for, recorded_shape
 
     header, _, _ = read_packed(path)
     info = header.get("model")
     try:
         config = dict(info["config"])
-        shape = {k: int(info[k]) for k in _SHAPE_KEYS}
+        shape = recorded_shape(info)
         quant = info.get("quant")
         config.setdefault("name", info.get("name"))
     except (KeyError, TypeError, ValueError):
         raise FormatError(f"packed model {path} does not record its source model (model name, config, quant and "
-                          f"{', '.join(_SHAPE_KEYS)}); export it from a run with hbnn export") from None
+                          f"{', '.join(SHAPE_KEYS)}); export it from a run with hbnn export") from None
     try:
-        model, _ = build_model_for(config, shape, quant)
+        from hbnn.convert import QuantizeConfig
+        from hbnn.train.config import ModelConfig
+
+        quant_cfg = None if quant is None else QuantizeConfig.from_dict(quant, "quant")
+        model, _ = build_model_for(ModelConfig.from_dict(config, "model"), shape, quant_cfg)
     except (KeyError, TypeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FormatError(f"packed model {path}: cannot rebuild its source model ({first})") from None
@@ -108,18 +111,16 @@ def _check_records(model: torch.nn.Module, records: list, path) -> None:
                               f"(record {i}): {problem}")
 
 
-def load_model_for_hw(path: str | os.PathLike) -> tuple[torch.nn.Module, tuple[int, int, int]]:
-    """``hbnn.hw`` loader hook for ``hbnn hw estimate --packed FILE``: ``(model, (C, H, W))``.
+def packed_input_shape(header: dict) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one input image of a packed file: its ``input_shape``, else the recorded shape.
 
-    The model is :func:`model_from_packed`'s rebuilt source architecture: the weight bits
-    come from its bit mixes (Algorithm 1 realizes a mix exactly), the activation bits are
-    the mixes' nominal averages (a packed file keeps no running estimate of realized
-    activation bits; ``--run`` on the source run reports those).
+    Raises:
+        KeyError, TypeError, ValueError: neither is recorded (:func:`model_from_packed`
+            has refused such a header already).
     """
-    model, header = model_from_packed(path)
     shape = header.get("input_shape")
     if not shape:
         info = header["model"]
         shape = [int(info["in_channels"]), int(info["image_size"]), int(info["image_size"])]
     c, h, w = (int(s) for s in shape)
-    return model, (c, h, w)
+    return c, h, w

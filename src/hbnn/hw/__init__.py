@@ -13,7 +13,6 @@ Example:
 
 from hbnn.hw.dataflow import DataflowEstimate, calibrate_lut_per_lane, dataflow_estimate
 from hbnn.hw.estimate import ESTIMATE_LABEL, compare_table2, estimate_layers, estimate_module
-from hbnn.hw.loaders import register_loader
 from hbnn.hw.platforms import Catalog, Platform, load_catalog
 from hbnn.hw.profile import LayerProfile, op_view, profile_model
 from hbnn.hw.scaling import ScalingEstimate, asic_scaling, fpga_scaling, scale
@@ -37,7 +36,6 @@ __all__ = [
     "load_catalog",
     "op_view",
     "profile_model",
-    "register_loader",
     "reproduce_table2",
     "scale",
     "workload_layers",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -63,13 +65,37 @@ def _model_layers(args: argparse.Namespace, catalog: Any) -> tuple[list[Any], st
 
 
 def _loaded_layers(args: argparse.Namespace) -> tuple[list[Any], str]:
-    """Profile a trained run (``--run``) or packed file (``--packed``) via the loader hooks."""
-    from hbnn.hw.loaders import load_for_estimate
+    """Profile a trained run (``--run``) or packed file (``--packed``)."""
+    from hbnn.errors import ConfigError
     from hbnn.hw.profile import profile_model
 
-    kind, path = ("run", args.run) if args.run else ("packed", args.packed)
-    model, shape = load_for_estimate(kind, path)
+    kind, path = ("run", Path(args.run)) if args.run else ("packed", Path(args.packed))
+    if not path.exists():
+        raise ConfigError(f"{kind}: {os.fspath(path)!r} does not exist")
+    model, shape = _run_model(path) if kind == "run" else _packed_model(path)
     return profile_model(model, shape), str(path)
+
+
+def _run_model(path: Path) -> tuple[Any, tuple[int, int, int]]:
+    """``(model with the checkpoint's weights, (C, H, W))`` of a run directory (best, else last) or checkpoint."""
+    from hbnn.train.rebuild import model_from_checkpoint, recorded_shape
+
+    model, ckpt = model_from_checkpoint(path)
+    shape = recorded_shape(ckpt.metadata["model"])
+    return model, (shape["in_channels"], shape["image_size"], shape["image_size"])
+
+
+def _packed_model(path: Path) -> tuple[Any, tuple[int, int, int]]:
+    """``(source architecture, (C, H, W))`` of a packed file.
+
+    The weight bits come from the packed bit mixes (Algorithm 1 realizes a mix exactly);
+    the activation bits are the mixes' nominal averages (a packed file keeps no running
+    estimate of realized activation bits; ``--run`` on the source run reports those).
+    """
+    from hbnn.export import model_from_packed, packed_input_shape
+
+    model, header = model_from_packed(path)
+    return model, packed_input_shape(header)
 
 
 def _registry_layers(args: argparse.Namespace, catalog: Any, quantize: bool) -> list[Any]:
@@ -143,8 +169,8 @@ def _add_estimate(hw: Any) -> None:
     p = hw.add_parser("estimate", help="estimate a network on every platform (area, kFPS, W, energy, op counts)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="built-in network (vgg8, mobilenet, finn_cnv, mobilenet_v1_224) or hbnn.models name")
-    src.add_argument("--run", help="trained run directory or checkpoint (needs hbnn.train's loader)")
-    src.add_argument("--packed", help="packed model file (needs hbnn.export's loader)")
+    src.add_argument("--run", help="trained run directory or checkpoint (its best, else last, weights)")
+    src.add_argument("--packed", help="packed model file (hbnn export): its source architecture and bit mixes")
     p.add_argument("--wbits", help="weight bits in [1, 8]: a number or a mix such as 70/20/10 (with --model)")
     p.add_argument("--abits", help="activation bits (default: --wbits)")
     p.add_argument("--keep-first", action=argparse.BooleanOptionalAction, default=True, help="first layer stays float")

@@ -113,8 +113,9 @@ def estimate_layers(
 def estimate_module(model: Any, input_shape: Sequence[int], **kwargs: Any) -> dict[str, Any]:
     """:func:`estimate_layers` on ``profile_model(model, input_shape)``.
 
-    This is the hook for trained runs and packed models: load the ``nn.Module`` with
-    its hbnn layers (bits come from ``realized_bits()``), then call this.
+    For any ``nn.Module`` with hbnn layers (bits come from their ``realized_bits()``),
+    e.g. a trained run or packed file rebuilt as ``hbnn hw estimate --run/--packed`` does
+    (:func:`hbnn.train.rebuild.model_from_checkpoint`, :func:`hbnn.export.model_from_packed`).
     """
     return estimate_layers(profile_model(model, input_shape), **kwargs)
 

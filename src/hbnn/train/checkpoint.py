@@ -56,7 +56,6 @@ __all__ = [
     "restore_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
-    "load_model_for_hw",
 ]
 
 SCHEMA_VERSION = 1
@@ -311,14 +310,3 @@ def restore_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any 
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"checkpoint {ckpt.path} is incompatible with the {what}: {msg}") from None
 
-
-def load_model_for_hw(path: str | os.PathLike) -> tuple[torch.nn.Module, tuple[int, int, int]]:
-    """``hbnn.hw`` loader hook: ``(model with the checkpoint's weights, (C, H, W))``.
-
-    ``path`` is a run directory (best, else last) or a checkpoint file.
-    """
-    from hbnn.train.evaluation import model_from_checkpoint
-
-    model, ckpt = model_from_checkpoint(path)
-    m = ckpt.metadata["model"]
-    return model, (int(m["in_channels"]), int(m["image_size"]), int(m["image_size"]))

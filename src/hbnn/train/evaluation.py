@@ -1,7 +1,8 @@
 """Evaluate a saved checkpoint and summarise a model: what ``hbnn eval``/``hbnn summary`` do.
 
 Checkpoints carry their resolved config, so evaluation rebuilds the exact model (name,
-options, quantization) from the checkpoint alone and only needs the test data.
+options, quantization) from the checkpoint alone (:mod:`hbnn.train.rebuild`) and only
+needs the test data.
 """
 
 from __future__ import annotations
@@ -13,67 +14,20 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from hbnn.errors import CheckpointError, ConfigError
-from hbnn.train.checkpoint import Checkpoint, load_checkpoint, restore_checkpoint
-from hbnn.train.config import config_from_dict, config_to_dict, load_config, load_yaml_recipe, resolve_recipe
+from hbnn.train.checkpoint import load_checkpoint, restore_checkpoint
+from hbnn.train.config import config_from_dict, load_config, load_yaml_recipe, resolve_recipe
 from hbnn.train.distributed import resolve_device
 from hbnn.train.loop import evaluate
-from hbnn.train.run import build_model_for, dataset_shape
+from hbnn.train.rebuild import (
+    build_model_for,
+    dataset_shape,
+    model_from_checkpoint,
+    recorded_shape,
+    registry_shape,
+    resolve_checkpoint,
+)
 
-__all__ = ["resolve_checkpoint", "model_from_checkpoint", "evaluate_checkpoint", "summary_for", "format_summary"]
-
-
-def resolve_checkpoint(target: str | os.PathLike, which: str = "best") -> Path:
-    """The ``.safetensors`` file meant by ``target``.
-
-    Args:
-        target: a run directory, a checkpoint stem, or either file of a checkpoint.
-        which: inside a run directory, ``best`` (falls back to ``last``) or ``last``.
-
-    Raises:
-        CheckpointError: nothing to load there.
-    """
-    if which not in ("best", "last"):
-        raise ConfigError(f"--which: {which!r} is not allowed; choose best or last")
-    path = Path(target)
-    if path.is_dir():
-        for name in ((which, "last") if which == "best" else (which,)):
-            if (path / f"{name}.safetensors").exists():
-                return path / f"{name}.safetensors"
-        raise CheckpointError(f"no checkpoint in {path} (expected {which}.safetensors)")
-    if path.suffix == ".json":
-        path = path.with_suffix(".safetensors")
-    elif path.suffix != ".safetensors":
-        path = path.with_name(path.name + ".safetensors")
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    return path
-
-
-def model_from_checkpoint(target: str | os.PathLike, which: str = "best") -> tuple[torch.nn.Module, Checkpoint]:
-    """Rebuild the exact model of a checkpoint (name, options, quantization) with its weights.
-
-    Args:
-        target: run directory or checkpoint file (see :func:`resolve_checkpoint`).
-        which: ``best`` or ``last`` inside a run directory.
-
-    Returns:
-        ``(model in eval mode on CPU, the verified Checkpoint)``.
-
-    Raises:
-        CheckpointError: nothing to load, a damaged file, or unusable metadata.
-    """
-    path = resolve_checkpoint(target, which)
-    ckpt = load_checkpoint(path)
-    meta = ckpt.metadata
-    try:
-        cfg = config_from_dict(meta["config"])
-        shape = {k: int(meta["model"][k]) for k in ("num_classes", "in_channels", "image_size")}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} has unusable metadata ({exc})") from None
-    model, _ = build_model_for(config_to_dict(cfg)["model"], shape, cfg.quant)
-    restore_checkpoint(ckpt, model)
-    model.eval()
-    return model, ckpt
+__all__ = ["evaluate_checkpoint", "summary_for", "format_summary"]
 
 
 def evaluate_checkpoint(target: str | os.PathLike, *, which: str = "best", data_dir: str | None = None,
@@ -116,17 +70,6 @@ def evaluate_checkpoint(target: str | os.PathLike, *, which: str = "best", data_
             "epoch": meta.get("epoch"), "step": meta.get("step"), **result}
 
 
-def _static_shape(dataset: str, num_classes: int | None = None) -> dict:
-    from hbnn.data import DATASETS, list_datasets
-
-    key = dataset.strip().lower().replace("-", "_")
-    if key not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; allowed: {', '.join(list_datasets())}")
-    info = DATASETS[key]
-    return {"num_classes": num_classes or info.num_classes or 1000, "in_channels": info.in_channels,
-            "image_size": info.image_size}
-
-
 def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None = None) -> tuple[str, dict]:
     """Build the model meant by ``target`` and return ``(title, hbnn.convert.summarize(model))``.
 
@@ -154,16 +97,18 @@ def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None 
         cfg = load_config(path, overrides)
     elif target in list_models():
         cfg = load_config(None, [f"model.name={target}", *overrides])
-    elif (Path("configs") / f"{target}.yaml").is_file():  # a recipe name, as `hbnn train` takes
-        cfg = load_config(resolve_recipe(target), overrides)
     else:
-        raise ConfigError(f"summary: {target!r} is not a run directory, checkpoint, recipe or model; "
-                          f"models: {', '.join(list_models())}")
+        try:  # a recipe name, as `hbnn train` takes (hbnn.configs)
+            recipe = resolve_recipe(target)
+        except ConfigError:
+            raise ConfigError(f"summary: {target!r} is not a run directory, checkpoint, recipe or model; "
+                              f"models: {', '.join(list_models())}") from None
+        cfg = load_config(recipe, overrides)
     if ckpt is not None and dataset is None:
-        shape = {k: int(ckpt.metadata["model"][k]) for k in ("num_classes", "in_channels", "image_size")}
+        shape = recorded_shape(ckpt.metadata["model"])
     else:
-        shape = _static_shape(dataset or cfg.data.name)
-    model, _ = build_model_for(config_to_dict(cfg)["model"], shape, cfg.quant)
+        shape = registry_shape(dataset or cfg.data.name)
+    model, _ = build_model_for(cfg.model, shape, cfg.quant)
     if ckpt is not None:
         restore_checkpoint(ckpt, model)
     title = f"{cfg.model.name} on {dataset or cfg.data.name} ({'float' if cfg.quant is None else 'binarized'})"

@@ -1,7 +1,8 @@
 """One training run: build everything from a :class:`Config`, train, evaluate, checkpoint.
 
 :func:`fit` is what ``hbnn train`` calls; it is an ordinary function (no module state),
-so sweeps and tests call it too. Run directory layout::
+so sweeps and tests call it too. Run directory layout (:mod:`hbnn.train.rundir` checks,
+creates or clears it)::
 
     RUN_DIR/config.yaml        the resolved config
     RUN_DIR/metrics.csv        one row per epoch (see hbnn.train.logs.METRIC_FIELDS)
@@ -21,7 +22,6 @@ import itertools
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,61 +59,17 @@ from hbnn.train.loop import (
     restore_stats,
     train_one_epoch,
 )
+from hbnn.train.rebuild import build_model_for, dataset_shape
+from hbnn.train.rundir import prepare_run_dir
 
 __all__ = [
-    "RUN_FILES",
-    "prepare_run_dir",
     "set_determinism",
     "restore_determinism",
     "seed_everything",
     "build_datasets",
-    "dataset_shape",
-    "build_model_for",
     "realized_bits",
     "fit",
 ]
-
-#: What a run directory holds; ``--overwrite`` removes exactly these.
-RUN_FILES = ("config.yaml", "metrics.csv", "last.safetensors", "last.json", "best.safetensors",
-             "best.json", "tb")
-
-
-def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Check (and create or clear) the run directory.
-
-    Args:
-        out: the run directory.
-        resume: continue the run in ``out`` (it must hold ``last.safetensors``).
-        overwrite: start over in an existing run directory (its run files are deleted).
-
-    Raises:
-        FileExistsError: ``out`` exists and is not empty, without ``--resume``/``--overwrite``,
-            or ``--overwrite`` on a folder that is not an hbnn run directory.
-        CheckpointError: ``resume`` but there is no checkpoint.
-    """
-    out = Path(out)
-    if resume:
-        if not (out / "last.safetensors").exists():
-            raise CheckpointError(f"cannot resume: {out} holds no checkpoint (last.safetensors)")
-        return out
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"run directory {out} exists and is not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"run directory {out} already exists; pass --resume {out} to "
-                                  "continue it or --overwrite to start over")
-        if not (out / "config.yaml").exists():
-            raise FileExistsError(f"--overwrite refused: {out} is not an hbnn run directory "
-                                  "(no config.yaml); choose another --out")
-        for name in RUN_FILES:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
 
 def set_determinism(deterministic: bool) -> tuple[bool, bool, bool]:
     """Ask torch for deterministic kernels (warn-only where an op has none).
@@ -152,39 +108,6 @@ def build_datasets(cfg: Config) -> tuple[Any, Any]:
     train = build_dataset(d.name, "train", d.data_dir, d.image_size, limit=d.train_limit)
     test = build_dataset(d.name, "test", d.data_dir, d.image_size, limit=d.test_limit)
     return train, test
-
-
-def dataset_shape(dataset: Any) -> dict:
-    """``{"num_classes", "in_channels", "image_size"}`` of a dataset (image_size as one int)."""
-    size = dataset.image_size
-    if isinstance(size, (tuple, list)):
-        size = int(size[0])
-    return {"num_classes": int(dataset.num_classes), "in_channels": int(dataset.in_channels),
-            "image_size": int(size)}
-
-
-def build_model_for(model_cfg: Mapping[str, Any], shape: Mapping[str, int],
-                    quant: Mapping[str, Any] | None) -> tuple[torch.nn.Module, Any]:
-    """Build the model of a config section for a dataset shape, binarized per ``quant``.
-
-    Returns:
-        ``(model, report)`` with report the ``quantize_`` report, or None for a float model.
-    """
-    from hbnn.models import build_model
-
-    model = build_model(model_cfg["name"], num_classes=shape["num_classes"],
-                        in_channels=shape["in_channels"], image_size=shape["image_size"],
-                        activation=model_cfg.get("activation", "relu"), **dict(model_cfg.get("kwargs") or {}))
-    report = None
-    if quant is not None:
-        import warnings
-
-        from hbnn.convert import quantize_
-
-        with warnings.catch_warnings():  # dead rules are reported by the caller instead
-            warnings.simplefilter("ignore")
-            report = quantize_(model, dict(quant))
-    return model, report
 
 
 def realized_bits(model: torch.nn.Module) -> dict:
@@ -320,7 +243,7 @@ def _fit(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, overwrit
     ckpt = load_checkpoint(run_dir, "last") if resume else None  # verify before building anything
     train_ds, test_ds = build_datasets(cfg)
     shape = dataset_shape(train_ds)
-    model, report = build_model_for(config_to_dict(cfg)["model"], shape, cfg.quant)
+    model, report = build_model_for(cfg.model, shape, cfg.quant)
     model.to(ctx.device)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, _batches_per_epoch(train_ds, cfg, ctx))
