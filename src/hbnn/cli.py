@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "hbnn.experiments.commands",
     "hbnn.hw.commands",
     "hbnn.export.commands",
+    "hbnn.kernels.commands",
 )
 
 
