@@ -34,12 +34,13 @@ from hbnn.export.ops import trace_chain
 from hbnn.export.records import build_layer, can_fold, layer_record
 from hbnn.io import atomic_write_bytes, read_verified_safetensors, tensors_sha256
 
-__all__ = ["FORMAT", "VERSION", "pack_model", "export_model", "read_packed", "load", "storage_report",
+__all__ = ["FORMAT", "VERSION", "META_KEY", "pack_model", "export_model", "read_packed", "load", "storage_report",
            "format_report"]
 
 FORMAT = "hbnn-packed"
 VERSION = 1
-_META_KEY = "hbnn-packed"
+#: The safetensors metadata key that holds the JSON header.
+META_KEY = "hbnn-packed"
 
 
 def _input_shape(model: Any, input_shape) -> list[int] | None:
@@ -113,7 +114,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, meta: Mapping[str
     from safetensors.torch import save as st_save
 
     header, tensors = pack_model(model, meta=meta, fold_bn=fold_bn, input_shape=input_shape)
-    data = st_save(tensors, metadata={_META_KEY: json.dumps(header, sort_keys=True)})
+    data = st_save(tensors, metadata={META_KEY: json.dumps(header, sort_keys=True)})
     atomic_write_bytes(path, data)
     return _report(header, tensors, len(data))
 
@@ -136,7 +137,7 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, dict, int]:
     Raises:
         FormatError: missing, truncated, corrupt (checksum), foreign or unknown-version file.
     """
-    data, header, tensors = read_verified_safetensors(path, key=_META_KEY, what="packed model", error=FormatError,
+    data, header, tensors = read_verified_safetensors(path, key=META_KEY, what="packed model", error=FormatError,
                                                       check=_check_header)
     return header, tensors, len(data)
 

@@ -85,6 +85,11 @@ def _geometry(layer: nn.Module, name: str) -> dict:
             "dilation": list(layer.dilation), "groups": layer.groups, "padding_mode": layer.padding_mode}
 
 
+def _plane_counts(masks: torch.Tensor) -> list[int]:
+    """``|A_i|``, the active entries of each plane (the header's ``plane_counts``)."""
+    return [int(m.sum()) for m in masks]
+
+
 def _mix_fields(mix) -> dict:
     return {"bits": list(mix.bits), "fractions": list(mix.fractions)}
 
@@ -107,7 +112,7 @@ def _weight_planes(layer: HBLayerMixin, out: dict, p: str) -> dict:
         out[f"{p}.map"] = encode.pack_stream(map_stream)
     return {"encoding": "planes", **_mix_fields(mix), "heuristic": spec.heuristic, "block": spec.block,
             "per_channel": spec.per_channel, "planes": mix.max_bits, "units": int(levels.numel()),
-            "plane_counts": [int(m.sum()) for m in masks], "sign_bits": int(sign_stream.numel()),
+            "plane_counts": _plane_counts(masks), "sign_bits": int(sign_stream.numel()),
             "map_bits": int(map_stream.numel())}
 
 
@@ -248,8 +253,8 @@ def _decode_planes(w: dict, shape: tuple[int, ...], tensors: dict, p: str, where
         levels = encode.decode_levels(stream, units, len(bits), where)
     bitmap = torch.tensor(bits)[expand_blocks(levels, shape, block)]
     masks = torch.stack([bitmap > i for i in range(n)])
-    if [int(m.sum()) for m in masks] != counts:
-        raise FormatError(f"{where}: bit map gives plane sizes {[int(m.sum()) for m in masks]}, header says {counts}")
+    if _plane_counts(masks) != counts:
+        raise FormatError(f"{where}: bit map gives plane sizes {_plane_counts(masks)}, header says {counts}")
     signs = encode.decode_signs(
         encode.unpack_stream(_tensor(tensors, f"{p}.signs", None, where, torch.int64), sign_bits, where), masks, where)
     scales = _tensor(tensors, f"{p}.scales", None, where)

@@ -39,6 +39,7 @@ __all__ = [
     "block_view_shape",
     "expand_blocks",
     "unchecked_bitmap",
+    "average_bits",
     "DEFAULT_SEED",
 ]
 
@@ -218,6 +219,11 @@ def sampled_bitmap(x: torch.Tensor, mix: BitMix, heuristic: str,
             return got
     thresholds = sampled_thresholds(x, mix, heuristic, mean_abs)
     return threshold_bitmap(x, mix, heuristic, thresholds, mean_abs), thresholds
+
+
+def average_bits(bitmap: torch.Tensor | None, mix: BitMix) -> float:
+    """The realized average bitwidth ``mean_j M_j`` of a map (``mix.average`` when ``bitmap`` is None)."""
+    return mix.average if bitmap is None else float(bitmap.float().mean())
 
 
 def _random_ranks(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

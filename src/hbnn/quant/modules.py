@@ -15,7 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hbnn.quant.bitmap import DEFAULT_SEED, keyed_bitmap, sampled_bitmap, threshold_bitmap, unchecked_bitmap
+from hbnn.quant.bitmap import (
+    DEFAULT_SEED,
+    average_bits,
+    keyed_bitmap,
+    sampled_bitmap,
+    threshold_bitmap,
+    unchecked_bitmap,
+)
 from hbnn.quant.config import QuantSpec
 from hbnn.quant.keys import mean_magnitude
 from hbnn.quant.functional import binarize_with_scales, residual_forward
@@ -70,7 +77,7 @@ class WeightQuantizer(nn.Module):
         """``w_hat`` (Eq. 5) with the STE gradient ``grad * 1{|w| <= 1}``."""
         bitmap = self._current_bitmap(weight)
         if bitmap is not None:
-            self.realized.fill_(bitmap.float().mean().item())
+            self.realized.fill_(average_bits(bitmap, self.mix))
         cdim = self.channel_dim if self.spec.per_channel else None
         n_bits = self.spec.mix.max_bits
         return clipped_ste(weight, lambda w: residual_forward(w, bitmap, n_bits, cdim)[0])
@@ -79,7 +86,7 @@ class WeightQuantizer(nn.Module):
         """Mean of the bit map of ``weight`` (default: as of the last forward pass)."""
         if weight is None:
             return float(self.realized)
-        return float(self.bitmap(weight).float().mean())
+        return average_bits(self.bitmap(weight), self.mix)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -163,8 +170,7 @@ class ActQuantizer(nn.Module):
             ema(self.running_thresholds, finite)
         if mean_abs is not None:
             ema(self.running_mean_abs, mean_abs.float())
-        bits = self.spec.mix.average if bitmap is None else float(bitmap.float().mean())
-        ema(self.running_bits, bits)
+        ema(self.running_bits, average_bits(bitmap, self.spec.mix))
         self.num_batches_tracked += 1
 
     # --------------------------------------------------------------- inference
