@@ -27,6 +27,7 @@ run: setup data
 	$(PY) -m research showcase --out runs/showcase
 
 test: setup data
+	$(VENV)/bin/lint-imports  # import contracts (pyproject.toml [tool.importlinter])
 	$(PY) -m pytest tests
 
 bench: setup data

@@ -30,7 +30,6 @@ from hbnn.kernels import (
     pack_conv_weight,
     pack_planes,
 )
-from hbnn.kernels import _cbackend
 
 MIXES = {"1": (1.0, 0.0, 0.0), "2": (0.0, 1.0, 0.0), "1.4": (0.7, 0.2, 0.1)}
 
@@ -102,13 +101,13 @@ def bench_conv(b: int, c: int, hw: int, o: int, wmix: str, amix: str, reps: int,
 
 def bench_variants(b: int, k: int, o: int, reps: int, gen) -> dict:
     """W1A1 GEMM time (ms, median) under each dispatch variant this CPU supports."""
-    lib = _cbackend.library("auto")
-    if lib is None:
+    supported = cpu_features()["variants"]
+    if not supported:
         return {}
     xp = pack_activations(torch.randn(b, k, generator=gen), torch.tensor([0.8]))
     wp = pack_planes(*_weight_planes((o, k), "1", gen))
     out = {}
-    for v in _cbackend.supported_variants(lib):
+    for v in supported:
         out[v] = round(_timed_pair(lambda: None, lambda: binary_linear(xp, wp, variant=v), reps)["new"], 3)
     return {"shape": f"B{b} K{k} O{o}", "kernel_ms": out}
 
@@ -157,13 +156,13 @@ def main(argv: list[str] | None = None) -> dict:
         for t, op, _ in by
         if _ == "W2A2"
     }
-    lib = _cbackend.library("auto")
+    features = cpu_features()
     result = {
         "benchmark": "bench_kernels",
         "torch": torch.__version__,
         "machine": platform.machine(),
-        "cpu": cpu_features(),
-        "variant": None if lib is None else _cbackend.VARIANTS[_cbackend.variant_id(lib, None)],
+        "cpu": features,
+        "variant": features["selected"],
         "reps": args.reps,
         "results": rows,
         "w1.4a2_over_w2a2_time": hetero,

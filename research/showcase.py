@@ -31,7 +31,7 @@ def _train_one(name: str, recipe: Path, out: Path, overrides: list[str], quiet: 
     """Train (or reuse / resume) one showcase run; returns its row of the table."""
     from hbnn.summary import summarize
     from hbnn.train import fit, load_config
-    from hbnn.train.evaluation import model_from_checkpoint
+    from hbnn.train.rebuild import model_from_checkpoint
 
     run_dir = out / name
     row_file = run_dir / "showcase_row.json"

@@ -133,7 +133,7 @@ def test_every_fashion_mnist_run_builds_and_runs_forward(path, monkeypatch):
     """Each distinct config converts cleanly (no dead rules) and trains one step."""
     import torch
 
-    from hbnn.experiments.layerwise import dataset_shape_of
+    from hbnn.experiments.layerwise import config_shape
     from hbnn.train.config import config_from_dict
     from hbnn.train.rebuild import build_model_for
 
@@ -144,6 +144,6 @@ def test_every_fashion_mnist_run_builds_and_runs_forward(path, monkeypatch):
             continue
         seen.add(run.sha)
         cfg = config_from_dict(run.config)
-        model, report = build_model_for(cfg.model, dataset_shape_of(run.config["data"]), cfg.quant)
+        model, report = build_model_for(cfg.model, config_shape(run.config["data"]), cfg.quant)
         assert report is None or not report.unmatched_rules, run.name
         model(torch.randn(4, 1, 28, 28)).sum().backward()

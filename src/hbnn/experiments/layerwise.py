@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["LayerPlan", "solve_layer_bits", "layer_param_counts", "dataset_shape_of"]
+__all__ = ["LayerPlan", "solve_layer_bits", "layer_param_counts", "config_shape"]
 
 #: Above this many distinct partial sums the search merges sums that differ by less than
 #: ``total / MAX_STATES`` parameters (average error <= layers / MAX_STATES bits).
@@ -92,19 +92,16 @@ def solve_layer_bits(counts: Mapping[str, int], target: float, choices: Sequence
     return LayerPlan(bits=dict(zip(counts, best[2])), average=best[0] / total, target=float(target))
 
 
-def dataset_shape_of(data: Mapping[str, Any]) -> dict:
-    """``{"num_classes", "in_channels", "image_size"}`` of a config's dataset, without reading it.
+def config_shape(data: Mapping[str, Any]) -> dict:
+    """``{"num_classes", "in_channels", "image_size"}`` of a config's ``data`` section, without
+    reading the data: the registry's shape (:func:`hbnn.train.rebuild.registry_shape`) with the
+    section's ``image_size`` when it sets one."""
+    from hbnn.train.rebuild import registry_shape
 
-    ImageNet's class count comes from its folders; 1000 is assumed here.
-    """
-    from hbnn.data import DATASETS
-
-    name = str(data.get("name", "fashion_mnist")).strip().lower().replace("-", "_")
-    if name not in DATASETS:
-        raise ValueError(f"data.name: unknown dataset {name!r}; allowed: {', '.join(sorted(DATASETS))}")
-    info = DATASETS[name]
-    return {"num_classes": info.num_classes or 1000, "in_channels": info.in_channels,
-            "image_size": int(data.get("image_size") or info.image_size)}
+    shape = registry_shape(str(data.get("name", "fashion_mnist")))
+    if data.get("image_size"):
+        shape["image_size"] = int(data["image_size"])
+    return shape
 
 
 def layer_param_counts(config: Mapping[str, Any], layout_quant: Mapping[str, Any]) -> dict[str, int]:
@@ -124,7 +121,7 @@ def layer_param_counts(config: Mapping[str, Any], layout_quant: Mapping[str, Any
     from hbnn.nn import HBLayerMixin
 
     model_cfg = dict(config.get("model") or {})
-    shape = dataset_shape_of(dict(config.get("data") or {}))
+    shape = config_shape(dict(config.get("data") or {}))
     model = build_model(model_cfg.get("name", "cifar_fc4"), **shape,
                         activation=model_cfg.get("activation", "relu"), **dict(model_cfg.get("kwargs") or {}))
     with warnings.catch_warnings():
