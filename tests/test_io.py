@@ -147,7 +147,9 @@ class _Err(ValueError):
 def _write_verified(path, header: dict, tensors: dict, key: str = "k") -> bytes:
     from safetensors.torch import save
 
-    data = save(tensors, metadata={key: json.dumps({**header, "payload_sha256": tensors_sha256(tensors)})})
+    from hbnn.io import seal_header
+
+    data = save(tensors, metadata={key: json.dumps(seal_header({**header, "payload_sha256": tensors_sha256(tensors)}))})
     path.write_bytes(data)
     return data
 
@@ -178,7 +180,8 @@ def test_read_verified_safetensors_round_trip_and_check_order(tmp_path):
     (lambda p, d: p.unlink(), "thing not found: "),
     (lambda p, d: p.write_bytes(d[:5]), "is truncated (5 bytes)"),
     (lambda p, d: p.write_bytes(d[:40]), "is truncated or corrupt (header of"),
-    (lambda p, d: p.write_bytes(d[:-3]), "is truncated or corrupt (unreadable tensors)"),
+    (lambda p, d: p.write_bytes(d[:-3]), "is truncated or has trailing bytes"),
+    (lambda p, d: p.write_bytes(d + b"\0"), "is truncated or has trailing bytes"),
     (lambda p, d: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      "), "no readable 'k' metadata"),
 ])
 def test_read_verified_safetensors_errors_are_one_line(tmp_path, damage, message):
@@ -189,6 +192,38 @@ def test_read_verified_safetensors_errors_are_one_line(tmp_path, damage, message
     with pytest.raises(_Err) as exc:
         read_verified_safetensors(path, key="k", what="thing", error=_Err)
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def _resave(path, header: dict, tensors: dict, metadata_extra: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    path.write_bytes(save(tensors, metadata={"k": json.dumps(header), **(metadata_extra or {})}))
+
+
+def test_header_digest_covers_every_field_and_the_structure(tmp_path):
+    """Any edit of a header field (without resealing), an unsealed header or a foreign metadata
+    entry is refused before the caller's check runs; a resealed edit passes to the check."""
+    from hbnn.io import HEADER_DIGEST, header_sha256, read_verified_safetensors, seal_header
+
+    path, seen = tmp_path / "f.st", []
+    _write_verified(path, {"format": "x", "pad": [1, 1], "min": -1.0}, _tensors())
+    _, header, tensors = read_verified_safetensors(path, key="k", what="thing", error=_Err)
+    assert header[HEADER_DIGEST] == header_sha256(header)
+    for field, value in (("pad", [1, 2]), ("min", float("nan")), ("format", "y"), ("new", True)):
+        _resave(path, {**header, field: value}, tensors)
+        with pytest.raises(_Err, match=r"is corrupt or was edited \(header digest mismatch\)$"):
+            read_verified_safetensors(path, key="k", what="thing", error=_Err, check=lambda h, w: seen.append(h))
+    unsealed = {k: v for k, v in header.items() if k != HEADER_DIGEST}
+    _resave(path, unsealed, tensors)
+    with pytest.raises(_Err, match="has no header_sha256: it was written by an older hbnn or edited"):
+        read_verified_safetensors(path, key="k", what="thing", error=_Err)
+    _resave(path, header, tensors, {"other": "1"})
+    with pytest.raises(_Err, match="unexpected metadata entries"):
+        read_verified_safetensors(path, key="k", what="thing", error=_Err)
+    assert seen == []
+    _resave(path, seal_header({**header, "pad": [1, 2]}), tensors)
+    _, edited, _ = read_verified_safetensors(path, key="k", what="thing", error=_Err, check=lambda h, w: seen.append(h))
+    assert edited["pad"] == [1, 2] and len(seen) == 1
 
 
 def test_read_jsonl_objects_blank_lines_and_errors(tmp_path):

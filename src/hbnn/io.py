@@ -7,8 +7,11 @@ an ordinary ``open(path, "w")`` would give it: those of the file it replaces, el
 ``0o666`` minus the process umask.
 
 Checkpoints (``hbnn.train.checkpoint``) and packed models (``hbnn.export.format``) are
-safetensors files whose metadata holds a JSON header with ``payload_sha256``
-(:func:`tensors_sha256`); :func:`read_verified_safetensors` reads and verifies both.
+safetensors files whose metadata holds one JSON header with ``payload_sha256``
+(:func:`tensors_sha256`) and ``header_sha256`` (:func:`header_sha256`, over every other
+header field, so over the whole content); :func:`seal_header` adds the latter and
+:func:`read_verified_safetensors` checks both and the file's structure (no other metadata,
+no bytes after the last tensor): one edited byte anywhere is an error, never a silent load.
 
 Example:
     >>> with atomic_open("out/table.md", "w") as fh:     # doctest: +SKIP
@@ -33,7 +36,10 @@ if TYPE_CHECKING:  # torch is only needed by tensors_sha256, imported there
     import torch
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "tensors_sha256",
-           "read_verified_safetensors"]
+           "HEADER_DIGEST", "header_sha256", "seal_header", "read_verified_safetensors"]
+
+#: The header field holding :func:`header_sha256` of the rest of the header.
+HEADER_DIGEST = "header_sha256"
 
 _NEW_FILE_MODE = 0o666  # what open() asks for; the kernel applies the umask
 
@@ -140,16 +146,69 @@ def tensors_sha256(tensors: Mapping[str, "torch.Tensor"]) -> str:
     return digest.hexdigest()
 
 
+def header_sha256(header: Mapping[str, Any]) -> str:
+    """SHA-256 hex digest of a JSON header, every field but :data:`HEADER_DIGEST` itself.
+
+    The digest is over ``json.dumps(fields, sort_keys=True, separators=(",", ":"))`` (UTF-8),
+    so it depends on the values only, not on key order or whitespace. Since the header holds
+    ``payload_sha256`` (the tensors), the digest covers the whole content of the file.
+
+    Example:
+        >>> header_sha256({"a": 1, "b": [2]}) == header_sha256({"b": [2], "a": 1, HEADER_DIGEST: "x"})
+        True
+    """
+    body = {k: v for k, v in header.items() if k != HEADER_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def seal_header(header: Mapping[str, Any]) -> dict:
+    """A copy of ``header`` with :data:`HEADER_DIGEST` set to :func:`header_sha256` of it."""
+    out = {k: v for k, v in header.items() if k != HEADER_DIGEST}
+    out[HEADER_DIGEST] = header_sha256(out)
+    return out
+
+
+def _read_header(data: bytes, key: str, what: str, where: Path, error: type[Exception]) -> dict:
+    """The JSON header of safetensors bytes, after the structural checks (see the caller)."""
+    if len(data) < 8:
+        raise error(f"{what} {where} is truncated ({len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise error(f"{what} {where} is truncated or corrupt (header of {n} bytes, file of {len(data)})")
+    try:
+        raw = json.loads(data[8:8 + n])
+        metadata = raw["__metadata__"]
+        header = json.loads(metadata[key])
+        ends = [int(v["data_offsets"][1]) for k, v in raw.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError):  # UnicodeDecodeError is a ValueError
+        header = None
+    if not isinstance(header, dict):
+        raise error(f"{where} is corrupt or not an hbnn {what} (no readable {key!r} metadata)")
+    if set(metadata) != {key}:
+        raise error(f"{what} {where} is corrupt or was edited (unexpected metadata entries)")
+    if 8 + n + max(ends, default=0) != len(data):
+        raise error(f"{what} {where} is truncated or has trailing bytes")
+    if not isinstance(header.get(HEADER_DIGEST), str):
+        raise error(f"{what} {where} has no {HEADER_DIGEST}: it was written by an older hbnn or edited; "
+                    f"re-create it with this version")
+    if header[HEADER_DIGEST] != header_sha256(header):
+        raise error(f"{what} {where} is corrupt or was edited (header digest mismatch)")
+    return header
+
+
 def read_verified_safetensors(path: str | os.PathLike, *, key: str, what: str,
                               error: type[Exception] = FormatError,
                               check: Callable[[dict, Path], None] | None = None
                               ) -> tuple[bytes, dict, dict[str, "torch.Tensor"]]:
-    """Read a safetensors file whose metadata entry ``key`` is a JSON header, and verify it.
+    """Read a safetensors file whose metadata entry ``key`` is a sealed JSON header; verify it.
 
-    In order: read the bytes, find the safetensors header, decode ``__metadata__[key]``
-    as a JSON object, call ``check(header, path)`` (the caller's format and version checks,
-    before any tensor is decoded), load the tensors and compare their
-    :func:`tensors_sha256` with ``header["payload_sha256"]``.
+    In order: read the bytes; check the structure (the safetensors metadata holds only
+    ``key``, no bytes follow the last tensor); decode ``__metadata__[key]`` as a JSON
+    object and compare its :data:`HEADER_DIGEST` with :func:`header_sha256`; call
+    ``check(header, path)`` (the caller's format, version and field checks, before any
+    tensor is decoded); load the tensors and compare their :func:`tensors_sha256` with
+    ``header["payload_sha256"]``. Together the two digests cover every byte that matters.
 
     Args:
         path: the file.
@@ -162,8 +221,9 @@ def read_verified_safetensors(path: str | os.PathLike, *, key: str, what: str,
         ``(file bytes, header, tensors on CPU)``.
 
     Raises:
-        error: missing, unreadable, truncated or corrupt file, no readable header, a
-            header ``check`` refuses, unreadable tensors, or a checksum mismatch.
+        error: missing, unreadable, truncated or corrupt file, no readable or no sealed
+            header, an edited header, a header ``check`` refuses, unreadable tensors, or a
+            checksum mismatch.
     """
     from safetensors.torch import load as st_load
 
@@ -172,19 +232,11 @@ def read_verified_safetensors(path: str | os.PathLike, *, key: str, what: str,
         data = where.read_bytes()
     except FileNotFoundError:
         raise error(f"{what} not found: {where}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {where} is a directory, not a file") from None
     except OSError as exc:
         raise error(f"cannot read {what} {where}: {exc.strerror}") from None
-    if len(data) < 8:
-        raise error(f"{what} {where} is truncated ({len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise error(f"{what} {where} is truncated or corrupt (header of {n} bytes, file of {len(data)})")
-    try:
-        header = json.loads(json.loads(data[8:8 + n])["__metadata__"][key])
-    except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
-        header = None
-    if not isinstance(header, dict):
-        raise error(f"{where} is corrupt or not an hbnn {what} (no readable {key!r} metadata)")
+    header = _read_header(data, key, what, where, error)
     if check is not None:
         check(header, where)
     try:

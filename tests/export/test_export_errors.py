@@ -13,7 +13,7 @@ from hbnn.cli import main
 from hbnn.errors import FormatError
 from hbnn.export import SUPPORTED_LAYERS, export_model, load, read_packed
 from hbnn.export.format import META_KEY
-from hbnn.io import tensors_sha256
+from hbnn.io import seal_header, tensors_sha256
 from hbnn.nn import HBConv2d
 
 
@@ -35,7 +35,7 @@ def _rewrite(path, edit_header=None, edit_tensors=None, resum=True):
         edit_header(header)
     if resum:
         header["payload_sha256"] = tensors_sha256(tensors)
-    path.write_bytes(save(tensors, metadata={META_KEY: json.dumps(header)}))
+    path.write_bytes(save(tensors, metadata={META_KEY: json.dumps(seal_header(header))}))
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:

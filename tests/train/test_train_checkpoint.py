@@ -12,6 +12,7 @@ import torch
 
 import hbnn.io
 from hbnn.errors import CheckpointError
+from hbnn.io import seal_header, tensors_sha256
 from hbnn.train.checkpoint import (
     SCHEMA_VERSION,
     capture_rng_state,
@@ -118,7 +119,8 @@ def test_foreign_and_newer_schema_files_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not an hbnn checkpoint"):
         load_checkpoint(tmp_path / "plain.safetensors")
     meta = {"format": "hbnn-checkpoint", "schema_version": SCHEMA_VERSION + 1}
-    save_file({"w": torch.zeros(2)}, str(tmp_path / "new.safetensors"), metadata={"hbnn": json.dumps(meta)})
+    meta["payload_sha256"] = tensors_sha256({"w": torch.zeros(2)})
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "new.safetensors"), metadata={"hbnn": json.dumps(seal_header(meta))})
     with pytest.raises(CheckpointError, match="schema version 2"):
         load_checkpoint(tmp_path / "new")
 

@@ -32,7 +32,7 @@ from hbnn.errors import FormatError
 from hbnn.export.engine import PackedModel, optimize_chain
 from hbnn.export.ops import trace_chain
 from hbnn.export.records import build_layer, can_fold, layer_record
-from hbnn.io import atomic_write_bytes, read_verified_safetensors, tensors_sha256
+from hbnn.io import atomic_write_bytes, read_verified_safetensors, seal_header, tensors_sha256
 
 __all__ = ["FORMAT", "VERSION", "META_KEY", "pack_model", "export_model", "read_packed", "load", "storage_report",
            "format_report"]
@@ -114,7 +114,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, meta: Mapping[str
     from safetensors.torch import save as st_save
 
     header, tensors = pack_model(model, meta=meta, fold_bn=fold_bn, input_shape=input_shape)
-    data = st_save(tensors, metadata={META_KEY: json.dumps(header, sort_keys=True)})
+    data = st_save(tensors, metadata={META_KEY: json.dumps(seal_header(header), sort_keys=True)})
     atomic_write_bytes(path, data)
     return _report(header, tensors, len(data))
 

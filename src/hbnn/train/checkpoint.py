@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from hbnn.errors import CheckpointError
-from hbnn.io import atomic_write_bytes, atomic_write_json, read_verified_safetensors, tensors_sha256
+from hbnn.io import atomic_write_bytes, atomic_write_json, read_verified_safetensors, seal_header, tensors_sha256
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -195,6 +195,7 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.
     meta = dict(metadata)
     meta.update(format=FORMAT, schema_version=SCHEMA_VERSION, optimizer=opt_meta,
                 scheduler=sched_meta, payload_sha256=tensors_sha256(tensors))
+    meta = seal_header(meta)
     data = st_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
     atomic_write_bytes(tensor_path, data)
     meta["sha256"] = hashlib.sha256(data).hexdigest()
