@@ -5,7 +5,10 @@
 - ``python -m research plot EXPERIMENT`` -- the figure from ``results/EXPERIMENT.jsonl``
   (:mod:`research.plots`); ``--markdown`` prints its aggregated table instead;
 - ``python -m research plot verdicts [--results-dir results] [--prefix P]`` -- the five
-  claim checks (:mod:`research.verdicts`);
+  claim checks (:mod:`research.verdicts`): without ``--prefix``, the 2-epoch and the
+  converged scale side by side (:mod:`research.scales`);
+- ``python -m research plot training_length`` -- claims (ii) and (v) against training epochs
+  (``docs/figures/training_length.png``);
 - ``python -m research plot report [--doc docs/results.md]`` -- refill the document's
   result regions (:mod:`research.report`).
 
@@ -33,13 +36,16 @@ def _register_plot(subparsers: Any) -> None:
         "plot", help="figures and tables from result files only",
         description="Draw EXPERIMENT's figure from its results file (PNG), print its aggregated table "
                     "(--markdown), or print the five claim verdicts (EXPERIMENT = verdicts).")
-    p.add_argument("experiment", help="experiment name, 'verdicts', or 'report' (fill --doc from the results)")
+    p.add_argument("experiment", help="experiment name, 'verdicts', 'training_length' (claims ii and v against epochs), "
+                                          "or 'report' (fill --doc from the results)")
     p.add_argument("--doc", default="docs/results.md", help="report: the markdown file whose hbnn plot regions to refill")
     p.add_argument("--results", help="results file (default results/<experiment>.jsonl)")
     p.add_argument("--out", default=DEFAULT_FIGURES_DIR, help=f"output folder (default {DEFAULT_FIGURES_DIR})")
     p.add_argument("--markdown", action="store_true", help="print the aggregated markdown table instead")
     p.add_argument("--results-dir", default="results", help="verdicts: folder of the results files")
-    p.add_argument("--prefix", default="", help="verdicts: results file prefix, e.g. cifar10_")
+    p.add_argument("--prefix", default=None,
+                   help="verdicts: only the results files with this prefix, e.g. cifar10_ or long_ (default: "
+                        "the 2-epoch and the converged scale side by side)")
     p.set_defaults(func=_cmd_plot)
 
 
@@ -57,10 +63,20 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         atomic_write_text(doc, render_doc(doc.read_text(encoding="utf-8"), args.results_dir))
         print(f"updated {doc}")
         return 0
+    if args.experiment == "verdicts" and args.prefix is None:
+        from research.scales import verdicts_by_scale_markdown
+
+        print(verdicts_by_scale_markdown(args.results_dir))
+        return 0
+    if args.experiment == "training_length":
+        from research.scales import plot_training_length
+
+        print(plot_training_length(args.results_dir, Path(args.out) / "training_length.png"))
+        return 0
     if args.experiment == "verdicts" or args.markdown:
         from research.report import experiment_markdown
 
-        print(experiment_markdown(args.experiment, args.results, args.results_dir, args.prefix))
+        print(experiment_markdown(args.experiment, args.results, args.results_dir, args.prefix or ""))
         return 0
     results = Path(args.results) if args.results else default_results_path(args.experiment)
     if not results.exists():

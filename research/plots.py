@@ -20,13 +20,14 @@ from typing import Any, Iterable, Mapping
 from hbnn.io import atomic_write_bytes, atomic_write_text
 from research.stats import PointStats, aggregate, format_bits, markdown_table
 
-__all__ = ["plot_lines", "plot_fig2a", "plot_bars", "plot_curve", "plot_table", "BAR_FIGURES"]
+__all__ = ["plot_lines", "plot_fig2a", "plot_bars", "plot_curve", "plot_table", "BAR_FIGURES", "pyplot", "save_png"]
 
 BAR_FIGURES = ("fig2b", "mix", "block", "pilot")
 _COLORS = {"middle_out": "C0", "bottom_up": "C1", "top_down": "C2", "random": "C3"}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,10 +36,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG atomically, close it, and return ``path``."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -47,7 +49,7 @@ def plot_fig2a(lines: Iterable[Mapping[str, Any]], path: Path, title: str = "") 
     """Error vs average bits per heuristic (ours: lines; paper: hollow markers)."""
     from hbnn.experiments.results import latest
 
-    plt = _pyplot()
+    plt = pyplot()
     series: dict[str, list[tuple[float, float, float | None]]] = {}
     for line in latest(lines):
         if line.get("kind") == "fig2a":
@@ -65,7 +67,7 @@ def plot_fig2a(lines: Iterable[Mapping[str, Any]], path: Path, title: str = "") 
     ax.set(xlabel="average bits", ylabel="||x - x_hat|| / ||x||", title=title or "Fig. 2a: N(0,1) approximation error")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _is_ref(s: PointStats) -> bool:
@@ -76,7 +78,7 @@ def _is_ref(s: PointStats) -> bool:
 
 def plot_bars(stats: list[PointStats], path: Path, title: str, refs: bool = False) -> Path:
     """Bars of mean ± std per point (seed values as dots); ``refs``: homogeneous points as lines."""
-    plt = _pyplot()
+    plt = pyplot()
     ref_pts = [s for s in stats if refs and _is_ref(s)]
     bars = [s for s in stats if s not in ref_pts]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(bars) + 2), 4.2))
@@ -96,12 +98,12 @@ def plot_bars(stats: list[PointStats], path: Path, title: str, refs: bool = Fals
     ax.grid(axis="y", alpha=0.3)
     if ref_pts:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_curve(per_param: list[PointStats], layer: list[PointStats], path: Path, title: str) -> Path:
     """Top-1 vs realized average weight bits: per-parameter vs layer-level mixing."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for pts, name, style in ((per_param, "per-parameter (HBNN, middle-out)", "-o"),
                              (layer, "layer-level (whole layers at 1/2/3 bits)", "--s")):
@@ -116,12 +118,12 @@ def plot_curve(per_param: list[PointStats], layer: list[PointStats], path: Path,
     ax.set(xlabel="average weight bits (realized)", ylabel="test top-1 (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_table(stats: list[PointStats], path: Path, title: str) -> Path:
     """Table 1 as an image (act/weight bits, top-1 mean ± std, n, paper)."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = ["row (act/weight)", "act bits", "weight bits", "top-1 % (mean ± std)", "seeds", "paper top-1 %"]
     cells = [[s.label, format_bits(s.act_bits), format_bits(s.weight_bits),
               f"{s.mean:.2f}" + ("" if s.std is None else f" ± {s.std:.2f}"), str(s.n),
@@ -134,7 +136,7 @@ def plot_table(stats: list[PointStats], path: Path, title: str) -> Path:
     table.auto_set_column_width(list(range(len(cols))))
     table.scale(1.0, 1.3)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _companion(results: Path, figure: str) -> Path | None:
