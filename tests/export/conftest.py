@@ -104,3 +104,39 @@ def parity():
 def calibrated():
     """The :func:`calibrate` helper."""
     return calibrate
+
+
+def rewrite_packed(path: Path, edit_header=None, edit_tensors=None, *, resum: bool = True, reseal: bool = True) -> None:
+    """Rewrite a packed file with an edited header/tensors, read raw (no validation).
+
+    With ``resum`` the payload digest is recomputed and with ``reseal`` the header digest
+    (:func:`hbnn.io.seal_header`), so only validation can refuse the edit; without them
+    the digests must.
+    """
+    import json
+    import struct
+
+    from safetensors.torch import load, save
+
+    from hbnn.export.format import META_KEY
+    from hbnn.io import seal_header, tensors_sha256
+
+    data = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(json.loads(data[8:8 + n])["__metadata__"][META_KEY])
+    tensors = load(data)
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_header:
+        edit_header(header)
+    if resum:
+        header["payload_sha256"] = tensors_sha256(tensors)
+    if reseal:
+        header = seal_header(header)
+    Path(path).write_bytes(save(tensors, metadata={META_KEY: json.dumps(header)}))
+
+
+@pytest.fixture
+def rewrite():
+    """The :func:`rewrite_packed` helper."""
+    return rewrite_packed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import struct
 
 import pytest
@@ -11,9 +10,7 @@ from torch import nn
 
 from hbnn.cli import main
 from hbnn.errors import FormatError
-from hbnn.export import SUPPORTED_LAYERS, export_model, load, read_packed
-from hbnn.export.format import META_KEY
-from hbnn.io import seal_header, tensors_sha256
+from hbnn.export import SUPPORTED_LAYERS, export_model, load
 from hbnn.nn import HBConv2d
 
 
@@ -22,20 +19,6 @@ def packed(tmp_path, make_fc4):
     path = tmp_path / "m.hbnn"
     export_model(make_fc4({"weight": 1.4, "act": 1.4}), path, input_shape=[1, 12, 12])
     return path
-
-
-def _rewrite(path, edit_header=None, edit_tensors=None, resum=True):
-    """Rewrite a packed file with an edited header/tensors (checksum recomputed unless ``resum=False``)."""
-    from safetensors.torch import save
-
-    header, tensors, _ = read_packed(path)
-    if edit_tensors:
-        edit_tensors(tensors)
-    if edit_header:
-        edit_header(header)
-    if resum:
-        header["payload_sha256"] = tensors_sha256(tensors)
-    path.write_bytes(save(tensors, metadata={META_KEY: json.dumps(seal_header(header))}))
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:
@@ -71,38 +54,46 @@ def test_foreign_safetensors_file(tmp_path):
         load(tmp_path / "f.safetensors")
 
 
-def test_unknown_version_and_format(packed):
-    _rewrite(packed, lambda h: h.update(version=99))
-    with pytest.raises(FormatError, match="unknown format version 99; this hbnn reads version 1"):
+def test_unknown_version_and_format(packed, rewrite):
+    rewrite(packed, lambda h: h.update(version=99))
+    with pytest.raises(FormatError, match="unknown format version 99; this hbnn reads version 2; a newer hbnn"):
         load(packed)
+    for old in (1, True, 2.0, "2"):  # an older file says how to re-create it; True and 2.0 are not 1 and 2
+        rewrite(packed, lambda h: h.update(version=old))
+        with pytest.raises(FormatError, match=f"unknown format version {old!r}; this hbnn reads version 2; ") as exc:
+            load(packed)
+        assert ("`hbnn export RUN --out FILE`" in _one_line(exc)) == (type(old) is int)
 
 
-def test_mismatched_tensor_shapes(packed):
-    _rewrite(packed, edit_tensors=lambda t: t.update({"3.bias": torch.zeros(5)}))
+def test_mismatched_tensor_shapes(packed, rewrite):
+    rewrite(packed, edit_tensors=lambda t: t.update({"3.bias": torch.zeros(5)}))
     with pytest.raises(FormatError, match=r"layer 3 \(features.4\): tensor '3.bias' has torch.float32 \[5\]"):
         load(packed)
 
 
-def test_sign_stream_of_the_wrong_length(packed):
-    _rewrite(packed, edit_tensors=lambda t: t.update({"3.signs": t["3.signs"][:-1].clone()}))
+def test_sign_stream_of_the_wrong_length(packed, rewrite):
+    rewrite(packed, edit_tensors=lambda t: t.update({"3.signs": t["3.signs"][:-1].clone()}))
     with pytest.raises(FormatError, match="words for"):
         load(packed)
 
 
-def test_shapes_that_do_not_chain(packed):
+def test_shapes_that_do_not_chain(packed, rewrite):
     def edit(h):
         h["layers"][0]["geometry"]["out_channels"] = 6  # and make the weight fit the record
-    _rewrite(packed, edit, lambda t: t.update({"0.weight": t["0.weight"][:6].clone(),
+    rewrite(packed, edit, lambda t: t.update({"0.weight": t["0.weight"][:6].clone(),
                                                 "0.bias": t["0.bias"][:6].clone()}))
     with pytest.raises(FormatError, match=r"layer 3 \(features.4\): shapes do not chain on input \[1, 12, 12\]"):
         load(packed)
 
 
-def test_unknown_layer_op_lists_supported(packed):
-    _rewrite(packed, lambda h: h["layers"][1].update(op="gelu"))
-    with pytest.raises(FormatError, match="unknown layer op 'gelu'; supported layers: HBConv2d") as exc:
+def test_unknown_layer_op_lists_supported(packed, rewrite):
+    from hbnn.export.validate import OPS
+
+    rewrite(packed, lambda h: h["layers"][1].update(op="gelu"))
+    with pytest.raises(FormatError, match=r"m.hbnn: layer 1 \(features.2\): unknown layer op 'gelu'; supported ops: "
+                                          "conv2d, linear, batch_norm, relu, hardtanh") as exc:
         load(packed)
-    _one_line(exc)
+    assert _one_line(exc).endswith(", ".join(OPS))
 
 
 def test_unsupported_models_at_export(tmp_path, make_fc4):

@@ -1,19 +1,27 @@
-"""The packed model file (``hbnn-packed``, version 1): write, read, load, size report.
+"""The packed model file (``hbnn-packed``, version 2): write, read, load, size report.
 
 One safetensors file. Its header metadata key ``"hbnn-packed"`` holds the JSON header::
 
-    {"format": "hbnn-packed", "version": 1, "hbnn_version", "torch_version",
+    {"format": "hbnn-packed", "version": 2, "hbnn_version", "torch_version",
      "model": {name, config, quant, num_classes, in_channels, image_size} | null,
      "meta": {...anything else the exporter passed...},
      "input_shape": [C, H, W] | null, "source_params": int, "fold_bn": bool,
      "layers": [layer records, in execution order],
-     "payload_sha256": hbnn.io.tensors_sha256 of the tensors (name, dtype, shape, bytes)}
+     "payload_sha256": hbnn.io.tensors_sha256 of the tensors (name, dtype, shape, bytes),
+     "header_sha256": hbnn.io.header_sha256 of every other field}
+
+Version 2 adds ``header_sha256`` (so one digest chain covers the whole file) and a
+reader that validates every field (:mod:`hbnn.export.validate`); files of version 1
+are refused with how to re-create them (``hbnn export RUN --out FILE``).
 
 Layer records and tensor names: :mod:`hbnn.export.records`; bit streams:
 :mod:`hbnn.export.encode`; the full specification: ``docs/deploy.md``.
-Every problem with a file (missing, truncated, corrupt, other format, unknown version,
-tensors that do not fit the records, unknown layer ops, shapes that do not chain)
-raises :class:`hbnn.errors.FormatError` with a one-line message.
+Every problem with a file (missing, truncated, corrupt or edited, other format, other
+version, any header field of the wrong type or out of range, tensors that do not fit the
+records, unknown layer ops, shapes that do not chain) raises
+:class:`hbnn.errors.FormatError` with a one-line message naming the file (and the layer
+and field). :func:`read_packed` is the one validated read behind :func:`load`,
+:func:`storage_report`, ``hbnn infer`` and ``hbnn hw estimate --packed``.
 """
 
 from __future__ import annotations
@@ -32,13 +40,14 @@ from hbnn.errors import FormatError
 from hbnn.export.engine import PackedModel, optimize_chain
 from hbnn.export.ops import trace_chain
 from hbnn.export.records import build_layer, can_fold, layer_record
-from hbnn.io import atomic_write_bytes, read_verified_safetensors, seal_header, tensors_sha256
+from hbnn.export.validate import EXPORT_COMMAND, RECREATE, check_header, check_tensors
+from hbnn.io import HEADER_DIGEST, atomic_write_bytes, read_verified_safetensors, seal_header, tensors_sha256
 
 __all__ = ["FORMAT", "VERSION", "META_KEY", "pack_model", "export_model", "read_packed", "load", "storage_report",
            "format_report"]
 
 FORMAT = "hbnn-packed"
-VERSION = 1
+VERSION = 2
 #: The safetensors metadata key that holds the JSON header.
 META_KEY = "hbnn-packed"
 
@@ -83,7 +92,8 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
             loader checks that the layers chain on it.
 
     Raises:
-        FormatError: unsupported layers, uncalibrated or non-elementwise quantizers.
+        FormatError: unsupported layers, uncalibrated or non-elementwise quantizers,
+            non-finite parameters or ``meta`` fields hbnn reads with the wrong type.
         TypeError: ``meta`` is not JSON-serialisable.
     """
     meta = dict(meta or {})
@@ -99,6 +109,9 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
         "source_params": sum(p.numel() for p in model.parameters()), "fold_bn": bool(fold_bn), "layers": records,
         "payload_sha256": tensors_sha256(tensors),
     }
+    where = f"export of {type(model).__name__}"
+    check_header(header, where)  # what is written always reads back
+    check_tensors(header, tensors, where)
     return header, tensors
 
 
@@ -120,38 +133,56 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, meta: Mapping[str
 
 
 def _check_header(header: dict, where: Path) -> None:
+    """Format, version, then every other field (:func:`hbnn.export.validate.check_header`)."""
     if header.get("format") != FORMAT:
         raise FormatError(f"{where} is not an hbnn packed model (format {header.get('format')!r}, "
                           f"expected {FORMAT!r})")
     version = header.get("version")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
+        how = ("not a version hbnn writes" if type(version) is not int else
+               RECREATE if version < VERSION else "a newer hbnn wrote it; upgrade hbnn to read it")
         raise FormatError(f"packed model {where} has unknown format version {version!r}; "
-                          f"this hbnn reads version {VERSION}")
-    if not isinstance(header.get("layers"), list):
-        raise FormatError(f"packed model {where} has no layer list")
+                          f"this hbnn reads version {VERSION}; {how}")
+    check_header(header, where)
 
 
 def read_packed(path: str | os.PathLike) -> tuple[dict, dict, int]:
-    """``(header, tensors, file size in bytes)`` of a packed file, verified.
+    """``(header, tensors, file size in bytes)`` of a packed file, verified and validated.
+
+    The digests (:func:`hbnn.io.read_verified_safetensors`) prove the file is as written;
+    :mod:`hbnn.export.validate` proves every header field and tensor is of the right type
+    and in range, so nothing downstream sees a malformed value.
 
     Raises:
-        FormatError: missing, truncated, corrupt (checksum), foreign or unknown-version file.
+        FormatError: missing, truncated, corrupt or edited, foreign or other-version file,
+            an invalid header field or a tensor that does not fit its record.
     """
-    data, header, tensors = read_verified_safetensors(path, key=META_KEY, what="packed model", error=FormatError,
-                                                      check=_check_header)
+    try:
+        data, header, tensors = read_verified_safetensors(path, key=META_KEY, what="packed model",
+                                                          error=FormatError, check=_check_header)
+    except FormatError as exc:
+        if f"has no {HEADER_DIGEST}" not in str(exc):  # a version-1 file: say how to replace it
+            raise
+        raise FormatError(f"{exc}: `{EXPORT_COMMAND}`") from None
+    check_tensors(header, tensors, Path(path))
     return header, tensors, len(data)
 
 
-def _check_chain(layers: list[tuple[str, nn.Module]], shape: list[int]) -> None:
-    """Run one zero input through the layers so mismatched shapes fail here, in one line."""
+def _check_chain(layers: list[tuple[str, nn.Module]], shape: list[int], where: Path) -> None:
+    """Run one zero input through the layers so mismatched shapes fail here, in one line.
+
+    The header is validated, so the only errors left are torch's shape errors
+    (``RuntimeError``, ``ValueError``; ``IndexError`` for a flatten dim the input lacks).
+    """
     x = torch.zeros(1, *shape)
     with torch.no_grad():
         for i, (name, layer) in enumerate(layers):
             try:
                 x = layer(x)
-            except (RuntimeError, ValueError) as exc:
+            except (RuntimeError, ValueError, IndexError) as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise FormatError(f"layer {i} ({name}): shapes do not chain on input {shape}: {first}") from None
+                raise FormatError(f"packed model {where}: layer {i} ({name}): shapes do not chain on input "
+                                  f"{shape}: {first}") from None
 
 
 def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) -> PackedModel:
@@ -169,12 +200,10 @@ def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) 
             fit their records and layers whose shapes do not chain.
     """
     header, tensors, _ = read_packed(path)
-    layers = [build_layer(i, rec, tensors, backend) for i, rec in enumerate(header["layers"])]
-    shape = header.get("input_shape")
-    if check and shape is not None:
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
-            raise FormatError(f"packed model {path}: invalid input_shape {shape!r}")
-        _check_chain(layers, shape)
+    where = f"packed model {Path(path)}"
+    layers = [build_layer(i, rec, tensors, backend, where) for i, rec in enumerate(header["layers"])]
+    if check and header["input_shape"] is not None:
+        _check_chain(layers, header["input_shape"], Path(path))
     return PackedModel(optimize_chain(layers), header)
 
 

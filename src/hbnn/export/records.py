@@ -30,8 +30,6 @@ sits between it and the weights, so it could only move into the quantizer's thre
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -40,7 +38,7 @@ from hbnn.export import encode
 from hbnn.export.engine import PackedConv2d, PackedLinear, make_act_quantizer
 from hbnn.export.ops import build_simple, simple_record, unsupported
 from hbnn.nn import HBConv2d, HBLayerMixin, HBLinear
-from hbnn.quant.bitmap import block_view_shape, expand_blocks
+from hbnn.quant.bitmap import expand_blocks
 from hbnn.quant.functional import broadcast_scale, dequantize_planes, residual_forward
 
 __all__ = ["bn_affine", "can_fold", "layer_record", "build_layer"]
@@ -210,112 +208,63 @@ def layer_record(index: int, name: str, layer: nn.Module, out: dict, bn=None, bn
 
 
 # ----------------------------------------------------------------------------- load side
+# Records and tensors reach these functions validated (hbnn.export.validate, via
+# hbnn.export.format.read_packed): types, ranges and tensor shapes are not re-checked;
+# what is checked here is what only decoding shows (stream codes, plane sizes).
 
-def _tensor(tensors: dict, key: str, shape, where: str, dtype=torch.float32) -> torch.Tensor:
-    """``tensors[key]`` checked for dtype and shape (``shape`` None = any)."""
-    if key not in tensors:
-        raise FormatError(f"{where}: tensor {key!r} is missing")
-    t = tensors[key]
-    if t.dtype != dtype or (shape is not None and tuple(t.shape) != tuple(shape)):
-        want = "any shape" if shape is None else list(shape)
-        raise FormatError(f"{where}: tensor {key!r} has {t.dtype} {list(t.shape)}, expected {dtype} {want}")
-    return t
-
-
-def _weight_shape(op: str, g: dict, where: str) -> tuple[int, ...]:
-    try:
-        if op == "linear":
-            return (int(g["out_features"]), int(g["in_features"]))
-        if g["in_channels"] % g["groups"] or g["out_channels"] % g["groups"]:
-            raise FormatError(f"{where}: channels {g['in_channels']}->{g['out_channels']} not divisible "
-                              f"by groups={g['groups']}")
-        return (int(g["out_channels"]), int(g["in_channels"]) // int(g["groups"]), *map(int, g["kernel_size"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"{where}: invalid geometry {g!r} ({exc})") from None
+def _weight_shape(op: str, g: dict) -> tuple[int, ...]:
+    if op == "linear":
+        return (g["out_features"], g["in_features"])
+    return (g["out_channels"], g["in_channels"] // g["groups"], *g["kernel_size"])
 
 
 def _decode_planes(w: dict, shape: tuple[int, ...], tensors: dict, p: str, where: str):
     """``(signs, masks, scales)`` bool planes ``[n, *shape]`` from a ``planes`` weight record."""
-    try:
-        bits, n, block, units = list(map(int, w["bits"])), int(w["planes"]), int(w["block"]), int(w["units"])
-        sign_bits, map_bits = int(w["sign_bits"]), int(w["map_bits"])
-        counts = [int(c) for c in w["plane_counts"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"{where}: invalid weight record ({exc})") from None
-    rows, nb, _ = block_view_shape(torch.Size(shape), block)
-    if not bits or bits != sorted(set(bits)) or bits[0] < 1 or n != bits[-1] or units != (
-            math.prod(shape) if block == 1 else rows * nb):
-        raise FormatError(f"{where}: weight record does not fit shape {list(shape)} "
-                          f"(bits {bits}, planes {n}, block {block}, units {units})")
+    bits, n, block, units = w["bits"], w["planes"], w["block"], w["units"]
     levels = torch.zeros(units, dtype=torch.int64)
     if len(bits) > 1:
-        stream = encode.unpack_stream(_tensor(tensors, f"{p}.map", None, where, torch.int64), map_bits, where)
+        stream = encode.unpack_stream(tensors[f"{p}.map"], w["map_bits"], where)
         levels = encode.decode_levels(stream, units, len(bits), where)
     bitmap = torch.tensor(bits)[expand_blocks(levels, shape, block)]
     masks = torch.stack([bitmap > i for i in range(n)])
-    if _plane_counts(masks) != counts:
-        raise FormatError(f"{where}: bit map gives plane sizes {_plane_counts(masks)}, header says {counts}")
-    signs = encode.decode_signs(
-        encode.unpack_stream(_tensor(tensors, f"{p}.signs", None, where, torch.int64), sign_bits, where), masks, where)
-    scales = _tensor(tensors, f"{p}.scales", None, where)
-    if tuple(scales.shape) not in ((n,), (n, shape[0])):
-        raise FormatError(f"{where}: scales have shape {list(scales.shape)}, expected [{n}] or [{n}, {shape[0]}]")
-    return signs, masks, scales
+    if _plane_counts(masks) != w["plane_counts"]:
+        raise FormatError(f"{where}: bit map gives plane sizes {_plane_counts(masks)}, "
+                          f"header says {w['plane_counts']}")
+    signs = encode.decode_signs(encode.unpack_stream(tensors[f"{p}.signs"], w["sign_bits"], where), masks, where)
+    return signs, masks, tensors[f"{p}.scales"]
 
 
-def _act(rec: dict | None, tensors: dict, p: str, where: str):
+def _act(rec: dict | None, tensors: dict, p: str):
     if rec is None:
         return None
-    try:
-        bits, fractions, heuristic = list(rec["bits"]), list(rec["fractions"]), rec["heuristic"]
-    except (KeyError, TypeError) as exc:
-        raise FormatError(f"{where}: invalid activation record ({exc})") from None
-    if heuristic not in ("middle_out", "top_down", "bottom_up"):
-        raise FormatError(f"{where}: activation heuristic {heuristic!r} cannot run elementwise; "
-                          "supported: middle_out, top_down, bottom_up")
-    n = max(bits) if bits else 0
-    scales = _tensor(tensors, f"{p}.act.scales", (n,), where)
-    mean_abs = _tensor(tensors, f"{p}.act.mean_abs", (), where)
-    thresholds = torch.zeros(0) if len(bits) == 1 else _tensor(tensors, f"{p}.act.thresholds", (len(bits) - 1,), where)
-    try:
-        return make_act_quantizer(bits, fractions, heuristic, scales, thresholds, mean_abs)
-    except ValueError as exc:
-        raise FormatError(f"{where}: invalid activation mix {bits}/{fractions} ({exc})") from None
+    bits = rec["bits"]
+    thresholds = tensors[f"{p}.act.thresholds"] if len(bits) > 1 else torch.zeros(0)
+    return make_act_quantizer(bits, rec["fractions"], rec["heuristic"], tensors[f"{p}.act.scales"], thresholds,
+                              tensors[f"{p}.act.mean_abs"])
 
 
 def _affine_module(rec: dict, tensors: dict, p: str, where: str, backend: str) -> nn.Module:
-    op, g = rec["op"], rec.get("geometry")
-    if not isinstance(g, dict):
-        raise FormatError(f"{where}: missing geometry")
-    shape = _weight_shape(op, g, where)
-    w = rec.get("weight") or {}
-    enc = w.get("encoding")
-    if enc == "float32":
-        planes, weight = None, _tensor(tensors, f"{p}.weight", shape, where)
-    elif enc == "planes":
+    op, g, w = rec["op"], rec["geometry"], rec["weight"]
+    shape = _weight_shape(op, g)
+    if w["encoding"] == "float32":
+        planes, weight = None, tensors[f"{p}.weight"]
+    else:
         planes = _decode_planes(w, shape, tensors, p, where)
         weight = dequantize_planes(*planes)
-    else:
-        raise FormatError(f"{where}: unknown weight encoding {enc!r}; supported: float32, planes")
-    bias = _tensor(tensors, f"{p}.bias", (shape[0],), where) if rec.get("bias") else None
-    out_scale = _tensor(tensors, f"{p}.out_scale", (shape[0],), where) if rec.get("out_scale") else None
-    act = _act(rec.get("act"), tensors, p, where)
+    bias = tensors[f"{p}.bias"] if rec["bias"] else None
+    out_scale = tensors[f"{p}.out_scale"] if rec["out_scale"] else None
+    act = _act(rec["act"], tensors, p)
     if op == "linear":
         return PackedLinear(weight, planes, act, bias, out_scale, backend=backend)
-    if isinstance(g.get("padding"), str) or g.get("padding_mode", "zeros") != "zeros":
-        if planes is not None or act is not None:
-            raise FormatError(f"{where}: binarized conv needs integer zero padding, got {g.get('padding')!r}")
-        return _float_conv(g, weight, bias, where)
+    if isinstance(g["padding"], str) or g["padding_mode"] != "zeros":  # float only (validated)
+        return _float_conv(g, weight, bias)
     return PackedConv2d(weight, planes, act, bias, out_scale, stride=g["stride"], padding=g["padding"],
-                        dilation=g["dilation"], groups=int(g["groups"]), backend=backend)
+                        dilation=g["dilation"], groups=g["groups"], backend=backend)
 
 
-def _float_conv(g: dict, weight: torch.Tensor, bias, where: str) -> nn.Module:
-    try:
-        conv = nn.Conv2d(g["in_channels"], g["out_channels"], g["kernel_size"], g["stride"], g["padding"],
-                         g["dilation"], g["groups"], bias is not None, g["padding_mode"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"{where}: invalid conv geometry {g!r} ({exc})") from None
+def _float_conv(g: dict, weight: torch.Tensor, bias) -> nn.Module:
+    conv = nn.Conv2d(g["in_channels"], g["out_channels"], g["kernel_size"], g["stride"], g["padding"],
+                     g["dilation"], g["groups"], bias is not None, g["padding_mode"])
     with torch.no_grad():
         conv.weight.copy_(weight)
         if bias is not None:
@@ -323,33 +272,31 @@ def _float_conv(g: dict, weight: torch.Tensor, bias, where: str) -> nn.Module:
     return conv.eval()
 
 
-def _bn_module(rec: dict, tensors: dict, p: str, where: str) -> nn.Module:
-    try:
-        n, dim, eps = int(rec["num_features"]), int(rec["dim"]), float(rec["eps"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"{where}: invalid batch norm record ({exc})") from None
-    if dim not in (1, 2):
-        raise FormatError(f"{where}: batch norm dim must be 1 or 2, got {dim}")
-    bn = (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(n, eps=eps)
+def _bn_module(rec: dict, tensors: dict, p: str) -> nn.Module:
+    n = rec["num_features"]
+    bn = (nn.BatchNorm1d if rec["dim"] == 1 else nn.BatchNorm2d)(n, eps=rec["eps"])
     with torch.no_grad():
         for key in ("weight", "bias", "running_mean", "running_var"):
-            getattr(bn, key).copy_(_tensor(tensors, f"{p}.{key}", (n,), where))
+            getattr(bn, key).copy_(tensors[f"{p}.{key}"])
     return bn.eval()
 
 
-def build_layer(index: int, rec: dict, tensors: dict, backend: str = "auto") -> tuple[str, nn.Module]:
+def build_layer(index: int, rec: dict, tensors: dict, backend: str = "auto",
+                file: str = "packed model") -> tuple[str, nn.Module]:
     """``(source name, engine module)`` of one layer record.
 
+    ``rec`` and ``tensors`` must have passed :func:`hbnn.export.validate.check_header` and
+    :func:`hbnn.export.validate.check_tensors` (:func:`hbnn.export.format.read_packed` does both).
+    ``file`` starts every message (``"packed model m.hbnn"``).
+
     Raises:
-        FormatError: unknown op, missing or mis-shaped tensors, inconsistent bit planes.
+        FormatError: a bit map or sign stream whose code does not match the record's plane sizes.
     """
-    if not isinstance(rec, dict) or "op" not in rec:
-        raise FormatError(f"layer {index}: invalid record {rec!r}")
-    name = str(rec.get("name", index))
-    where = f"layer {index} ({name})"
+    name = rec["name"]
+    where = f"{file}: layer {index} ({name})"
     op, p = rec["op"], str(index)
     if op in ("conv2d", "linear"):
         return name, _affine_module(rec, tensors, p, where, backend)
     if op == "batch_norm":
-        return name, _bn_module(rec, tensors, p, where)
-    return name, build_simple(op, dict(rec.get("attrs") or {}), where).eval()
+        return name, _bn_module(rec, tensors, p)
+    return name, build_simple(op, dict(rec["attrs"]), where).eval()

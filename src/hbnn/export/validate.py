@@ -1,0 +1,476 @@
+"""Validation of a packed file before anything in it is used: every header field, every tensor.
+
+:func:`check_header` validates the decoded JSON header before any tensor is decoded (it
+runs inside :func:`hbnn.export.format.read_packed`, after the digests), and
+:func:`check_tensors` the tensors against the validated layer records. The engine
+(:mod:`hbnn.export.records`), the size report and ``hbnn hw estimate --packed`` then only
+ever see well-typed, in-range values:
+
+* JSON booleans are not integers and integers are not booleans (``true`` is not ``1``);
+  a number is an ``int`` or ``float``, finite (no NaN/inf);
+* every object has exactly the keys of its kind (``docs/deploy.md``), every op is one of
+  :data:`OPS`, the layer list is not empty;
+* geometry: channel counts, kernel sizes, strides, dilations and groups are positive
+  integers (``[h, w]`` pairs where the layer has two dimensions), paddings are ``>= 0``
+  and at most ``dilation * (kernel_size - 1)`` for a convolution (more padding only adds
+  outputs that see no input) and half the (dilated) window for a pool;
+* bit mixes are valid :class:`hbnn.quant.mix.BitMix` es (increasing bitwidths in
+  ``1..8``, fractions > 0 summing to 1), plane counts and stream lengths agree with the
+  weight's shape, ``hardtanh`` has finite ``min_val < max_val``;
+* ``input_shape`` is 1 to 3 positive integers with at most :data:`MAX_INPUT_ELEMENTS`
+  entries in all (the loader runs one zero input through the chain);
+* tensors: exactly the ones the records name, each with the dtype and shape its record
+  implies, all values finite, batch-norm variances ``>= 0``.
+
+Every violation raises :class:`hbnn.errors.FormatError` with one line naming the file,
+the layer and the field: ``packed model m.hbnn: layer 2 (features.2): attrs.min_val:
+invalid value nan; allowed: a finite number``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+
+from hbnn.errors import FormatError
+from hbnn.export.ops import SIMPLE_OPS
+from hbnn.quant.bitmap import block_view_shape
+from hbnn.quant.checks import HEURISTICS
+from hbnn.quant.mix import MAX_BITS, MIN_BITS, BitMix
+
+__all__ = ["EXPORT_COMMAND", "RECREATE", "OPS", "MAX_INT", "MAX_INPUT_ELEMENTS", "MAX_SIDE", "ACT_HEURISTICS",
+           "check_header", "check_tensors", "tensor_specs"]
+
+#: The command that writes a packed file (told to whoever holds one this hbnn cannot read).
+EXPORT_COMMAND = "hbnn export RUN --out FILE"
+#: How to replace a packed file this hbnn cannot read.
+RECREATE = f"re-create it with `{EXPORT_COMMAND}`"
+#: Layer op names a packed file may hold.
+OPS = ("conv2d", "linear", "batch_norm", *SIMPLE_OPS)
+#: Upper bound of every integer field (and of a weight's entry count).
+MAX_INT = 2 ** 31 - 1
+#: Most entries of one input (``prod(input_shape)``).
+MAX_INPUT_ELEMENTS = 2 ** 24
+#: Largest adaptive-pool output side (no input side allowed by :data:`MAX_INPUT_ELEMENTS` is larger).
+MAX_SIDE = 2 ** 12
+#: Activation heuristics that run elementwise at inference (``random`` does not).
+ACT_HEURISTICS = tuple(h for h in HEURISTICS if h != "random")
+
+_TOP_KEYS = ("format", "version", "hbnn_version", "torch_version", "model", "meta", "input_shape", "source_params",
+             "fold_bn", "layers", "payload_sha256", "header_sha256")
+_MODEL_KEYS = ("name", "config", "quant", "num_classes", "in_channels", "image_size")
+_AFFINE_KEYS = ("op", "name", "folded", "geometry", "weight", "act", "bias", "out_scale")
+_CONV_KEYS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+_PLANES_KEYS = ("encoding", "bits", "fractions", "heuristic", "block", "per_channel", "planes", "units",
+                "plane_counts", "sign_bits", "map_bits")
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _At:
+    """Checks of the fields of one object; every failure names ``where`` and the field."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, field: str, value: Any, allowed: str) -> FormatError:
+        """``<where>: <field>: invalid value <value>; allowed: <allowed>``."""
+        return FormatError(f"{self.where}: {field}: invalid value {_short(value)}; allowed: {allowed}")
+
+    def keys(self, prefix: str, obj: Any, required: tuple[str, ...]) -> dict:
+        """``obj`` as a dict with exactly the keys ``required``."""
+        if not isinstance(obj, dict):
+            raise self.fail(prefix.rstrip(".") or "record", obj, f"an object with keys {', '.join(required)}")
+        for key in required:
+            if key not in obj:
+                raise FormatError(f"{self.where}: {prefix}{key}: missing; required keys: {', '.join(required)}")
+        for key in obj:
+            if key not in required:
+                raise FormatError(f"{self.where}: {prefix}{key}: unknown field; allowed: {', '.join(required)}")
+        return obj
+
+    def int(self, field: str, value: Any, lo: int = 0, hi: int = MAX_INT) -> int:
+        if not _is_int(value) or not lo <= value <= hi:
+            raise self.fail(field, value, f"an integer in {lo}..{hi}")
+        return value
+
+    def bool(self, field: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(field, value, "true or false")
+        return value
+
+    def number(self, field: str, value: Any) -> float:
+        if not _is_number(value):
+            raise self.fail(field, value, "a finite number")
+        return float(value)
+
+    def text(self, field: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.isprintable():
+            raise self.fail(field, value, "a string of printable characters")
+        return value
+
+    def choice(self, field: str, value: Any, choices: tuple[str, ...]) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise self.fail(field, value, ", ".join(map(str, choices)))
+        return value
+
+    def ints(self, field: str, value: Any, lo: int, scalar: bool = False, n: int = 2) -> list[int]:
+        """``n`` integers in ``lo..MAX_INT`` as a list (a single integer too, if ``scalar``)."""
+        if scalar and _is_int(value):
+            value = [value] * n
+        if not isinstance(value, list) or len(value) != n or not all(_is_int(v) and lo <= v <= MAX_INT for v in value):
+            form = "an integer or " if scalar else ""
+            raise self.fail(field, value, f"{form}a list of {n} integers in {lo}..{MAX_INT}")
+        return value
+
+
+# ----------------------------------------------------------------------------- header
+
+def _check_model(at: _At, model: Any) -> None:
+    if model is None:
+        return
+    if not isinstance(model, dict):
+        raise at.fail("model", model, "null or an object")
+    for key in model:
+        if key not in _MODEL_KEYS:
+            raise FormatError(f"{at.where}: model.{key}: unknown field; allowed: {', '.join(_MODEL_KEYS)}")
+    if "name" in model:
+        at.text("model.name", model["name"])
+    if "config" in model and not isinstance(model["config"], dict):
+        raise at.fail("model.config", model["config"], "an object")
+    if model.get("quant") is not None and not isinstance(model["quant"], dict):
+        raise at.fail("model.quant", model["quant"], "null or an object")
+    for key in ("num_classes", "in_channels", "image_size"):
+        if key in model:
+            at.int(f"model.{key}", model[key], 1)
+
+
+def _check_meta(at: _At, meta: Any) -> None:
+    """The parts of ``meta`` hbnn reads: ``data`` (``hbnn infer``) and ``source`` (reported)."""
+    if not isinstance(meta, dict):
+        raise at.fail("meta", meta, "an object")
+    data = meta.get("data", {})
+    if not isinstance(data, dict):
+        raise at.fail("meta.data", data, "an object")
+    if data.get("name") is not None:
+        at.text("meta.data.name", data["name"])
+    if data.get("data_dir") is not None and not isinstance(data["data_dir"], str):
+        raise at.fail("meta.data.data_dir", data["data_dir"], "null or a string")
+    if data.get("image_size") is not None:
+        at.int("meta.data.image_size", data["image_size"], 1)
+    source = meta.get("source", {})
+    if not isinstance(source, dict):
+        raise at.fail("meta.source", source, "an object")
+    for key in ("epoch", "step"):
+        if source.get(key) is not None:
+            at.int(f"meta.source.{key}", source[key])
+
+
+def _check_input_shape(at: _At, shape: Any, model: Any) -> None:
+    if shape is None:
+        return
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 3 or not all(_is_int(s) and s >= 1 for s in shape)
+            or math.prod(shape) > MAX_INPUT_ELEMENTS):
+        raise at.fail("input_shape", shape, f"null or 1 to 3 positive integers ([C, H, W]) with at most "
+                                            f"{MAX_INPUT_ELEMENTS} entries in all")
+    if isinstance(model, dict) and len(shape) == 3 and "in_channels" in model and "image_size" in model:
+        recorded = [model["in_channels"], model["image_size"], model["image_size"]]
+        if shape != recorded:
+            raise at.fail("input_shape", shape, f"{recorded}, the model's [in_channels, image_size, image_size]")
+
+
+def check_header(header: dict, where: Any) -> None:
+    """Validate every field of a packed header except ``format`` and ``version`` (checked first by the reader).
+
+    Args:
+        header: the decoded JSON header.
+        where: the file (or what is being written), for messages.
+
+    Raises:
+        FormatError: the first invalid field, in one line (module docstring: the rules).
+    """
+    at = _At(f"packed model {where}")
+    for key in header:
+        if key not in _TOP_KEYS:
+            raise FormatError(f"{at.where}: {key}: unknown field; allowed: {', '.join(_TOP_KEYS)}")
+    for key in _TOP_KEYS:
+        if key not in header and key != "header_sha256":
+            raise FormatError(f"{at.where}: {key}: missing; required keys: {', '.join(_TOP_KEYS)}")
+    at.text("hbnn_version", header["hbnn_version"])
+    at.text("torch_version", header["torch_version"])
+    _check_model(at, header["model"])
+    _check_meta(at, header["meta"])
+    _check_input_shape(at, header["input_shape"], header["model"])
+    at.int("source_params", header["source_params"], 0, 2 ** 63 - 1)
+    at.bool("fold_bn", header["fold_bn"])
+    if not isinstance(header["payload_sha256"], str) or not _SHA256.fullmatch(header["payload_sha256"]):
+        raise at.fail("payload_sha256", header["payload_sha256"], "64 lower-case hex digits")
+    layers = header["layers"]
+    if not isinstance(layers, list):
+        raise at.fail("layers", layers, "a list of layer records")
+    if not layers:
+        raise FormatError(f"{at.where} has no layers; {RECREATE}")
+    for i, rec in enumerate(layers):
+        _check_layer(i, rec, at.where)
+
+
+# ----------------------------------------------------------------------------- layer records
+
+def _check_layer(i: int, rec: Any, where: str) -> None:
+    at = _At(f"{where}: layer {i}")
+    if not isinstance(rec, dict):
+        raise at.fail("record", rec, "an object with an op and a name")
+    name = at.text("name", rec.get("name"))
+    at = _At(f"{where}: layer {i} ({name})")
+    op = rec.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise FormatError(f"{at.where}: unknown layer op {_short(op)}; supported ops: {', '.join(OPS)}")
+    if op in ("conv2d", "linear"):
+        _check_affine(at, rec)
+    elif op == "batch_norm":
+        at.keys("", rec, ("op", "name", "dim", "num_features", "eps"))
+        if at.int("dim", rec["dim"], 1) not in (1, 2):
+            raise at.fail("dim", rec["dim"], "1 or 2")
+        at.int("num_features", rec["num_features"], 1)
+        if at.number("eps", rec["eps"]) <= 0:
+            raise at.fail("eps", rec["eps"], "a finite number > 0")
+    else:
+        at.keys("", rec, ("op", "name", "attrs"))
+        _ATTRS[op](at, rec["attrs"])
+
+
+def _check_affine(at: _At, rec: dict) -> None:
+    at.keys("", rec, _AFFINE_KEYS)
+    folded = rec["folded"]
+    if not isinstance(folded, list) or not all(isinstance(n, str) and n.isprintable() for n in folded):
+        raise at.fail("folded", folded, "a list of layer names")
+    shape = _weight_shape(at, rec["op"], rec["geometry"])
+    binarized = _check_weight(at, rec["weight"], shape)
+    if rec["act"] is not None:
+        at.keys("act.", rec["act"], ("bits", "fractions", "heuristic"))
+        _check_mix(at, "act", rec["act"], ACT_HEURISTICS)
+    at.bool("bias", rec["bias"])
+    at.bool("out_scale", rec["out_scale"])
+    g = rec["geometry"]
+    if rec["op"] == "conv2d" and (binarized or rec["act"] is not None) and (
+            isinstance(g["padding"], str) or g["padding_mode"] != "zeros"):
+        raise at.fail("geometry.padding", [g["padding"], g["padding_mode"]],
+                      "integer zero padding for a binarized conv (padding_mode zeros)")
+
+
+def _weight_shape(at: _At, op: str, g: Any) -> tuple[int, ...]:
+    """The weight shape a validated ``geometry`` implies (``[O, I]`` or ``[O, I / groups, kh, kw]``)."""
+    if op == "linear":
+        at.keys("geometry.", g, ("in_features", "out_features"))
+        shape: tuple[int, ...] = (at.int("geometry.out_features", g["out_features"], 1),
+                                  at.int("geometry.in_features", g["in_features"], 1))
+    else:
+        at.keys("geometry.", g, _CONV_KEYS)
+        cin = at.int("geometry.in_channels", g["in_channels"], 1)
+        cout = at.int("geometry.out_channels", g["out_channels"], 1)
+        groups = at.int("geometry.groups", g["groups"], 1)
+        if cin % groups or cout % groups:
+            raise at.fail("geometry.groups", groups, f"a divisor of in_channels {cin} and out_channels {cout}")
+        kernel = at.ints("geometry.kernel_size", g["kernel_size"], 1)
+        stride = at.ints("geometry.stride", g["stride"], 1)
+        dilation = at.ints("geometry.dilation", g["dilation"], 1)
+        at.choice("geometry.padding_mode", g["padding_mode"], _PADDING_MODES)
+        _check_conv_padding(at, g["padding"], kernel, stride, dilation)
+        shape = (cout, cin // groups, *kernel)
+    if math.prod(shape) > MAX_INT:
+        raise at.fail("geometry", g, f"a weight of at most {MAX_INT} entries")
+    return shape
+
+
+def _check_conv_padding(at: _At, padding: Any, kernel: list[int], stride: list[int], dilation: list[int]) -> None:
+    if isinstance(padding, str):
+        if at.choice("geometry.padding", padding, ("same", "valid")) == "same" and stride != [1, 1]:
+            raise at.fail("geometry.padding", padding, "'same' only with stride [1, 1]")
+        return
+    pad = at.ints("geometry.padding", padding, 0)
+    most = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    if any(p > m for p, m in zip(pad, most)):
+        raise at.fail("geometry.padding", pad, f"0..{most} (dilation * (kernel_size - 1); more padding only adds "
+                                               "outputs that see no input)")
+
+
+def _check_mix(at: _At, field: str, rec: dict, heuristics: tuple[str, ...]) -> list[int]:
+    """The ``bits`` of a validated ``{bits, fractions, heuristic}`` mix record."""
+    bits, fractions = rec["bits"], rec["fractions"]
+    if (not isinstance(bits, list) or not bits or not all(_is_int(b) and MIN_BITS <= b <= MAX_BITS for b in bits)
+            or bits != sorted(set(bits))):
+        raise at.fail(f"{field}.bits", bits, f"a non-empty increasing list of integers in {MIN_BITS}..{MAX_BITS}")
+    allowed = f"{len(bits)} finite numbers > 0 (one per bitwidth) summing to 1"
+    if not isinstance(fractions, list) or len(fractions) != len(bits) or not all(
+            _is_number(f) and f > 0 for f in fractions):
+        raise at.fail(f"{field}.fractions", fractions, allowed)
+    try:
+        BitMix(dict(zip(bits, fractions)))
+    except ValueError:
+        raise at.fail(f"{field}.fractions", fractions, allowed) from None
+    at.choice(f"{field}.heuristic", rec["heuristic"], heuristics)
+    return bits
+
+
+def _check_weight(at: _At, w: Any, shape: tuple[int, ...]) -> bool:
+    """Validate a weight record for ``shape``; True when it holds bit planes."""
+    if not isinstance(w, dict):
+        raise at.fail("weight", w, "an object with encoding float32 or planes")
+    if at.choice("weight.encoding", w.get("encoding"), ("float32", "planes")) == "float32":
+        at.keys("weight.", w, ("encoding",))
+        return False
+    at.keys("weight.", w, _PLANES_KEYS)
+    bits = _check_mix(at, "weight", w, HEURISTICS)
+    block = at.int("weight.block", w["block"], 1)
+    at.bool("weight.per_channel", w["per_channel"])
+    n, entries = bits[-1], math.prod(shape)
+    if at.int("weight.planes", w["planes"], 1) != n:
+        raise at.fail("weight.planes", w["planes"], f"{n}, the largest of bits {bits}")
+    rows, blocks, _ = block_view_shape(torch.Size(shape), block)
+    units = entries if block == 1 else rows * blocks
+    if at.int("weight.units", w["units"]) != units:
+        raise at.fail("weight.units", w["units"], f"{units} for a {list(shape)} weight with block {block}")
+    counts = w["plane_counts"]
+    if (not isinstance(counts, list) or len(counts) != n or not all(_is_int(c) and 0 <= c <= entries for c in counts)
+            or counts[0] != entries or any(a < b for a, b in zip(counts, counts[1:]))):
+        raise at.fail("weight.plane_counts", counts, f"{n} non-increasing counts, the first {entries} (every entry)")
+    if at.int("weight.sign_bits", w["sign_bits"], 0, 2 ** 63 - 1) != sum(counts):
+        raise at.fail("weight.sign_bits", w["sign_bits"], f"{sum(counts)}, the sum of plane_counts")
+    lo, hi = (0, 0) if len(bits) == 1 else (units, units * (len(bits) - 1))
+    if not lo <= at.int("weight.map_bits", w["map_bits"], 0, 2 ** 63 - 1) <= hi:
+        raise at.fail("weight.map_bits", w["map_bits"], f"{lo}..{hi} for {units} units and {len(bits)} bitwidths")
+    return True
+
+
+# ----------------------------------------------------------------------------- stateless ops
+
+def _no_attrs(at: _At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ())
+
+
+def _hardtanh(at: _At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("min_val", "max_val"))
+    lo = at.number("attrs.min_val", attrs["min_val"])
+    if at.number("attrs.max_val", attrs["max_val"]) <= lo:
+        raise at.fail("attrs.max_val", attrs["max_val"], f"a finite number > min_val ({lo:g})")
+
+
+def _pool(at: _At, attrs: Any, keys: tuple[str, ...]) -> None:
+    at.keys("attrs.", attrs, keys)
+    kernel = at.ints("attrs.kernel_size", attrs["kernel_size"], 1, scalar=True)
+    at.ints("attrs.stride", attrs["stride"], 1, scalar=True)
+    dilation = at.ints("attrs.dilation", attrs["dilation"], 1, scalar=True) if "dilation" in keys else [1, 1]
+    pad = at.ints("attrs.padding", attrs["padding"], 0, scalar=True)
+    most = [((k - 1) * d + 1) // 2 for k, d in zip(kernel, dilation)]
+    if any(p > m for p, m in zip(pad, most)):
+        raise at.fail("attrs.padding", attrs["padding"], f"0..{most} (half the dilated kernel size)")
+    at.bool("attrs.ceil_mode", attrs["ceil_mode"])
+    if "count_include_pad" in keys:
+        at.bool("attrs.count_include_pad", attrs["count_include_pad"])
+        if attrs["divisor_override"] is not None:
+            at.int("attrs.divisor_override", attrs["divisor_override"], 1)
+
+
+def _adaptive(at: _At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("output_size",))
+    size = attrs["output_size"]
+    ok = (lambda s: _is_int(s) and 1 <= s <= MAX_SIDE)
+    if not (ok(size) or isinstance(size, list) and len(size) == 2 and all(s is None or ok(s) for s in size)):
+        raise at.fail("attrs.output_size", size, f"an integer in 1..{MAX_SIDE} or a list of two (or null)")
+
+
+def _flatten(at: _At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("start_dim", "end_dim"))
+    at.int("attrs.start_dim", attrs["start_dim"], -4, 3)
+    at.int("attrs.end_dim", attrs["end_dim"], -4, 3)
+
+
+_ATTRS = {
+    "relu": _no_attrs,
+    "identity": _no_attrs,
+    "hardtanh": _hardtanh,
+    "max_pool2d": lambda at, a: _pool(at, a, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
+    "avg_pool2d": lambda at, a: _pool(at, a, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                              "divisor_override")),
+    "adaptive_avg_pool2d": _adaptive,
+    "flatten": _flatten,
+}
+
+
+# ----------------------------------------------------------------------------- tensors
+
+def _words(bits: int) -> int:
+    return -(-bits // 64)
+
+
+def tensor_specs(index: int, rec: dict) -> dict[str, tuple[torch.dtype, tuple[int, ...], str]]:
+    """``{tensor name: (dtype, shape, note)}`` a validated record implies (note: extra text for messages)."""
+    p, f32, out = str(index), torch.float32, {}
+    if rec["op"] == "batch_norm":
+        n = rec["num_features"]
+        return {f"{p}.{k}": (f32, (n,), "") for k in ("weight", "bias", "running_mean", "running_var")}
+    if rec["op"] not in ("conv2d", "linear"):
+        return {}
+    shape = _weight_shape(_At(""), rec["op"], rec["geometry"])
+    w = rec["weight"]
+    if w["encoding"] == "float32":
+        out[f"{p}.weight"] = (f32, shape, "")
+    else:
+        n = w["planes"]
+        out[f"{p}.signs"] = (torch.int64, (_words(w["sign_bits"]),), f" (words for {w['sign_bits']} bits)")
+        if len(w["bits"]) > 1:
+            out[f"{p}.map"] = (torch.int64, (_words(w["map_bits"]),), f" (words for {w['map_bits']} bits)")
+        out[f"{p}.scales"] = (f32, (n, shape[0]) if w["per_channel"] else (n,), "")
+    if rec["bias"]:
+        out[f"{p}.bias"] = (f32, (shape[0],), "")
+    if rec["out_scale"]:
+        out[f"{p}.out_scale"] = (f32, (shape[0],), "")
+    act = rec["act"]
+    if act is not None:
+        out[f"{p}.act.scales"] = (f32, (act["bits"][-1],), "")
+        out[f"{p}.act.mean_abs"] = (f32, (), "")
+        if len(act["bits"]) > 1:
+            out[f"{p}.act.thresholds"] = (f32, (len(act["bits"]) - 1,), "")
+    return out
+
+
+def check_tensors(header: dict, tensors: dict[str, torch.Tensor], where: Any) -> None:
+    """Require exactly the tensors the (validated) records name, with their dtypes and shapes, all finite.
+
+    Raises:
+        FormatError: a missing, extra, mis-typed, mis-shaped or non-finite tensor, or a
+            negative batch-norm variance.
+    """
+    named: set[str] = set()
+    for i, rec in enumerate(header["layers"]):
+        layer = f"packed model {where}: layer {i} ({rec['name']})"
+        for key, (dtype, shape, note) in tensor_specs(i, rec).items():
+            named.add(key)
+            t = tensors.get(key)
+            if t is None:
+                raise FormatError(f"{layer}: tensor {key!r} is missing")
+            if t.dtype != dtype or tuple(t.shape) != shape:
+                raise FormatError(f"{layer}: tensor {key!r} has {t.dtype} {list(t.shape)}, "
+                                  f"expected {dtype} {list(shape)}{note}")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FormatError(f"{layer}: tensor {key!r}: invalid values (NaN or inf); allowed: finite numbers")
+            if key.endswith(".running_var") and bool((t < 0).any()):
+                raise FormatError(f"{layer}: tensor {key!r}: invalid values (negative); allowed: numbers >= 0")
+    for key in sorted(set(tensors) - named):
+        raise FormatError(f"packed model {where}: tensor {key!r} belongs to no layer record")
