@@ -1,4 +1,4 @@
-"""Checkpoints: exact round trip, RNG states, verification, atomic writes."""
+"""Checkpoints: exact round trip, RNG states, verification of every field and of both halves, atomic writes."""
 
 from __future__ import annotations
 
@@ -40,9 +40,26 @@ def _setup(optim="sgd"):
     return model, opt, sched
 
 
-def _save(path, model, opt=None, sched=None, step=3):
-    return save_checkpoint(path, model_state=model.state_dict(), optimizer=opt, scheduler=sched,
-                           metadata={"step": step, "epoch": 1, "rng": capture_rng_state()})
+RUN = "ab" * 16
+OTHER_RUN = "cd" * 16
+
+
+def _save(path, model, opt=None, sched=None, step=3, run_id=RUN, **extra):
+    meta = {"run_id": run_id, "step": step, "epoch": 1, "batch_in_epoch": 0, "rng": capture_rng_state(), **extra}
+    return save_checkpoint(path, model_state=model.state_dict(), optimizer=opt, scheduler=sched, metadata=meta)
+
+
+def _reseal(path, **changes):
+    """Rewrite the header of a checkpoint with ``changes`` and a valid seal (a deliberate edit)."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    raw = json.loads(data[8:8 + n])
+    meta = json.loads(raw["__metadata__"]["hbnn"])
+    meta.update(changes)
+    raw["__metadata__"]["hbnn"] = json.dumps(seal_header(meta))
+    text = json.dumps(raw).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
 
 
 @pytest.mark.parametrize("optim", ["sgd", "adam"])
@@ -118,10 +135,11 @@ def test_foreign_and_newer_schema_files_are_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="not an hbnn checkpoint"):
         load_checkpoint(tmp_path / "plain.safetensors")
-    meta = {"format": "hbnn-checkpoint", "schema_version": SCHEMA_VERSION + 1}
+    meta = {"format": "hbnn-checkpoint", "schema_version": SCHEMA_VERSION + 1, "run_id": RUN, "step": 0,
+            "epoch": 0, "batch_in_epoch": 0}
     meta["payload_sha256"] = tensors_sha256({"w": torch.zeros(2)})
     save_file({"w": torch.zeros(2)}, str(tmp_path / "new.safetensors"), metadata={"hbnn": json.dumps(seal_header(meta))})
-    with pytest.raises(CheckpointError, match="schema version 2"):
+    with pytest.raises(CheckpointError, match=f"schema version {SCHEMA_VERSION + 1}"):
         load_checkpoint(tmp_path / "new")
 
 
@@ -131,6 +149,9 @@ def test_sidecar_checksum_mismatch_is_refused(tmp_path):
     side = json.loads((tmp_path / "last.json").read_text())
     side["sha256"] = "0" * 64
     (tmp_path / "last.json").write_text(json.dumps(side))
+    with pytest.raises(CheckpointError, match="header digest mismatch"):
+        load_checkpoint(tmp_path / "last")
+    (tmp_path / "last.json").write_text(json.dumps(seal_header(side)))
     with pytest.raises(CheckpointError, match="sha256"):
         load_checkpoint(tmp_path / "last")
 
@@ -142,6 +163,133 @@ def test_stale_sidecar_from_an_interrupted_save_is_ignored(tmp_path):
     _save(tmp_path / "last", model, opt, sched, step=6)
     (tmp_path / "last.json").write_text(old_json)  # died between the two renames
     assert load_checkpoint(tmp_path / "last").metadata["step"] == 6
+    (tmp_path / "last.json").unlink()  # died between the two renames of the first save
+    assert load_checkpoint(tmp_path / "last", run_id=RUN).metadata["step"] == 6
+
+
+def test_halves_that_do_not_belong_together_are_refused(tmp_path):
+    model, opt, sched = _setup()
+    _save(tmp_path / "other" / "last", model, opt, sched, step=3, run_id=OTHER_RUN)
+    _save(tmp_path / "later" / "last", model, opt, sched, step=9)
+    _save(tmp_path / "last", model, opt, sched, step=6)
+    for source, words in (("other", "from run " + OTHER_RUN), ("later", "describes step 9")):
+        (tmp_path / "last.json").write_bytes((tmp_path / source / "last.json").read_bytes())
+        with pytest.raises(CheckpointError, match=words) as info:
+            load_checkpoint(tmp_path / "last")
+        assert "do not belong together" in str(info.value) and "last" in str(info.value)
+
+
+def _edit_json(path, resealed=True, **changes):
+    side = json.loads(path.read_text())
+    side.update(changes)
+    path.write_text(json.dumps(seal_header(side) if resealed else side))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda p: _edit_json(p, resealed=False, epoch=0), "header digest mismatch"),
+    (lambda p: _edit_json(p, run_id=OTHER_RUN), "from run " + OTHER_RUN),
+    (lambda p: _edit_json(p, step=30), "describes step 30"),
+    (lambda p: _edit_json(p, best_metric=0.5, best_epoch=1), "does not match"),
+    (lambda p: _edit_json(p, sha256="0" * 64), "sha256"),
+    (lambda p: _edit_json(p, file="best.safetensors"), "describes best.safetensors"),
+    (lambda p: _edit_json(p, schema_version=True), "schema version True"),
+    (lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items()
+                                        if k != "header_sha256"})), "not sealed"),
+    (lambda p: p.write_text("[1, 2]"), "not sealed"),
+    (lambda p: p.write_text("{"), "unreadable or corrupt"),
+])
+def test_edited_json_half_is_refused(tmp_path, edit, words):
+    model, opt, sched = _setup()
+    _save(tmp_path / "last", model, opt, sched, step=6)
+    edit(tmp_path / "last.json")
+    with pytest.raises(CheckpointError, match=words) as info:
+        load_checkpoint(tmp_path)
+    assert "last.json" in str(info.value) or "last.safetensors" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_json_half_without_its_tensor_file_is_refused(tmp_path):
+    model, _, _ = _setup()
+    _save(tmp_path / "last", model)
+    (tmp_path / "last.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="last.json exists without it"):
+        load_checkpoint(tmp_path)
+
+
+def test_another_runs_checkpoint_is_refused(tmp_path):
+    model, _, _ = _setup()
+    _save(tmp_path / "last", model, run_id=OTHER_RUN)
+    assert load_checkpoint(tmp_path, run_id=OTHER_RUN).metadata["run_id"] == OTHER_RUN
+    with pytest.raises(CheckpointError, match="belongs to another run") as info:
+        load_checkpoint(tmp_path, run_id=RUN)
+    assert str(tmp_path / "last.safetensors") in str(info.value)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"schema_version": True}, "schema version True"),
+    ({"schema_version": 1}, "schema version 1"),
+    ({"run_id": "x"}, "run_id"),
+    ({"step": True}, "step is True"),
+    ({"step": -1}, "step is -1"),
+    ({"step": 2.0}, "step is 2.0"),
+    ({"epoch": "1"}, "epoch is '1'"),
+    ({"epoch": 5}, "inconsistent"),
+    ({"batch_in_epoch": 7}, "inconsistent"),
+    ({"steps_per_epoch": 0}, "steps_per_epoch is 0"),
+    ({"batch_in_epoch": 2, "steps_per_epoch": 2}, "batch_in_epoch is 2"),
+    ({"wall_time_s": float("nan")}, "wall_time_s is nan"),
+    ({"wall_time_s": float("inf")}, "wall_time_s is inf"),
+    ({"best_metric": float("nan"), "best_epoch": 1}, "best_metric is nan"),
+    ({"best_metric": 0.5, "best_epoch": 2}, "best_epoch is 2"),
+    ({"best_metric": 0.5}, "both null or both set"),
+    ({"world_size": 2}, "one entry per process"),
+    ({"ranks": [{"rng": {}, "epoch_sums": {"loss_sum": 1.0, "correct": -1, "count": 3}}]}, "correct is -1"),
+    ({"metrics": {"top1": "high"}}, "metrics.top1"),
+    ({"optimizer": {"state": [], "param_groups": []}}, "optimizer.state"),
+    ({"model": {"name": "cifar_fc4", "num_classes": 0}}, "model.num_classes is 0"),
+    ({"model": {"name": "a", "config": {"name": "a"}}, "config": {"model": {"name": "b"}}}, "disagrees"),
+])
+def test_every_metadata_field_is_checked_and_names_the_file(tmp_path, changes, words):
+    model, opt, sched = _setup()
+    _save(tmp_path / "last", model, opt, sched, step=3, ranks=[{"rng": {}, "epoch_sums": None}], world_size=1)
+    (tmp_path / "last.json").unlink()
+    _reseal(tmp_path / "last.safetensors", **changes)
+    with pytest.raises(CheckpointError, match=words) as info:
+        load_checkpoint(tmp_path)
+    assert str(tmp_path / "last.safetensors") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_edited_position_without_a_new_seal_is_refused(tmp_path):
+    model, _, _ = _setup()
+    _save(tmp_path / "last", model, step=3)
+    data = (tmp_path / "last.safetensors").read_bytes()
+    (tmp_path / "last.safetensors").write_bytes(data.replace(b'\\"step\\": 3', b'\\"step\\": 4'))
+    assert (tmp_path / "last.safetensors").read_bytes() != data
+    with pytest.raises(CheckpointError, match="header digest mismatch"):
+        load_checkpoint(tmp_path)
+
+
+def test_diverged_losses_stay_loadable(tmp_path):
+    model, _, _ = _setup()
+    _save(tmp_path / "last", model, metrics={"loss": float("nan"), "top1": 0.1},
+          ranks=[{"rng": {}, "epoch_sums": {"loss_sum": float("inf"), "correct": 1, "count": 2}}])
+    assert load_checkpoint(tmp_path).metadata["ranks"][0]["epoch_sums"]["loss_sum"] == float("inf")
+
+
+def test_invalid_metadata_is_never_written(tmp_path):
+    model, _, _ = _setup()
+    with pytest.raises(CheckpointError, match="step is -2"):
+        _save(tmp_path / "last", model, step=-2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_packed_file_is_not_taken_for_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "x.hbnn")
+    assert "x.hbnn.safetensors" not in str(info.value) and "expected a run directory" in str(info.value)
+    (tmp_path / "x.hbnn").write_bytes(b"packed")
+    with pytest.raises(CheckpointError, match="is not a checkpoint.*hbnn infer"):
+        load_checkpoint(tmp_path / "x.hbnn")
 
 
 def test_incompatible_model_is_refused(tmp_path):

@@ -55,7 +55,8 @@ def test_train_writes_a_complete_run_dir(run_dir, tmp_path, tiny_args):
     meta = json.loads((run_dir / "last.json").read_text())
     assert (meta["epoch"], meta["batch_in_epoch"], meta["step"]) == (1, 0, 6)
     assert meta["model"]["name"] == "cifar_fc4" and meta["model"]["in_channels"] == 1
-    assert meta["schema_version"] == 1 and len(meta["sha256"]) == 64 and "rng" in meta["ranks"][0]
+    assert meta["schema_version"] == 2 and len(meta["sha256"]) == 64 and "rng" in meta["ranks"][0]
+    assert meta["run_id"] == json.loads((run_dir / "run.json").read_text())["run_id"]
 
 
 def test_tensorboard_events_are_written(tmp_path, tiny_args):
@@ -206,7 +207,7 @@ def test_resume_rules(run_dir, tmp_path, tiny_args, capsys):
     assert main(["train", "--resume", str(run_dir), "--batch-size", "16", "-q"]) == 2
     assert "cannot change train.batch_size" in _error_line(capsys)
     assert main(["train", "configs/fashion_mnist/fp.yaml", "--resume", str(run_dir), "-q"]) == 2
-    assert "drop the recipe" in _error_line(capsys)
+    assert "cannot change" in _error_line(capsys)  # a recipe with --resume must be the run's
     assert main(["train", "--resume", str(tmp_path / "none"), "-q"]) == 2
     assert "not an hbnn run directory" in _error_line(capsys)
     assert main(["train", "--resume", str(run_dir), "--set", "sched.name=cosine", "-q"]) == 2

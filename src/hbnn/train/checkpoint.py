@@ -1,32 +1,55 @@
-"""Checkpoints: tensors in safetensors, metadata as JSON, verified on load.
+"""Checkpoints: tensors in safetensors, metadata as JSON, both halves sealed and bound together.
 
 A checkpoint named ``NAME`` in a run directory is two files:
 
 ``NAME.safetensors``
     Tensors: ``model/<state_dict key>``, ``optim/<param index>/<state key>`` and
     ``sched/<key>``. Its header metadata holds the full metadata (key ``"hbnn"``, JSON),
-    including ``payload_sha256`` over every tensor (name, dtype, shape, bytes;
-    :func:`hbnn.io.tensors_sha256`), so the file is self-verifying.
+    sealed by :mod:`hbnn.io`: ``payload_sha256`` over every tensor and ``header_sha256``
+    over every other field, so the file is self-verifying.
 ``NAME.json``
-    The same metadata, human-readable, plus ``sha256`` of the ``.safetensors`` file.
+    The same metadata, human-readable, plus ``sha256`` (of the ``.safetensors`` file it
+    describes) and ``file`` (that file's name), sealed with its own ``header_sha256``.
 
-Metadata schema (``schema_version`` 1): ``format`` ("hbnn-checkpoint"),
-``schema_version``, ``hbnn_version``, ``torch_version``, ``model`` (name, config and the
-dataset shapes it was built for), ``config`` (the resolved run config), ``epoch``
-(the epoch to continue in, 0-based), ``batch_in_epoch`` (next batch of that epoch),
-``step`` (optimizer steps done), ``best_metric``, ``best_epoch``, ``epoch_sums``,
-``rng`` (one entry per rank: python, numpy, torch CPU and CUDA generator states),
-``optimizer`` (param groups and non-tensor state), ``scheduler`` (non-tensor state),
-``metrics`` (the last evaluation).
+Metadata schema (``schema_version`` 2): ``format`` ("hbnn-checkpoint"),
+``schema_version``, ``run_id`` (32 hex digits, the identity of the run that wrote it,
+from ``RUN_DIR/run.json``; :mod:`hbnn.train.rundir`), ``epoch`` (the epoch to continue
+in, 0-based), ``batch_in_epoch`` (next batch of that epoch), ``step`` (optimizer steps
+done), ``hbnn_version``, ``torch_version``, ``model`` (name, config, quant and the
+dataset shape it was built for), ``config`` (the resolved run config),
+``steps_per_epoch``, ``best_metric``, ``best_epoch``, ``world_size``, ``ranks`` (one
+entry per rank: ``rng`` -- python, numpy, torch CPU and CUDA generator states -- and
+``epoch_sums``), ``optimizer`` (param groups and non-tensor state), ``scheduler``
+(non-tensor state), ``metrics`` (the last evaluation), ``wall_time_s``.
 
-The tensor file is written first, the JSON second, each atomically (temp + fsync +
-rename, :mod:`hbnn.io`): a failed write leaves the previous checkpoint as it was. If the
-process dies between the two renames, the self-verifying tensor file is authoritative
-and the stale JSON (describing an older step) is ignored.
+Every field is checked on load (:func:`validate_metadata`) and before a save: bools are
+not integers; ``step``, ``epoch``, ``batch_in_epoch`` are integers >= 0 with
+``batch_in_epoch <= step`` and ``step >= epoch + batch_in_epoch`` (every epoch takes at
+least one step), ``batch_in_epoch < steps_per_epoch``; ``best_metric`` and
+``wall_time_s`` are finite; ``model`` agrees with ``config``. Observed losses
+(``metrics``, ``epoch_sums.loss_sum``) may be NaN or infinite: a diverged run stays
+loadable.
 
-Loading raises :class:`hbnn.errors.CheckpointError` (one line) for a missing, truncated,
-corrupt (checksum), foreign or newer-schema file, or one whose tensors do not match the
-model, optimizer or scheduler it is restored into. Nothing is loaded silently.
+Write protocol: the tensor file is written first, the JSON second, each atomically
+(temp + fsync + rename, :mod:`hbnn.io`): a failed write leaves the previous checkpoint as
+it was. A process killed between the two renames leaves the new ``NAME.safetensors``
+beside no ``NAME.json`` (first save) or the previous save's ``NAME.json``. So on load the
+sealed ``.safetensors`` is authoritative and the JSON half must be one of:
+
+- absent;
+- the same checkpoint: same ``run_id`` and position, ``sha256`` of this very file, the
+  same metadata;
+- an older checkpoint of the same run: same ``run_id``, an earlier
+  ``(step, epoch, batch_in_epoch)`` -- the interrupted save; ignored.
+
+Anything else (another run's JSON, a later step, a mismatched sha256, an unsealed or
+edited JSON, a JSON without its ``.safetensors``) is an error. :func:`load_checkpoint`
+with ``run_id`` also refuses a checkpoint written by another run.
+
+Loading raises :class:`hbnn.errors.CheckpointError` (one line naming the file) for a
+missing, truncated, corrupt, edited, foreign or other-schema file, halves that do not
+belong together, or tensors that do not match the model, optimizer or scheduler they are
+restored into. Nothing is loaded silently.
 """
 
 from __future__ import annotations
@@ -44,23 +67,34 @@ import numpy as np
 import torch
 
 from hbnn.errors import CheckpointError
-from hbnn.io import atomic_write_bytes, atomic_write_json, read_verified_safetensors, seal_header, tensors_sha256
+from hbnn.io import (
+    HEADER_DIGEST,
+    atomic_write_bytes,
+    atomic_write_json,
+    header_sha256,
+    read_verified_safetensors,
+    seal_header,
+    tensors_sha256,
+)
+from hbnn.train._ckpt_fields import FORMAT, RUN_ID_PATTERN, SCHEMA_VERSION, position, validate_metadata
 
 __all__ = [
     "SCHEMA_VERSION",
     "FORMAT",
+    "RUN_ID_PATTERN",
     "Checkpoint",
     "checkpoint_paths",
     "save_checkpoint",
     "load_checkpoint",
+    "validate_metadata",
     "restore_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
 ]
 
-SCHEMA_VERSION = 1
-FORMAT = "hbnn-checkpoint"
 _META_KEY = "hbnn"
+#: Fields the JSON half adds to the metadata (besides its own seal).
+_SIDECAR_FIELDS = ("sha256", "file")
 
 
 @dataclasses.dataclass
@@ -83,12 +117,20 @@ class Checkpoint:
 
 
 def checkpoint_paths(path: str | os.PathLike, name: str = "last") -> tuple[Path, Path]:
-    """The ``(.safetensors, .json)`` pair for a run directory, a stem or either file."""
+    """The ``(.safetensors, .json)`` pair for a run directory, a stem or either file.
+
+    Raises:
+        CheckpointError: ``path`` is an existing file that is neither half of a checkpoint
+            (e.g. a packed ``.hbnn`` model).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / name
     if path.suffix in (".safetensors", ".json"):
         path = path.with_suffix("")
+    elif path.is_file():
+        raise CheckpointError(f"{path} is not a checkpoint: expected a run directory, NAME.safetensors or "
+                              "NAME.json (a packed model file is run by hbnn infer)")
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
@@ -117,8 +159,11 @@ def capture_rng_state() -> dict:
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`capture_rng_state` captured (CUDA states only if CUDA is in use)."""
+def restore_rng_state(state: Mapping[str, Any], where: str | os.PathLike | None = None) -> None:
+    """Restore what :func:`capture_rng_state` captured (CUDA states only if CUDA is in use).
+
+    ``where`` (the checkpoint file) is named in the error message.
+    """
     try:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
@@ -129,7 +174,8 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([_unb64(s) for s in cuda[: torch.cuda.device_count()]])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint RNG state is invalid ({exc})") from None
+        source = f"checkpoint {where}: " if where is not None else "checkpoint "
+        raise CheckpointError(f"{source}RNG state is invalid ({type(exc).__name__})") from None
 
 
 # ----------------------------------------------------------------------------- saving
@@ -172,13 +218,14 @@ def _tensor_dict(model_state: Mapping[str, torch.Tensor], optimizer: Any, schedu
 def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.Tensor],
                     metadata: Mapping[str, Any], optimizer: Any = None, scheduler: Any = None
                     ) -> dict:
-    """Atomically write a checkpoint (``.safetensors`` then ``.json``).
+    """Atomically write a checkpoint (``.safetensors`` then ``.json``; see the module docstring).
 
     Args:
         path: the checkpoint stem (``run/last``) or either of its files.
         model_state: the model's ``state_dict()`` (unwrap DDP first).
-        metadata: JSON-safe metadata (epoch, step, config, rng, ...); ``format``,
-            ``schema_version`` and the checksums are added here.
+        metadata: JSON-safe metadata, at least ``run_id``, ``step``, ``epoch`` and
+            ``batch_in_epoch`` (see the module docstring); ``format``, ``schema_version``
+            and the digests are added here.
         optimizer: optimizer whose ``state_dict()`` is saved, or None.
         scheduler: LR scheduler whose ``state_dict()`` is saved, or None.
 
@@ -186,34 +233,27 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.
         The metadata as written to the JSON file.
 
     Raises:
+        CheckpointError: ``metadata`` fails :func:`validate_metadata` (nothing is written).
         OSError: the write failed; the previous checkpoint files are unchanged.
     """
     from safetensors.torch import save as st_save
 
     tensor_path, meta_path = checkpoint_paths(path)
     tensors, opt_meta, sched_meta = _tensor_dict(model_state, optimizer, scheduler)
-    meta = dict(metadata)
+    meta = {k: v for k, v in metadata.items() if k not in (*_SIDECAR_FIELDS, HEADER_DIGEST)}
     meta.update(format=FORMAT, schema_version=SCHEMA_VERSION, optimizer=opt_meta,
                 scheduler=sched_meta, payload_sha256=tensors_sha256(tensors))
+    meta = json.loads(json.dumps(meta))  # JSON-safe now, as it will be read back
+    validate_metadata(meta, tensor_path)
     meta = seal_header(meta)
     data = st_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
     atomic_write_bytes(tensor_path, data)
-    meta["sha256"] = hashlib.sha256(data).hexdigest()
-    meta["file"] = tensor_path.name
-    atomic_write_json(meta_path, meta)
-    return meta
+    side = seal_header({**meta, "sha256": hashlib.sha256(data).hexdigest(), "file": tensor_path.name})
+    atomic_write_json(meta_path, side)
+    return side
 
 
 # ----------------------------------------------------------------------------- loading
-
-def _check_header(meta: dict, where: Path) -> None:
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{where} is not an hbnn checkpoint (format {meta.get('format')!r})")
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise CheckpointError(f"checkpoint {where} has schema version {version!r}; this hbnn "
-                              f"reads version {SCHEMA_VERSION}")
-
 
 def _join_state(prefix: str, rest: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict:
     """Inverse of :func:`_split_state`: put the tensors under ``prefix/`` back into ``rest``."""
@@ -229,40 +269,95 @@ def _join_state(prefix: str, rest: Mapping[str, Any], tensors: Mapping[str, torc
     return out
 
 
-def _check_sidecar(meta_path: Path, meta: dict, sha: str, where: Path) -> None:
-    if not meta_path.exists():
-        return
+def _canonical(meta: Mapping[str, Any]) -> str:
+    """The metadata without the JSON half's own fields, as canonical JSON (NaN-safe comparison)."""
+    body = {k: v for k, v in meta.items() if k not in (*_SIDECAR_FIELDS, HEADER_DIGEST)}
+    return json.dumps(body, sort_keys=True)
+
+
+def _read_sidecar(meta_path: Path) -> dict:
+    """The sealed, valid JSON half (raises CheckpointError naming it otherwise)."""
     try:
         side = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise CheckpointError(f"checkpoint metadata {meta_path} is unreadable or corrupt") from None
-    # A sidecar for another step is left over from a save interrupted between its two
-    # renames; the self-verifying tensor file is authoritative then.
-    if side.get("step") == meta.get("step") and side.get("sha256") != sha:
-        raise CheckpointError(f"checkpoint {where} does not match the sha256 in {meta_path.name} "
-                              "(corrupt or replaced)")
+    if not isinstance(side, dict) or not isinstance(side.get(HEADER_DIGEST), str):
+        raise CheckpointError(f"checkpoint metadata {meta_path} is not sealed (no {HEADER_DIGEST}): written by "
+                              "an older hbnn or edited")
+    if side[HEADER_DIGEST] != header_sha256(side):
+        raise CheckpointError(f"checkpoint metadata {meta_path} is corrupt or was edited (header digest mismatch)")
+    validate_metadata(side, meta_path)
+    for key in _SIDECAR_FIELDS:
+        if not isinstance(side.get(key), str):
+            raise CheckpointError(f"checkpoint metadata {meta_path}: field {key} is missing or not a string")
+    return side
 
 
-def load_checkpoint(path: str | os.PathLike, name: str = "last") -> Checkpoint:
-    """Read and verify a checkpoint (schema version, checksums, readable tensors).
+def _check_sidecar(meta_path: Path, meta: dict, sha: str, where: Path) -> None:
+    """The JSON half must be absent, describe this file, or be an older save of the same run."""
+    if not meta_path.exists():
+        return  # killed between the two renames of a run's first save
+    side = _read_sidecar(meta_path)
+    if side["file"] != where.name:
+        raise CheckpointError(f"checkpoint metadata {meta_path} describes {side['file']}, not {where.name}")
+    if side["run_id"] != meta["run_id"]:
+        raise CheckpointError(f"checkpoint halves do not belong together: {meta_path.name} is from run "
+                              f"{side['run_id']}, {where} from run {meta['run_id']}")
+    if position(side) == position(meta):
+        if side["sha256"] != sha or _canonical(side) != _canonical(meta):
+            raise CheckpointError(f"checkpoint {where} does not match the sha256 and metadata in "
+                                  f"{meta_path.name} (corrupt or replaced)")
+    elif position(side) > position(meta):
+        raise CheckpointError(f"checkpoint halves do not belong together: {meta_path.name} describes step "
+                              f"{side['step']}, {where} holds the older step {meta['step']}")
+    # else: an older save of the same run -- a save interrupted between its two renames;
+    # the sealed tensor file is authoritative.
+
+
+def load_checkpoint(path: str | os.PathLike, name: str = "last", *, run_id: str | None = None) -> Checkpoint:
+    """Read and verify a checkpoint: seals, every metadata field, both halves, readable tensors.
 
     Args:
         path: a run directory (then ``name`` picks ``last`` or ``best``), a stem or
             either file of the pair.
         name: checkpoint name inside a run directory.
+        run_id: the run the checkpoint must belong to (``RUN_DIR/run.json``), or None
+            for a loose checkpoint file.
 
     Returns:
-        The :class:`Checkpoint`, tensors on CPU.
+        The :class:`Checkpoint`, tensors on CPU; ``metadata["sha256"]`` is the file's digest.
 
     Raises:
-        CheckpointError: missing, truncated, corrupt or incompatible checkpoint.
+        CheckpointError: missing, truncated, corrupt, edited, invalid or other-schema
+            checkpoint, halves that do not belong together, or another run's checkpoint.
     """
     tensor_path, meta_path = checkpoint_paths(path, name)
+    if not tensor_path.exists():
+        given = Path(path)
+        if meta_path.exists():
+            raise CheckpointError(f"checkpoint not found: {tensor_path} ({meta_path.name} exists without it)")
+        if given.suffix not in ("", ".safetensors", ".json") and not given.is_dir():
+            raise CheckpointError(f"checkpoint not found: {given} (expected a run directory, NAME.safetensors "
+                                  "or NAME.json)")
     data, meta, tensors = read_verified_safetensors(tensor_path, key=_META_KEY, what="checkpoint",
-                                                    error=CheckpointError, check=_check_header)
+                                                    error=CheckpointError, check=validate_metadata)
+    if run_id is not None and meta["run_id"] != run_id:
+        raise CheckpointError(f"checkpoint {tensor_path} belongs to another run (run_id {meta['run_id']}, "
+                              f"this run is {run_id}); it cannot be used here")
     sha = hashlib.sha256(data).hexdigest()
     _check_sidecar(meta_path, meta, sha, tensor_path)
     meta["sha256"] = sha
+    try:
+        return _unpack(tensor_path, meta, tensors)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CheckpointError(f"checkpoint {tensor_path} has optimizer or scheduler state that does not fit "
+                              "its tensors") from None
+
+
+def _unpack(tensor_path: Path, meta: dict, tensors: Mapping[str, torch.Tensor]) -> Checkpoint:
+    unknown = [k for k in tensors if k.split("/", 1)[0] not in ("model", "optim", "sched")]
+    if unknown:
+        raise CheckpointError(f"checkpoint {tensor_path} holds an unexpected tensor {unknown[0]!r}")
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     opt = meta.get("optimizer")
     optimizer_state = None

@@ -44,7 +44,9 @@ def register(subparsers: Any) -> None:
     for flag, dest, _, tp, text in _SHORTCUTS:
         p.add_argument(flag, dest=dest, type=tp, help=text)
     p.add_argument("--out", help="run directory (default runs/<recipe>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--resume", metavar="RUN_DIR", nargs="?", const=True,
+                   help="continue the run in RUN_DIR (default: --out) exactly, from wherever it was "
+                        "stopped; with a recipe, a run killed before its config was written starts")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run directory")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=_cmd_train)

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from hbnn.errors import CheckpointError, ConfigError
-from hbnn.train.checkpoint import load_checkpoint, restore_checkpoint
-from hbnn.train.config import config_from_dict, load_config, load_yaml_recipe, resolve_recipe
+from hbnn.train.checkpoint import restore_checkpoint
+from hbnn.train.config import config_from_dict, load_config, resolve_recipe
 from hbnn.train.distributed import resolve_device
 from hbnn.train.loop import evaluate
 from hbnn.train.rebuild import (
@@ -26,6 +26,7 @@ from hbnn.train.rebuild import (
     registry_shape,
     resolve_checkpoint,
 )
+from hbnn.train.rundir import load_run_checkpoint
 
 __all__ = ["evaluate_checkpoint", "summary_for", "format_summary"]
 
@@ -73,10 +74,15 @@ def evaluate_checkpoint(target: str | os.PathLike, *, which: str = "best", data_
 def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None = None) -> tuple[str, dict]:
     """Build the model meant by ``target`` and return ``(title, hbnn.convert.summarize(model))``.
 
-    ``target`` is a run directory (its config and, if present, its best or last weights),
-    a checkpoint file, a YAML recipe, or a registered model name (float unless
+    ``target`` is a run directory (its best, else last checkpoint), a checkpoint file, a
+    YAML recipe (a run's ``config.yaml`` too), or a registered model name (float unless
     ``overrides`` set ``quant.*``). ``dataset`` picks the input shape for recipes and
     model names (default: the recipe's dataset, else fashion_mnist).
+
+    Raises:
+        CheckpointError: a run directory without a loadable checkpoint of its own, or a
+            damaged checkpoint -- never a fresh model in its place.
+        ConfigError: an unknown target or a bad override.
     """
     from hbnn.convert import summarize
     from hbnn.models import list_models
@@ -87,12 +93,16 @@ def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None 
         if path.is_dir() and not (path / "config.yaml").exists():
             raise ConfigError(f"{path} is not an hbnn run directory (no config.yaml)")
         try:
-            ckpt = load_checkpoint(resolve_checkpoint(path))
-        except CheckpointError:
+            checkpoint = resolve_checkpoint(path)
+        except CheckpointError as exc:
             if not path.is_dir():
                 raise
-        base = ckpt.metadata["config"] if ckpt else load_yaml_recipe(path / "config.yaml")
-        cfg = load_config(None, overrides, base=base)
+            raise CheckpointError(f"{exc}; to summarize the run's config instead: hbnn summary "
+                                  f"{path / 'config.yaml'}") from None
+        ckpt = load_run_checkpoint(checkpoint)
+        if not isinstance(ckpt.metadata.get("config"), dict) or "model" not in ckpt.metadata:
+            raise CheckpointError(f"checkpoint {ckpt.path} records no config and model to rebuild")
+        cfg = load_config(None, overrides, base=ckpt.metadata["config"])
     elif path.suffix in (".yaml", ".yml") or path.exists():
         cfg = load_config(path, overrides)
     elif target in list_models():
@@ -105,7 +115,10 @@ def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None 
                               f"models: {', '.join(list_models())}") from None
         cfg = load_config(recipe, overrides)
     if ckpt is not None and dataset is None:
-        shape = recorded_shape(ckpt.metadata["model"])
+        try:
+            shape = recorded_shape(ckpt.metadata["model"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"checkpoint {ckpt.path} records no usable dataset shape") from None
     else:
         shape = registry_shape(dataset or cfg.data.name)
     model, _ = build_model_for(cfg.model, shape, cfg.quant)

@@ -12,7 +12,8 @@ A *shape* is ``{"num_classes", "in_channels", "image_size"}`` (:data:`SHAPE_KEYS
 
 Checkpoints carry their resolved config, so :func:`model_from_checkpoint` rebuilds the
 exact model (name, options, quantization) and restores its weights from the checkpoint
-alone.
+alone. A checkpoint in a run directory must belong to that run
+(:func:`hbnn.train.rundir.load_run_checkpoint`); nothing falls back to a fresh model.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import torch
 
 from hbnn.convert import QuantizeConfig
 from hbnn.errors import CheckpointError, ConfigError
-from hbnn.train.checkpoint import Checkpoint, load_checkpoint, restore_checkpoint
+from hbnn.train.checkpoint import Checkpoint, restore_checkpoint
 from hbnn.train.config import ModelConfig, config_from_dict
+from hbnn.train.rundir import load_run_checkpoint
 
 __all__ = [
     "SHAPE_KEYS",
@@ -108,25 +110,33 @@ def resolve_checkpoint(target: str | os.PathLike, which: str = "best") -> Path:
 
     Args:
         target: a run directory, a checkpoint stem, or either file of a checkpoint.
-        which: inside a run directory, ``best`` (falls back to ``last``) or ``last``.
+        which: inside a run directory, ``best`` (falls back to ``last`` when neither half
+            of ``best`` exists) or ``last``.
 
     Raises:
         ConfigError: ``which`` is neither ``best`` nor ``last``.
-        CheckpointError: nothing to load there.
+        CheckpointError: nothing to load there, or a file that is not a checkpoint.
     """
     if which not in ("best", "last"):
         raise ConfigError(f"--which: {which!r} is not allowed; choose best or last")
     path = Path(target)
     if path.is_dir():
         for name in ((which, "last") if which == "best" else (which,)):
-            if (path / f"{name}.safetensors").exists():
+            if any((path / f"{name}.{ext}").exists() for ext in ("safetensors", "json")):
                 return path / f"{name}.safetensors"
         raise CheckpointError(f"no checkpoint in {path} (expected {which}.safetensors)")
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
     elif path.suffix != ".safetensors":
-        path = path.with_name(path.name + ".safetensors")
-    if not path.exists():
+        if path.is_file():
+            raise CheckpointError(f"{path} is not a checkpoint: expected a run directory, NAME.safetensors or "
+                                  "NAME.json (a packed model file is run by hbnn infer)")
+        stem = path.with_name(path.name + ".safetensors")
+        if not stem.exists():
+            raise CheckpointError(f"checkpoint not found: {path} (expected a run directory, NAME.safetensors "
+                                  "or NAME.json)")
+        path = stem
+    if not path.exists() and not path.with_suffix(".json").exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path
 
@@ -142,10 +152,11 @@ def model_from_checkpoint(target: str | os.PathLike, which: str = "best") -> tup
         ``(model in eval mode on CPU, the verified Checkpoint)``.
 
     Raises:
-        CheckpointError: nothing to load, a damaged file, or unusable metadata.
+        CheckpointError: nothing to load, a damaged file, another run's checkpoint, or
+            unusable metadata.
     """
     path = resolve_checkpoint(target, which)
-    ckpt = load_checkpoint(path)
+    ckpt = load_run_checkpoint(path)
     meta = ckpt.metadata
     try:
         cfg = config_from_dict(meta["config"])

@@ -4,6 +4,7 @@
 so sweeps and tests call it too. Run directory layout (:mod:`hbnn.train.rundir` checks,
 creates or clears it)::
 
+    RUN_DIR/run.json           the run identity (run_id, bound into every checkpoint)
     RUN_DIR/config.yaml        the resolved config
     RUN_DIR/metrics.csv        one row per epoch (see hbnn.train.logs.METRIC_FIELDS)
     RUN_DIR/tb/                TensorBoard events
@@ -13,7 +14,10 @@ Exactness: the data order and augmentation of batch ``k`` of epoch ``e`` are a p
 function of ``(seed, e, rank, k)`` (``hbnn.data.build_loader``); a checkpoint stores the
 position ``(epoch, batch_in_epoch, step)``, the optimizer and scheduler state, every RNG
 state and the epoch's running sums, so a resumed CPU run reproduces the uninterrupted
-run bit for bit.
+run bit for bit. A run killed before its first checkpoint restarts from step 0 with its
+saved config, which is the same thing; at an epoch end ``best`` is written before
+``last``, so a kill between the two resumes from the older ``last`` and rewrites ``best``.
+Which state a killed run is in, and what ``--resume`` does with it: :mod:`hbnn.train.rundir`.
 """
 
 from __future__ import annotations
@@ -32,19 +36,14 @@ import torch
 
 import hbnn
 from hbnn.errors import CheckpointError, ConfigError
-from hbnn.train.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from hbnn.train.checkpoint import capture_rng_state, restore_checkpoint, restore_rng_state, save_checkpoint
 from hbnn.train.config import Config, config_to_dict, save_config
 from hbnn.train.distributed import (
     DistContext,
     all_gather_objects,
     all_reduce_sum,
     barrier,
+    guard_collective,
     run_on_main,
     setup_distributed,
     teardown_distributed,
@@ -60,7 +59,7 @@ from hbnn.train.loop import (
     train_one_epoch,
 )
 from hbnn.train.rebuild import build_model_for, dataset_shape
-from hbnn.train.rundir import prepare_run_dir
+from hbnn.train.rundir import has_checkpoint, load_run_checkpoint, prepare_run_dir
 
 __all__ = [
     "set_determinism",
@@ -134,6 +133,8 @@ class _Trainer:
         self.last_metrics: dict = {}
         self.stats: EpochStats | None = None
         self.rank_state: dict = {}
+        self.run_id = ""
+        self.steps_per_epoch = 1
 
     def say(self, text: str) -> None:
         if self.ctx.is_main and not self.quiet:
@@ -153,7 +154,8 @@ class _Trainer:
         meta = {
             "hbnn_version": hbnn.__version__, "torch_version": torch.__version__,
             "model": {"name": self.cfg.model.name, "config": cfg["model"], "quant": cfg["quant"], **shape},
-            "config": cfg, "epoch": self.epoch, "batch_in_epoch": self.batch, "step": self.step,
+            "run_id": self.run_id, "config": cfg, "epoch": self.epoch, "batch_in_epoch": self.batch,
+            "step": self.step, "steps_per_epoch": self.steps_per_epoch,
             "best_metric": self.best_metric, "best_epoch": self.best_epoch, "world_size": self.ctx.world_size,
             "ranks": ranks, "metrics": self.last_metrics, "wall_time_s": self.wall(),
         }
@@ -166,11 +168,17 @@ class _Trainer:
         if self.batch and saved_world != self.ctx.world_size:
             raise CheckpointError(f"{where} was written mid-epoch by {saved_world} process(es); resume it "
                                   f"with the same number (not {self.ctx.world_size}) or from an epoch-end checkpoint")
+        saved_steps = meta.get("steps_per_epoch", self.steps_per_epoch)
+        if self.batch and saved_steps != self.steps_per_epoch:
+            raise CheckpointError(f"{where} was written mid-epoch with {saved_steps} steps per epoch; this run has "
+                                  f"{self.steps_per_epoch} (different data?); it cannot continue exactly")
         self.best_metric, self.best_epoch = meta.get("best_metric"), meta.get("best_epoch")
         self.wall_offset = float(meta.get("wall_time_s") or 0.0)
         self.last_metrics = dict(meta.get("metrics") or {})
         ranks = meta.get("ranks") or []
         mine = ranks[self.ctx.rank] if len(ranks) == self.ctx.world_size else (ranks[0] if ranks else {})
+        if "rng" not in mine:
+            raise CheckpointError(f"checkpoint {where} has no RNG state to resume from")
         self.rank_state = mine
         self.stats = restore_stats(mine.get("epoch_sums"), self.ctx.device)
 
@@ -216,6 +224,7 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwr
 
     Raises:
         ConfigError, DatasetError, CheckpointError, FileExistsError, OSError: user-facing errors.
+        DistError: a peer process died, hung or was stopped (``dist.timeout_s``).
     """
     ctx = setup_distributed(cfg.dist, cfg.train.device)
     previous = set_determinism(cfg.train.deterministic)
@@ -223,7 +232,8 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwr
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     try:
-        result = _fit(cfg, Path(run_dir), ctx, resume=resume, overwrite=overwrite, quiet=quiet)
+        with guard_collective(ctx, "DDP training"):  # a dead or frozen peer: one DistError line
+            result = _fit(cfg, Path(run_dir), ctx, resume=resume, overwrite=overwrite, quiet=quiet)
         # Leave together: rank 0 finishes later (it writes the checkpoints); a rank that
         # tears its gloo group down and exits while a peer is still working can abort at
         # exit (see hbnn.cli.exit_process, which avoids the exit-time teardown itself).
@@ -240,19 +250,26 @@ def _fit(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, overwrit
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the "
                           f"{ctx.world_size} processes")
     seed_everything(cfg.train.seed)
-    ckpt = load_checkpoint(run_dir, "last") if resume else None  # verify before building anything
+    # Verify before building anything: a resumed run continues from `last` if it has one
+    # (it must be this run's), else it starts at step 0 like a new run.
+    ckpt = load_run_checkpoint(run_dir, "last", cfg) if resume and has_checkpoint(run_dir) else None
     train_ds, test_ds = build_datasets(cfg)
     shape = dataset_shape(train_ds)
     model, report = build_model_for(cfg.model, shape, cfg.quant)
     model.to(ctx.device)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, _batches_per_epoch(train_ds, cfg, ctx))
     trainer = _Trainer(cfg, ctx, run_dir, quiet)
+    trainer.steps_per_epoch = _batches_per_epoch(train_ds, cfg, ctx)
+    scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, trainer.steps_per_epoch)
     if ckpt is not None:
         restore_checkpoint(ckpt, model, optimizer, scheduler)
         trainer.resume_from(ckpt.metadata, ckpt.path)
     _train_loader(train_ds, cfg, ctx, trainer.epoch, 0)  # bad batch size etc. fail before any write
-    run_on_main(ctx, lambda: prepare_run_dir(run_dir, resume=resume, overwrite=overwrite))
+    prepared = run_on_main(ctx, lambda: prepare_run_dir(run_dir, resume=resume, overwrite=overwrite))
+    trainer.run_id = prepared.run_id
+    if prepared.removed:
+        trainer.say(f"hbnn: removed {len(prepared.removed)} stale temporary file(s) of an interrupted write from "
+                    f"{run_dir}: {', '.join(prepared.removed)}")
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
     if report is not None and report.unmatched_rules:
@@ -273,7 +290,7 @@ def _fit(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, overwrit
         if cfg.run.tensorboard:
             tb = open_tensorboard(run_dir / "tb", purge_step=trainer.step + 1 if resume else None, quiet=quiet)
     if ckpt is not None:
-        restore_rng_state(trainer.rank_state.get("rng") or ckpt.metadata["ranks"][0]["rng"])
+        restore_rng_state(trainer.rank_state["rng"], ckpt.path)
     elif ctx.enabled:  # same init everywhere (above); distinct dropout streams per rank from here
         torch.manual_seed(cfg.train.seed + 1_000_003 * ctx.rank)
     if trainer.epoch >= cfg.train.epochs:
@@ -347,9 +364,9 @@ def _run_epoch(tr: _Trainer, epoch: int, ddp_model: torch.nn.Module, model: torc
     row["wall_time_s"] = tr.wall()
     if ctx.is_main:  # the row goes first: a resume from an older checkpoint drops it again
         metrics.append(row)
-    tr.save("last", model, optimizer, scheduler, None, shape)
-    if is_best:
+    if is_best:  # best before last: a kill between them resumes from the older last, rewriting best
         tr.save("best", model, optimizer, scheduler, None, shape)
+    tr.save("last", model, optimizer, scheduler, None, shape)
     if ctx.is_main:
         if tb is not None:
             for key, value in row.items():
