@@ -176,7 +176,26 @@ def test_damaged_checkpoints_are_refused_by_eval_and_resume(run_dir, capsys, dam
     assert main(["train", "--resume", str(run_dir), "--epochs", "2", "-q"]) == 2
     line = _error_line(capsys)
     assert any(w in line for w in words)
+    for command in ("summary", "export"):  # never a fresh model in its place
+        assert main([command, str(run_dir), *(["--out", str(run_dir / "m.hbnn")] if command == "export" else [])]) == 2
+        line = _error_line(capsys)
+        assert any(w in line for w in words) and "best.safetensors" in line
     assert _snapshot(run_dir) == before
+
+
+def test_summary_and_eval_of_a_run_without_checkpoint_are_errors(run_dir, capsys):
+    for path in run_dir.glob("*.safetensors"):
+        path.unlink()
+    for path in run_dir.glob("*.json"):
+        if path.name != "run.json":
+            path.unlink()
+    capsys.readouterr()
+    assert main(["summary", str(run_dir)]) == 2
+    line = _error_line(capsys)
+    assert "no checkpoint" in line and "config.yaml" in line
+    assert main(["eval", str(run_dir)]) == 2
+    assert "no checkpoint" in _error_line(capsys)
+    assert main(["summary", str(run_dir / "config.yaml")]) == 0  # the config, asked for explicitly
 
 
 def test_incompatible_checkpoint_is_refused(run_dir, tmp_path, tiny_args, capsys):

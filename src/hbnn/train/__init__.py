@@ -7,11 +7,12 @@ Small importable functions, no module-level state:
 - :mod:`hbnn.train.loop` -- :func:`build_optimizer`, :func:`build_scheduler`,
   :func:`train_one_epoch`, :func:`evaluate`;
 - :mod:`hbnn.train.checkpoint` -- :func:`save_checkpoint`, :func:`load_checkpoint`,
-  :func:`restore_checkpoint` (safetensors + JSON, verified);
+  :func:`restore_checkpoint` (safetensors + JSON, both sealed, bound to their run, verified);
 - :mod:`hbnn.train.rebuild` -- :func:`~hbnn.train.rebuild.build_model_for` (config +
   dataset shape -> model) and :func:`~hbnn.train.rebuild.model_from_checkpoint`;
 - :mod:`hbnn.train.rundir` -- :func:`~hbnn.train.rundir.plan_run` (config and directory of
-  a new or resumed run) and :func:`~hbnn.train.rundir.prepare_run_dir`;
+  a new or resumed run), :func:`~hbnn.train.rundir.load_run_checkpoint` (a run's own
+  checkpoint) and :func:`~hbnn.train.rundir.prepare_run_dir` (run identity, resume from any kill);
 - :mod:`hbnn.train.run` -- :func:`fit`, one run in a run directory (resume, DDP);
 - :mod:`hbnn.train.evaluation` -- :func:`evaluate_checkpoint`, :func:`summary_for`.
 

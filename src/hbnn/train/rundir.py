@@ -169,7 +169,9 @@ def plan_run(recipe: str | os.PathLike | None, overrides: Iterable[str] = (), *,
             as far as its ``config.yaml`` (killed first) starts with the recipe's config.
         overrides: ``key=value`` strings applied on top (``--set`` and the shortcut flags).
         out: the run directory (``--out``); default :func:`default_run_dir` (or ``run.out``).
-        resume: the run directory to continue, or True for the one ``out``/the recipe names.
+        resume: the run directory to continue, or True for the one ``out``/the recipe names
+            (True without a recipe: the saved config if the run has one, else the
+            command's own, defaults plus ``overrides``: the killed command, repeated).
         overwrite: start over in an existing directory (checked only against ``resume``
             here; :func:`prepare_run_dir` acts on it).
 
@@ -184,7 +186,12 @@ def plan_run(recipe: str | os.PathLike | None, overrides: Iterable[str] = (), *,
         overrides.append(f"run.out={json.dumps(out)}")
     if resume is not None and resume is not False and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    if recipe is not None or resume is None or resume is False:
+    if resume is True and recipe is None:
+        if out is None:
+            raise ConfigError("--resume without RUN_DIR needs --out RUN_DIR or a recipe")
+        if (Path(out) / "config.yaml").is_file():
+            resume = out  # the run's saved config, as with --resume RUN_DIR
+    if recipe is not None or resume is None or resume is False or resume is True:
         path = resolve_recipe(recipe) if recipe is not None else None
         cfg = load_config(path, overrides)
         run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(path, cfg.model.name, cfg.data.name)
@@ -196,10 +203,6 @@ def plan_run(recipe: str | os.PathLike | None, overrides: Iterable[str] = (), *,
         if (run_dir / "config.yaml").is_file():
             check_resume_changes(config_to_dict(_saved_config(run_dir)), config_to_dict(cfg))
         return cfg, run_dir
-    if resume is True:
-        if out is None:
-            raise ConfigError("--resume without RUN_DIR needs --out RUN_DIR or a recipe")
-        resume = out
     run_dir = Path(resume)
     _same_dir(out, run_dir)
     if not (run_dir / "config.yaml").is_file():
