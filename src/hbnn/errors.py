@@ -8,7 +8,7 @@ and exit code 2.
 
 from __future__ import annotations
 
-__all__ = ["HbnnError", "ConfigError", "DatasetError", "CheckpointError", "FormatError"]
+__all__ = ["HbnnError", "ConfigError", "DatasetError", "CheckpointError", "FormatError", "DistError"]
 
 
 class HbnnError(ValueError):
@@ -29,3 +29,7 @@ class CheckpointError(HbnnError):
 
 class FormatError(HbnnError):
     """A packed-model file that is corrupt, truncated, or of an unknown version."""
+
+
+class DistError(HbnnError):
+    """A distributed (torchrun) job that cannot go on: a peer process died, hung or was stopped."""
