@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from hbnn.quant import binarize_planes, binarize_with_scales, hetero_binarize, make_bitmap, residual_binarize
+from hbnn.quant import (
+    binarize_planes,
+    binarize_with_scales,
+    dequantize_planes,
+    hetero_binarize,
+    make_bitmap,
+    residual_binarize,
+)
 from hbnn.quant.mix import PAPER_MIXES
 
 EXACT = dict(atol=0, rtol=0)
@@ -194,6 +201,85 @@ def test_residual_bad_bits(bits):
         residual_binarize(torch.randn(3), bits)
 
 
+def test_per_channel_on_a_1d_tensor_is_one_entry_per_channel():
+    # Each slice of channel_dim=0 is one entry: mu_1 = |x_j|, so one bit reconstructs x exactly.
+    x = torch.tensor([1.0, -3.0, 2.0, -6.0])
+    assert torch.equal(residual_binarize(x, 1, channel_dim=0), x)
+    assert torch.equal(hetero_binarize(x, torch.tensor([1, 2, 1, 2]), channel_dim=0), x)
+
+
 def test_bad_channel_dim():
     with pytest.raises(ValueError, match="channel_dim"):
         residual_binarize(torch.randn(3, 3), 1, channel_dim=2)
+
+
+# ------------------------------------------------------------------ finite in, finite out
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def test_issue_examples_at_float32_maximum_are_exact():
+    x = torch.tensor([2e38, -2e38])
+    assert torch.equal(residual_binarize(x, 1), x)  # mu = 2e38: the mean, not the sum, must fit
+    assert torch.equal(residual_binarize(x, 2), x)  # E_1 = 0, mu_2 = 0
+    y = torch.full((1000,), 1e36) * torch.tensor([1.0, -1.0]).repeat(500)
+    torch.testing.assert_close(residual_binarize(y, 3), y, atol=0, rtol=1e-6)
+
+
+def _saturated_reference(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn`` as if the exponent range were unbounded, rounded with saturation: ``fn(x / 256)``
+    (no overflow there; dividing by a power of two is exact) times 256, clamped to the range."""
+    big = torch.finfo(x.dtype).max
+    return (fn(x * 2.0**-8).double() * 2.0**8).clamp(-big, big).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_dtype_maximum_is_finite_and_saturates_the_unbounded_result(dtype, bits):
+    big = torch.finfo(dtype).max
+    x = torch.tensor([big, -big, 0.0, big / 3, -big / 7, big], dtype=dtype)
+    out = residual_binarize(x, bits)
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+    assert torch.equal(out, _saturated_reference(lambda t: residual_binarize(t, bits), x))
+    m = torch.tensor([1, bits, 1, bits, 2 if bits > 1 else 1, bits])
+    for cdim in (None, 0):
+        het = hetero_binarize(x, m, channel_dim=cdim)
+        assert bool(torch.isfinite(het).all())
+        assert torch.equal(het, _saturated_reference(lambda t: hetero_binarize(t, m, channel_dim=cdim), x))
+        planes = binarize_planes(x, m, channel_dim=cdim)
+        assert bool(torch.isfinite(planes[2]).all())
+        assert torch.equal(dequantize_planes(*planes, channel_dim=0, dtype=dtype), het)
+
+
+def test_two_planes_that_overflow_saturate_in_float16():
+    # mu1 = 2/3 max, mu2 = 4/9 max: x_hat_0 = 10/9 max would be inf; the nearest finite is max.
+    x = torch.tensor([65504.0, -65504.0, 0.0], dtype=torch.float16)
+    expected = torch.tensor([65504.0, -65504.0, -14560.0], dtype=torch.float16)
+    assert torch.equal(residual_binarize(x, 2), expected)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_scaled_path_is_exact_power_of_two_scaling(bits):
+    # max|x| * N beyond float32's range: the loop runs on x * 2^-k and must give
+    # exactly 2^120 times the result for x (scaling by a power of two is exact).
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(bits))
+    m = make_bitmap(x, 1.4)
+    scale = 2.0 ** 120
+    assert torch.equal(residual_binarize(x * scale, bits), residual_binarize(x, bits) * scale)
+    assert torch.equal(hetero_binarize(x * scale, m), hetero_binarize(x, m) * scale)
+    signs, masks, scales = binarize_planes(x * scale, m)
+    assert torch.equal(scales, binarize_planes(x, m)[2] * scale)
+    assert torch.equal(dequantize_planes(signs, masks, scales), hetero_binarize(x, m) * scale)
+
+
+def test_ste_gradient_finite_at_maximum():
+    x = torch.tensor([3.4e38, -3.4e38, 0.5, -1.0], requires_grad=True)
+    residual_binarize(x, 3).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+def test_fixed_scales_at_maximum_are_finite():
+    x = torch.tensor([3.4e38, -3.4e38, 1.0])
+    out = binarize_with_scales(x, None, torch.tensor([3.0e38, 3.0e38, 1e38]))
+    assert bool(torch.isfinite(out).all())
+    # x_0: 3e38 + 3e38 - 1e38 saturates; x_2: 1 - 3e38 rounds to -3e38, so E_2 = 0 and s_3 = -1.
+    assert torch.equal(out, torch.tensor([3.4028234663852886e38, -3.4028234663852886e38, -1e38]))

@@ -13,9 +13,32 @@ rebuilds ``x_hat`` with the same per-plane term and summation order as the loop.
 Per-channel scales take the mean over ``A_i`` within each slice of ``channel_dim``.
 Gradients use the clipped straight-through estimator ``d x_hat / d x = 1{|x| <= 1}``
 with the scales treated as constants (:class:`hbnn.quant.ste.ClippedSTE`).
+
+Numerics (finite in, finite out). The loop runs in ``x``'s precision (float16/bfloat16 in
+float32) on ``x * 2^-k``, ``k >= 0`` the least integer with ``max|x| * (N + 2) * 2^-k <
+finfo.max / 4`` (:func:`range_scale`; ``N`` entries summed per mean); ``x_hat`` and the scales
+are multiplied back by ``2^k`` and ``x_hat`` is saturated to ``[-finfo(x.dtype).max,
+finfo(x.dtype).max]``. Every bound holds: ``|E_i| <= max|x|`` (``mu_i <= max|E_{i-1}|``),
+each sum of ``|E|`` is at most ``N max|x|`` and ``|x_hat| <= 2 max|x|``, so no intermediate
+overflows. Scaling by a power of two is exact, hence
+
+* ``k = 0`` — every input whose sums fit the dtype with a factor-4 margin, i.e. all
+  ordinary data — runs the unscaled loop: the same operations in the same order, the
+  same bits as without the scaling (multiplying by ``2^0`` is the identity);
+* ``k > 0`` gives the loop's result as if the exponent range were unbounded, up to the
+  rounding of entries below ``2^k`` times the smallest normal number (negligible in every
+  sum; signs of plane 1 are taken from the unscaled ``x``), then rounded to the dtype with
+  saturation: ``x_hat = x - E_n`` can exceed the largest finite value (e.g. ``[max, -max,
+  0]`` with 2 bits), and the nearest finite value is the clamp. A scale ``mu_i`` is a mean
+  of magnitudes ``<= max|x|`` and is capped at the work dtype's largest finite value.
+
+No data-dependent Python branch: ``k`` is a tensor, so the normal path costs one
+``aminmax``, one product and one clamp more and never synchronizes a device.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -32,6 +55,7 @@ __all__ = [
     "plane_term",
     "dequantize_planes",
     "broadcast_scale",
+    "range_scale",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -40,7 +64,8 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 def _masked_mean(values: torch.Tensor, active: torch.Tensor | None, channel_dim: int | None) -> torch.Tensor:
     """Mean of ``values`` over active entries, per tensor or per slice of ``channel_dim``.
 
-    Empty active sets give 0 (never NaN), so an all-zero tensor binarizes to zeros.
+    Empty active sets give 0 (never NaN), so an all-zero tensor binarizes to zeros. A 1-d
+    tensor with ``channel_dim=0`` has one entry per channel (its mean is the entry itself).
     """
     if active is not None:
         values = values * active
@@ -49,6 +74,8 @@ def _masked_mean(values: torch.Tensor, active: torch.Tensor | None, channel_dim:
             return values.mean()
         return values.sum() / active.sum().clamp_min(1)
     dims = [d for d in range(values.dim()) if d != channel_dim % values.dim()]
+    if not dims:  # torch reads sum(dim=[]) as "all dims"; here each slice is a single entry
+        return values  # (inactive entries are already 0: an empty set's mean)
     sums = values.sum(dim=dims, keepdim=True)
     if active is None:
         count = values.numel() // values.shape[channel_dim]
@@ -81,7 +108,13 @@ def residual_forward(
         ``scales`` has shape ``[n_bits]`` or ``[n_bits, C]``.
     """
     work = x.float() if x.dtype in _LOW_PRECISION else x
-    residual = work.clone()
+    cap = torch.finfo(work.dtype).max
+    if scales is None:
+        down, up = range_scale(_max_abs(work), work.numel() + 2)
+    else:
+        bound = torch.maximum(_max_abs(work), scales.detach().abs().amax().to(work))
+        down, up = range_scale(bound, n_bits + 2)
+    residual = work * down
     out = torch.zeros_like(work)
     mus, signs, masks = [], [], []
     for i in range(n_bits):
@@ -89,8 +122,9 @@ def residual_forward(
         if scales is None:
             mu = _masked_mean(residual.abs(), active, channel_dim)
         else:
-            mu = broadcast_scale(scales[i], work, channel_dim)
-        positive = residual > 0  # sign(0) = -1
+            mu = broadcast_scale(scales[i], work, channel_dim) * down
+        mu = torch.minimum(mu, cap * down)
+        positive = (work if i == 0 else residual) > 0  # sign(0) = -1; plane 1 from the unscaled x
         step = plane_term(positive, active, mu)
         out += step
         residual -= step
@@ -98,11 +132,45 @@ def residual_forward(
         if keep_planes:
             signs.append(positive)
             masks.append(torch.ones_like(positive) if active is None else active)
-    stacked = torch.stack(mus)
-    result = out.to(x.dtype)
+    stacked = torch.stack(mus) * up
+    result = _saturate(out.mul_(up), x.dtype).to(x.dtype)
     if keep_planes:
         return result, stacked, torch.stack(signs), torch.stack(masks)
     return result, stacked
+
+
+def _max_abs(t: torch.Tensor) -> torch.Tensor:
+    """``max |t|`` as a 0-dim tensor (one pass, no temporary)."""
+    low, high = torch.aminmax(t)
+    return torch.maximum(-low, high)
+
+
+def _saturate(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Clamp ``t`` in place to ``dtype``'s finite range (round-to-nearest with saturation)."""
+    cap = torch.finfo(dtype).max
+    return t.clamp_(-cap, cap)
+
+
+def range_scale(magnitude: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Powers of two ``(2^-k, 2^k)`` that keep ``count`` summed magnitudes inside the dtype.
+
+    ``k >= 0`` is the least integer with ``magnitude * count * 2^-k < finfo.max / 4``, found
+    from exponents (``magnitude < 2^e`` by :func:`torch.frexp`, ``count <= 2^p``) without a
+    Python branch on the data: ``k = max(0, e + p - (log2(finfo.max) - 2))``. ``k = 0`` (both
+    factors exactly 1) for every ``magnitude <= finfo.max / (4 * 2^p)``.
+
+    Args:
+        magnitude: 0-dim non-negative finite tensor, the largest magnitude involved.
+        count: how many such magnitudes a sum may add (>= 1).
+
+    Returns:
+        ``(down, up)``, 0-dim tensors of ``magnitude``'s dtype and device.
+    """
+    limit = math.frexp(torch.finfo(magnitude.dtype).max)[1] - 3
+    _, exponent = torch.frexp(magnitude)
+    k = (exponent + (max(count, 1) - 1).bit_length() - limit).clamp_min(0)
+    one = torch.ones((), dtype=magnitude.dtype, device=magnitude.device)
+    return torch.ldexp(one, -k), torch.ldexp(one, k)
 
 
 def plane_term(sign: torch.Tensor, mask: torch.Tensor | None, mu: torch.Tensor) -> torch.Tensor:
@@ -120,28 +188,33 @@ def plane_term(sign: torch.Tensor, mask: torch.Tensor | None, mu: torch.Tensor) 
 
 
 def dequantize_planes(signs: torch.Tensor, masks: torch.Tensor, scales: torch.Tensor,
-                      channel_dim: int = 0) -> torch.Tensor:
+                      channel_dim: int = 0, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Eq. 5 from stored planes: ``x_hat = sum_i scales_i * where(signs_i, +1, -1) * masks_i``.
 
     The planes are summed in order into zeros with :func:`plane_term`, the float arithmetic
-    of :func:`residual_forward`, so the result equals the ``x_hat`` the planes came from
-    bit for bit (the inverse of :func:`binarize_planes`).
+    of :func:`residual_forward` (scaled by the same kind of power of two, :func:`range_scale`
+    with ``max|scales|`` and ``n + 2``, and saturated), so the result equals the ``x_hat`` the
+    planes came from bit for bit (the inverse of :func:`binarize_planes`).
 
     Args:
         signs, masks: bool ``[n, *shape]`` (True = +1; active entries of plane ``i``).
         scales: ``[n]`` (per tensor) or ``[n, C]`` (per channel along ``channel_dim``).
         channel_dim: the dim of ``shape`` that 2-d scales run along (default 0: output channels).
+        dtype: the result's dtype, saturated to its finite range (default ``scales.dtype``;
+            pass ``x.dtype`` for float16/bfloat16 sources, whose scales are float32).
 
     Returns:
-        ``x_hat`` of ``shape`` in ``scales``'s dtype.
+        ``x_hat`` of ``shape``, summed in ``scales``'s dtype.
     """
     if scales.dim() not in (1, 2) or scales.shape[0] != signs.shape[0]:
         raise ValueError(f"scales: expected [{signs.shape[0]}] or [{signs.shape[0]}, C], got {list(scales.shape)}")
     out = torch.zeros(signs.shape[1:], dtype=scales.dtype, device=scales.device)
+    down, up = range_scale(_max_abs(scales), signs.shape[0] + 2)
     for i in range(signs.shape[0]):
-        mu = broadcast_scale(scales[i], out, None if scales.dim() == 1 else channel_dim)
+        mu = broadcast_scale(scales[i] * down, out, None if scales.dim() == 1 else channel_dim)
         out += plane_term(signs[i], masks[i], mu)
-    return out
+    dtype = scales.dtype if dtype is None else dtype
+    return _saturate(out.mul_(up), dtype).to(dtype)
 
 
 def broadcast_scale(mu: torch.Tensor, like: torch.Tensor, channel_dim: int | None) -> torch.Tensor:

@@ -96,7 +96,8 @@ class WeightQuantizer(nn.Module):
 class ActQuantizer(nn.Module):
     """Binarizes activations with a bit mix; keeps running estimates for inference.
 
-    Buffers (updated in training with ``r <- (1 - momentum) r + momentum * batch``):
+    Buffers (updated in training with ``r <- (1 - momentum) r + momentum * batch``, saturated
+    to float32's finite range so that any finite input keeps them finite):
     ``running_mean_abs`` (mean ``|x|``, the middle-out reference), ``running_thresholds``
     (the heuristic-key values at Algorithm 1's cuts), ``running_scales`` (``mu_i``),
     ``running_bits`` (realized average bits).
@@ -161,8 +162,11 @@ class ActQuantizer(nn.Module):
         m = 1.0 if first else self.spec.momentum
 
         def ema(buf: torch.Tensor, value) -> None:
-            value = torch.as_tensor(value, dtype=buf.dtype, device=buf.device)
-            buf.mul_(1 - m).add_(value * m)
+            # Saturate to the buffer's finite range (a float64 input's statistics may exceed
+            # float32's); a no-op for every value that fits, so in-range updates are unchanged.
+            cap = torch.finfo(buf.dtype).max
+            value = torch.as_tensor(value, dtype=buf.dtype, device=buf.device).clamp(-cap, cap)
+            buf.mul_(1 - m).add_(value * m).clamp_(-cap, cap)
 
         ema(self.running_scales, scales.float())
         if thresholds:
