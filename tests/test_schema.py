@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hbnn.errors import ConfigError
-from hbnn.schema import Schema, check, check_choice
+from hbnn.schema import NonFiniteFloat, Schema, check, check_choice
 
 
 @dataclass
@@ -71,3 +71,48 @@ def test_errors_name_the_key_the_value_and_what_is_allowed(data, message):
 def test_a_non_mapping_without_a_short_form_is_an_error():
     with pytest.raises(ConfigError, match="sec: expected a mapping of settings, got 5"):
         Outer.from_dict(5, "sec")
+
+
+@dataclass
+class Numbers(Schema):
+    x: float = 0.0
+    n: int = 0
+    flag: bool = False
+    label: str = ""
+    anything: NonFiniteFloat = 0.0
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("x", float("nan"), "a finite number"), ("x", float("inf"), "a finite number"),
+    ("x", -float("inf"), "a finite number"), ("x", "nan", "a finite number"), ("x", ".inf", "a finite number"),
+    ("x", "1_000", "a finite number"), ("x", " 3", "a finite number"), ("x", True, "a finite number"),
+    ("x", 10**400, "a finite number"), ("x", [1.0], "a finite number"),
+    ("n", True, "an integer"), ("n", "3", "an integer"), ("n", 2.5, "an integer"), ("n", float("nan"), "an integer"),
+    ("flag", 1, "true or false"), ("flag", "yes", "true or false"),
+    ("label", 3, "a string"), ("label", True, "a string"),  # YAML 1.1 reads `label: yes` as True
+    ("anything", "inf", "a number"), ("anything", False, "a number"),
+])
+def test_numbers_are_finite_numbers_and_bools_are_not_numbers(key, value, allowed):
+    with pytest.raises(ConfigError) as info:
+        Numbers.from_dict({key: value})
+    message = str(info.value)
+    assert message.startswith(f"{key}: invalid value ") and message.endswith(f"; allowed: {allowed}")
+    assert "\n" not in message
+
+
+def test_accepted_number_forms():
+    got = Numbers.from_dict({"x": "1e-4", "n": 3.0, "flag": True, "anything": float("-inf")})
+    assert (got.x, got.n, got.flag, got.anything) == (1e-4, 3, True, float("-inf"))
+    assert type(got.n) is int and Numbers.from_dict({"x": 2}).x == 2.0
+    assert Numbers.from_dict({"anything": float("nan")}).anything != 0  # NaN passes where allowed
+
+
+def test_messages_stay_one_short_line():
+    long_text = "a\nb" * 500
+    for data in ({"label": 1, "x": long_text}, {long_text: 1}):
+        with pytest.raises(ConfigError) as info:
+            Numbers.from_dict(data)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 200, str(info.value)
+    with pytest.raises(ConfigError) as info:
+        Outer.from_dict(list(range(1000)), "sec")
+    assert len(str(info.value)) < 200

@@ -4,7 +4,11 @@ A config class is a dataclass that inherits :class:`Schema`. :meth:`Schema.from_
 builds it from the dict/YAML form:
 
 * every field's annotation is enforced (ints accepted for floats, numeric strings such as
-  YAML 1.1's ``1e-4`` read as numbers, integral floats for ints);
+  YAML 1.1's ``1e-4`` read as numbers, integral floats for ints); bools are not numbers,
+  other strings (``"nan"``, ``"1_000"``, ``" 3"``) are not numbers, and floats must be
+  finite (NaN and +-inf refused with "a finite number") unless the field is annotated
+  :data:`NonFiniteFloat`; YAML 1.1 reads ``yes``/``no``/``on``/``off`` as bools, which
+  bool fields accept and other fields refuse;
 * unknown keys raise a :class:`~hbnn.errors.ConfigError` that lists the allowed ones, and
   so do missing keys of fields without a default;
 * fields annotated with another :class:`Schema` class (also ``X | None`` and
@@ -18,7 +22,8 @@ builds it from the dict/YAML form:
 their own ``to_dict``); :meth:`Schema.as_written` returns the mapping an object was built
 from, as given. Constraints between and on values stay in each class's
 ``__post_init__``, written with the shared helpers :func:`check` and :func:`check_choice`,
-so every message reads ``<key>: invalid value <value>; allowed: <what>``.
+so every message reads ``<key>: invalid value <value>; allowed: <what>`` (one line: the
+value's ``repr``, cut to :data:`MAX_VALUE_CHARS` characters).
 
 Example:
     >>> @dataclass
@@ -32,19 +37,37 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Annotated, Any, Iterable, Mapping
 
 from hbnn.errors import ConfigError
 
-__all__ = ["Schema", "coerce_value", "invalid", "check", "check_choice"]
+__all__ = ["Schema", "NonFiniteFloat", "MAX_VALUE_CHARS", "coerce_value", "invalid", "check", "check_choice",
+           "short_repr"]
+
+#: Annotation of a float field that accepts NaN and +-inf (plain ``float`` fields refuse them).
+NonFiniteFloat = Annotated[float, "non-finite allowed"]
+
+#: Longest value ``repr`` quoted in an error message (longer ones end in ``...``).
+MAX_VALUE_CHARS = 80
+
+# A number as YAML 1.1 leaves it a string ("1e-4": no dot in the mantissa); nothing else.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` on one line, at most :data:`MAX_VALUE_CHARS` characters."""
+    text = repr(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
 
 
 def invalid(key: str, value: Any, allowed: str) -> ConfigError:
-    """The one error format: ``<key>: invalid value <value!r>; allowed: <allowed>``."""
-    return ConfigError(f"{key}: invalid value {value!r}; allowed: {allowed}")
+    """The one error format: ``<key>: invalid value <value!r>; allowed: <allowed>`` (one line)."""
+    return ConfigError(f"{key}: invalid value {short_repr(value)}; allowed: {allowed}")
 
 
 def check(cond: bool, key: str, value: Any, allowed: str) -> None:
@@ -67,9 +90,13 @@ def _is_schema(tp: Any) -> bool:
 def coerce_value(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it in that type.
 
-    Accepts ints for floats, numeric strings for floats, integral floats for ints; builds
-    :class:`Schema` annotations with :meth:`Schema.from_dict`; copies mappings.
+    Accepts ints for floats, numeric strings (:data:`_NUMBER`) for floats, integral
+    floats for ints; never bools for numbers; finite floats only, except for
+    :data:`NonFiniteFloat`; builds :class:`Schema` annotations with
+    :meth:`Schema.from_dict`; copies mappings.
     """
+    if tp == NonFiniteFloat:
+        return _coerce_float(value, key, finite=False)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -90,13 +117,7 @@ def coerce_value(value: Any, tp: Any, key: str) -> Any:
         check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "a number")
-        return float(value)
+        return _coerce_float(value, key, finite=True)
     if tp is str:
         check(isinstance(value, str), key, value, "a string")
         return value
@@ -109,6 +130,19 @@ def coerce_value(value: Any, tp: Any, key: str) -> Any:
         check(isinstance(value, (list, tuple)), key, value, "a list")
         return [coerce_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     raise AssertionError(f"unsupported config annotation {tp!r}")  # internal invariant
+
+
+def _coerce_float(value: Any, key: str, *, finite: bool) -> float:
+    if isinstance(value, str) and _NUMBER.fullmatch(value):  # YAML 1.1 reads "1e-4" as a string
+        value = float(value)
+    check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value,
+          "a finite number" if finite else "a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        raise invalid(key, value, "a finite number") from None
+    check(math.isfinite(number) or not finite, key, value, "a finite number")
+    return number
 
 
 def _plain(value: Any) -> Any:
@@ -131,7 +165,7 @@ class Schema:
 
         Override for short forms (the override must return an instance or raise).
         """
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping of settings, got {value!r}")
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of settings, got {short_repr(value)}")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "") -> Any:
@@ -151,11 +185,12 @@ class Schema:
             data = {}
         if not isinstance(data, Mapping):
             return cls.from_value(data, where)
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         names = [f.name for f in dataclasses.fields(cls) if f.init]
         unknown = [k for k in data if k not in names]
         if unknown:
-            key = f"{where}.{unknown[0]}" if where else str(unknown[0])
+            name = unknown[0] if isinstance(unknown[0], str) and unknown[0].isprintable() else short_repr(unknown[0])
+            key = f"{where}.{name}" if where else name
             raise ConfigError(f"unknown key {key}; allowed in {where or cls.__name__}: {', '.join(names)}")
         missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
