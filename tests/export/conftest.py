@@ -94,6 +94,12 @@ def make_fc4():
     return small_fc4
 
 
+@pytest.fixture(scope="session")
+def fc4_factory():
+    """:func:`small_fc4` for fixtures of a wider scope than ``make_fc4``."""
+    return small_fc4
+
+
 @pytest.fixture
 def parity():
     """The :func:`assert_parity` check."""

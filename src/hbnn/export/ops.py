@@ -35,7 +35,7 @@ def _pair(v: Any) -> Any:
 SIMPLE_OPS: dict[str, tuple[tuple[type, ...], Callable[[nn.Module], dict], Callable[..., nn.Module]]] = {
     "relu": ((nn.ReLU,), lambda m: {}, lambda: nn.ReLU()),
     "hardtanh": ((nn.Hardtanh,), lambda m: {"min_val": float(m.min_val), "max_val": float(m.max_val)},
-                 lambda min_val, max_val: nn.Hardtanh(min_val, max_val)),
+                 lambda min_val, max_val: nn.Hardtanh(float(min_val), float(max_val))),
     "max_pool2d": ((nn.MaxPool2d,), lambda m: {
         "kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride), "padding": _pair(m.padding),
         "dilation": _pair(m.dilation), "ceil_mode": bool(m.ceil_mode)}, nn.MaxPool2d),

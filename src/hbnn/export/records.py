@@ -274,7 +274,7 @@ def _float_conv(g: dict, weight: torch.Tensor, bias) -> nn.Module:
 
 def _bn_module(rec: dict, tensors: dict, p: str) -> nn.Module:
     n = rec["num_features"]
-    bn = (nn.BatchNorm1d if rec["dim"] == 1 else nn.BatchNorm2d)(n, eps=rec["eps"])
+    bn = (nn.BatchNorm1d if rec["dim"] == 1 else nn.BatchNorm2d)(n, eps=float(rec["eps"]))
     with torch.no_grad():
         for key in ("weight", "bias", "running_mean", "running_var"):
             getattr(bn, key).copy_(tensors[f"{p}.{key}"])

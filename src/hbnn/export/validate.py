@@ -67,6 +67,7 @@ _CONV_KEYS = ("in_channels", "out_channels", "kernel_size", "stride", "padding",
 _PLANES_KEYS = ("encoding", "bits", "fractions", "heuristic", "block", "per_channel", "planes", "units",
                 "plane_counts", "sign_bits", "map_bits")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -116,7 +117,8 @@ class _At:
         return value
 
     def number(self, field: str, value: Any) -> float:
-        if not _is_number(value):
+        """A finite number the engine's float32 arithmetic can hold (``|value| <= 3.4e38``)."""
+        if not _is_number(value) or abs(value) > _FLOAT32_MAX:
             raise self.fail(field, value, "a finite number")
         return float(value)
 
@@ -132,12 +134,12 @@ class _At:
 
     def ints(self, field: str, value: Any, lo: int, scalar: bool = False, n: int = 2) -> list[int]:
         """``n`` integers in ``lo..MAX_INT`` as a list (a single integer too, if ``scalar``)."""
-        if scalar and _is_int(value):
-            value = [value] * n
-        if not isinstance(value, list) or len(value) != n or not all(_is_int(v) and lo <= v <= MAX_INT for v in value):
+        values = [value] * n if scalar and _is_int(value) else value
+        if not isinstance(values, list) or len(values) != n or not all(
+                _is_int(v) and lo <= v <= MAX_INT for v in values):
             form = "an integer or " if scalar else ""
             raise self.fail(field, value, f"{form}a list of {n} integers in {lo}..{MAX_INT}")
-        return value
+        return values
 
 
 # ----------------------------------------------------------------------------- header
