@@ -151,3 +151,57 @@ def test_binary_label_out_of_range(tmp_path, fab):
     fab.write_tree(tmp_path, fab.cifar_members(batches, binary=True))
     with pytest.raises(DatasetError, match=r"test_batch.bin: label 11 outside \[0, 10\)"):
         load_cifar10_split(tmp_path, "test")
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["a", "b"], "'labels' must be a list of integers or a 1-d integer array"),
+    ([True, False], "'labels' must be a list of integers"),
+    ([0.0, 1.0], "'labels' must be a list of integers"),
+    (np.array([[0, 1]]), "'labels' must be a list of integers or a 1-d integer array"),
+    (np.array([0.0, 1.0]), "'labels' must be a list of integers or a 1-d integer array"),
+    (7, "'labels' must be a list of integers"),
+    (None, "'labels' must be a list of integers"),
+    ([0, -1], r"label -1 outside \[0, 10\)"),
+    ([0, 2**70], r"label 1180591620717411303424 outside \[0, 10\)"),
+    (np.array([3, 12], dtype=np.int64), r"label 12 outside \[0, 10\)"),
+])
+def test_pickled_labels_are_checked(tmp_path, fab, labels, message):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}))
+    with pytest.raises(DatasetError, match=message) as info:
+        load_cifar10_split(tmp_path, "test")
+    assert str(info.value).startswith(str(folder / "test_batch")) and "re-download" in str(info.value)
+
+
+def test_empty_and_non_contiguous_pixel_arrays(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": np.zeros((0, 3072), np.uint8), "labels": []}))
+    with pytest.raises(DatasetError, match=r"with N >= 1"):
+        load_cifar10_split(tmp_path, "test")
+    pixels = np.asfortranarray(np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072))
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": pixels, "labels": [1, 2]}))
+    images, labels = load_cifar10_split(tmp_path, "test")
+    assert torch.equal(images.reshape(2, 3072), torch.from_numpy(np.ascontiguousarray(pixels)))
+    assert labels.tolist() == [1, 2]
+
+
+def test_mutated_pickles_never_escape_as_other_errors(tmp_path, fab):
+    batches = fab.cifar_batches(per_batch=2)
+    blob = fab.cifar_members(batches, False)["cifar-10-batches-py/test_batch"]
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        data = bytearray(blob)
+        for i in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
+            data[i] = int(rng.integers(0, 256))
+        (folder / "test_batch").write_bytes(bytes(data[: int(rng.integers(len(data) // 2, len(data) + 1))]))
+        try:
+            images, labels = load_cifar10_split(tmp_path, "test")
+        except DatasetError as exc:
+            assert "\n" not in str(exc)
+        else:
+            assert images.shape[1:] == (3, 32, 32) and len(labels) == len(images) and 0 <= int(labels.min())
+            assert int(labels.max()) < 10

@@ -110,3 +110,18 @@ def test_unreadable_image_fails_when_fetched_naming_the_file(folder):
     bad.write_bytes(b"this is not an image")
     with pytest.raises(DatasetError, match=r"dog/img1.png: unreadable image \(UnidentifiedImageError"):
         ds[3]
+
+
+def test_fake_images_fail_naming_the_file_and_the_fix(folder):
+    root, _ = folder
+    bad = root / "train" / "cat" / "img0.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(30))  # a PNG signature, then nothing
+    ds = build_dataset("imagenet", "train", root, image_size=8)
+    with pytest.raises(DatasetError, match=r"^\S+cat/img0.png: unreadable image \(.*\); replace or remove the file$"):
+        ds[0]
+
+
+def test_a_file_where_a_folder_should_be(tmp_path):
+    (tmp_path / "train").write_text("not a folder")
+    with pytest.raises(DatasetError, match="train: missing folder"):
+        build_dataset("imagenet", "train", tmp_path)

@@ -102,3 +102,54 @@ def test_gzip_file_is_read_through(tmp_path, fab):
     path = tmp_path / "a.gz"
     path.write_bytes(gzip.compress(fab.idx_bytes(array)))
     np.testing.assert_array_equal(read_idx(path, expected_magic=0x00000801), array)
+
+
+def _header(type_code: int, dims: tuple[int, ...]) -> bytes:
+    return bytes([0, 0, type_code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+
+
+@pytest.mark.parametrize("data, message", [
+    (_header(0x08, (0, 28, 28)), r"IDX shape \(0, 28, 28\) has an empty dimension"),
+    (_header(0x08, (2**32 - 1,) * 4) + bytes(8), r"truncated IDX file \(28 of \d+ bytes"),  # no int64 overflow
+    (_header(0x07, (1,)) + bytes(1), "wrong magic number 0x00000701; not an IDX file"),
+    (_header(0x08, ()), "wrong magic number 0x00000800; not an IDX file"),
+    (b"\x00\x01" + _header(0x08, (1,))[2:] + bytes(1), "wrong magic number 0x00010801"),
+    (_header(0x0D, (2,)) + bytes(7), r"truncated IDX file \(15 of 16 bytes for shape \(2,\)\)"),
+])
+def test_every_header_field_is_checked(data, message):
+    with pytest.raises(DatasetError, match=message) as info:
+        parse_idx(data, "f")
+    assert "re-download it" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_images_of_another_size_are_refused(tmp_path, fab):
+    fab.make_mnist_dir(tmp_path)
+    fab.write_file(tmp_path / "t10k-images-idx3-ubyte", fab.idx_bytes(np.zeros((5, 7, 7), dtype=np.uint8)))
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte: 7x7 images, expected 28x28"):
+        load_idx_split(tmp_path, "test", image_size=28)
+    assert load_idx_split(tmp_path, "test")[0].shape == (5, 1, 7, 7)  # no size asked: any size
+
+
+def test_mutated_idx_files_load_or_raise_dataset_error(tmp_path, fab):
+    """Every header byte set to a few values, and truncations: DatasetError or a valid load, nothing else."""
+    fab.make_mnist_dir(tmp_path, n_test=3)
+    originals = {n: (tmp_path / n).read_bytes() for n in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    outcomes = {"ok": 0, "error": 0}
+    for name, data in originals.items():
+        header = 4 + 4 * data[3]
+        variants = [data[:cut] for cut in (0, 1, 3, 4, header - 1, header, len(data) - 1)]
+        for i in range(header + 1):
+            for value in (0x00, 0x01, 0x03, 0x0D, 0x7F, 0xFF):
+                variants.append(data[:i] + bytes([value]) + data[i + 1:])
+        for variant in variants:
+            (tmp_path / name).write_bytes(variant)
+            try:
+                images, labels = load_idx_split(tmp_path, "test", image_size=28)
+            except DatasetError as exc:
+                assert "\n" not in str(exc) and name in str(exc)
+                outcomes["error"] += 1
+            else:
+                assert images.shape == (3, 1, 28, 28) and labels.shape == (3,) and int(labels.max()) < 10
+                outcomes["ok"] += 1
+        (tmp_path / name).write_bytes(data)
+    assert outcomes["error"] > 50 and outcomes["ok"] > 0, outcomes

@@ -9,12 +9,15 @@ import torch
 from hbnn.data.info import DatasetInfo
 from hbnn.data.seeding import AugmentKey
 from hbnn.data.transforms import pad_random_crop, random_hflip
+from hbnn.errors import DatasetError
 
 __all__ = ["ArrayDataset"]
 
 
 class ArrayDataset:
     """A dataset held in memory as ``images`` uint8 ``[N, C, H, W]`` and ``labels`` int64 ``[N]``.
+
+    Other dtypes or shapes raise :class:`hbnn.errors.DatasetError`.
 
     Attributes:
         info: the :class:`DatasetInfo` (normalisation and default augmentation).
@@ -30,8 +33,12 @@ class ArrayDataset:
     def __init__(
         self, info: DatasetInfo, split: str, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
     ):
-        assert images.dtype == torch.uint8 and images.ndim == 4, "images must be uint8 [N, C, H, W]"
-        assert labels.dtype == torch.int64 and labels.shape == images.shape[:1], "labels must be int64 [N]"
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise DatasetError(f"{info.name}: images must be uint8 [N, C, H, W], got {images.dtype} "
+                               f"{list(images.shape)}")
+        if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+            raise DatasetError(f"{info.name}: labels must be int64 [{images.shape[0]}], got {labels.dtype} "
+                               f"{list(labels.shape)}")
         self.info = info
         self.name = info.name
         self.split = split

@@ -8,7 +8,12 @@
 
 Archives are read member by member from the tar stream, never extracted to disk.
 Pickles are loaded with :class:`SafeUnpickler`, which resolves only the few globals
-NumPy arrays need; anything else (a class, ``os.system``, ...) is refused.
+NumPy arrays need; anything else (a class, ``os.system``, ...) is refused. Every batch is
+checked: a dict with ``data`` (uint8 ``[N, 3072]``, ``N >= 1``) and ``labels`` (``N``
+integers, a list or a 1-d integer array; bools are not labels), labels in ``[0, 10)``;
+binary batches are whole 3073-byte records. Every problem is one
+:class:`hbnn.errors.DatasetError` line naming the file (``archive:member`` inside a tar),
+the problem and the fix (re-download the archive).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 _PY_DIR, _BIN_DIR = "cifar-10-batches-py", "cifar-10-batches-bin"
 _PY_TAR, _BIN_TAR = "cifar-10-python.tar.gz", "cifar-10-binary.tar.gz"
 _RECORD = 1 + 3 * 32 * 32
+_FIX = "re-download the CIFAR-10 archive"
 
 
 def _allowed_globals() -> dict[tuple[str, str], object]:
@@ -94,9 +100,10 @@ def safe_unpickle(data: bytes, source: str):
     try:
         return SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
     except ForbiddenGlobal as exc:
-        raise DatasetError(f"{source}: not a CIFAR-10 data pickle ({exc})") from None
-    except Exception as exc:  # truncated or garbled pickles raise many types
-        raise DatasetError(f"{source}: corrupt or truncated pickle ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{source}: not a CIFAR-10 data pickle ({exc}); {_FIX}") from None
+    except Exception as exc:  # truncated or garbled pickles raise many types; all are the file's fault
+        what = (str(exc).splitlines() or [""])[0][:120]
+        raise DatasetError(f"{source}: corrupt or truncated pickle ({type(exc).__name__}: {what}); {_FIX}") from None
 
 
 def _field(batch: dict, key: str):
@@ -106,27 +113,43 @@ def _field(batch: dict, key: str):
     return None
 
 
+def _labels(labels: object, count: int, source: str) -> np.ndarray:
+    """``labels`` (a list of ints or a 1-d integer array) as int64 ``[count]``, each in ``[0, 10)``."""
+    if isinstance(labels, (list, tuple)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+        array = np.array([int(v) for v in labels], dtype=object)  # object: no overflow before the range check
+    elif isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.ndim == 1:
+        array = labels
+    else:
+        raise DatasetError(f"{source}: 'labels' must be a list of integers or a 1-d integer array; {_FIX}")
+    if len(array) != count:
+        raise DatasetError(f"{source}: 'labels' must hold one label per image ({count}), got {len(array)}; {_FIX}")
+    bad = [int(v) for v in array if not 0 <= int(v) < 10]
+    if bad:
+        raise DatasetError(f"{source}: label {bad[0]} outside [0, 10); {_FIX}")
+    return array.astype(np.int64)
+
+
 def decode_python_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one python-format batch into ``(uint8 [N, 3, 32, 32], int64 [N])``."""
+    """Decode one python-format batch into ``(uint8 [N, 3, 32, 32], int64 [N])`` (see the module)."""
     batch = safe_unpickle(data, source)
     if not isinstance(batch, dict):
-        raise DatasetError(f"{source}: expected a pickled dict, got {type(batch).__name__}")
+        raise DatasetError(f"{source}: expected a pickled dict, got {type(batch).__name__}; {_FIX}")
     pixels, labels = _field(batch, "data"), _field(batch, "labels")
-    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3072:
-        raise DatasetError(f"{source}: 'data' must be a uint8 array of shape [N, 3072]")
-    if labels is None or len(labels) != pixels.shape[0]:
-        raise DatasetError(f"{source}: 'labels' must hold one label per image ({pixels.shape[0]})")
-    return pixels.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    if (not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2
+            or pixels.shape[1] != 3072 or pixels.shape[0] < 1):
+        raise DatasetError(f"{source}: 'data' must be a uint8 array of shape [N, 3072] with N >= 1; {_FIX}")
+    return np.ascontiguousarray(pixels).reshape(-1, 3, 32, 32), _labels(labels, pixels.shape[0], source)
 
 
 def decode_binary_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
     """Decode one binary-format batch (3073-byte records) into ``(uint8 [N, 3, 32, 32], int64 [N])``."""
     if len(data) == 0 or len(data) % _RECORD:
         raise DatasetError(
-            f"{source}: truncated CIFAR-10 binary batch ({len(data)} bytes, not a multiple of {_RECORD})"
+            f"{source}: truncated CIFAR-10 binary batch ({len(data)} bytes, not a multiple of {_RECORD}); {_FIX}"
         )
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, _RECORD)
-    return records[:, 1:].reshape(-1, 3, 32, 32).copy(), records[:, 0].astype(np.int64)
+    return records[:, 1:].reshape(-1, 3, 32, 32).copy(), _labels(records[:, 0], len(records), source)
 
 
 def _member_names(split: str, binary: bool) -> list[str]:
@@ -172,8 +195,11 @@ def _read_members_from_dir(folder: Path, names: list[str]) -> dict[str, tuple[by
     for name in names:
         path = folder / name
         if not path.is_file():
-            raise DatasetError(f"{folder}: missing CIFAR-10 batch {name}")
-        out[name] = (path.read_bytes(), str(path))
+            raise DatasetError(f"{folder}: missing CIFAR-10 batch {name}; {_FIX}")
+        try:
+            out[name] = (path.read_bytes(), str(path))
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return out
 
 
@@ -188,10 +214,10 @@ def _read_members_from_tar(archive: Path, names: list[str]) -> dict[str, tuple[b
                     if len(out) == len(wanted):
                         break
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DatasetError(f"{archive}: corrupt or truncated archive ({exc})") from None
+        raise DatasetError(f"{archive}: corrupt or truncated archive ({exc}); {_FIX}") from None
     missing = [n for n in names if n not in out]
     if missing:
-        raise DatasetError(f"{archive}: archive lacks CIFAR-10 batch {missing[0]}")
+        raise DatasetError(f"{archive}: archive lacks CIFAR-10 batch {missing[0]}; {_FIX}")
     return out
 
 
@@ -217,9 +243,7 @@ def load_cifar10_split(data_dir: str | os.PathLike, split: str) -> tuple[torch.T
     images, labels = [], []
     for name in names:
         data, where = raw[name]
-        x, y = decode(data, where)
-        if y.size and (y.min() < 0 or y.max() >= 10):
-            raise DatasetError(f"{where}: label {int(y.max() if y.max() >= 10 else y.min())} outside [0, 10)")
+        x, y = decode(data, where)  # labels checked there
         images.append(x)
         labels.append(y)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))

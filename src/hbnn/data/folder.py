@@ -4,6 +4,10 @@ Classes are the sorted sub-folder names (label = position). Each sample is opene
 transformed only when fetched: training takes a random-resized crop to ``image_size``
 and a random flip, drawn from the sample's own generator ``key.sample_generator(index)``;
 evaluation resizes the shorter side to ``int(image_size * 256 / 224)`` and centre-crops.
+
+Problems are :class:`hbnn.errors.DatasetError` lines naming the folder or file: a missing
+or unreadable folder, a class folder without images (found when scanning), a file that is
+unreadable, truncated or not an image (found when the sample is first decoded).
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ from hbnn.errors import DatasetError
 
 __all__ = ["IMAGE_EXTENSIONS", "list_classes", "scan_image_folder", "ImageFolderDataset"]
 
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as exc:
+        raise DatasetError(f"{folder}: cannot list the folder ({exc.strerror or exc}); check its permissions") from None
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -32,7 +44,7 @@ def list_classes(split_dir: Path) -> list[str]:
     """
     if not split_dir.is_dir():
         raise DatasetError(f"{split_dir}: missing folder; expected {split_dir}/<class>/<image>")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(e.name for e in _entries(split_dir) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise DatasetError(f"{split_dir}: no class folders; expected {split_dir}/<class>/<image>")
     return classes
@@ -50,7 +62,7 @@ def scan_image_folder(split_dir: Path, classes: Sequence[str]) -> list[tuple[str
     for label, name in enumerate(classes):
         folder = split_dir / name
         files = sorted(
-            e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            e.name for e in _entries(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not files:
             raise DatasetError(f"{folder}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -143,8 +155,10 @@ class ImageFolderDataset:
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")  # forces the full decode inside the try
-        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
-            raise DatasetError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...; all are the file's fault
+            what = (str(exc).splitlines() or [""])[0][:120]
+            raise DatasetError(f"{path}: unreadable image ({type(exc).__name__}: {what}); "
+                               "replace or remove the file") from None
 
     def load(self, index: int, generator: torch.Generator | None) -> torch.Tensor:
         """Return sample ``index`` as uint8 ``[3, S, S]``.

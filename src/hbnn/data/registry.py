@@ -87,7 +87,7 @@ def _check_image_size(info: DatasetInfo, image_size: int | None) -> int:
 def _load(info: DatasetInfo, split: str, root: Path, defaulted: bool, image_size: int):
     if info.name in ("fashion_mnist", "mnist"):
         hint = info.install_hint if defaulted else ""
-        images, labels = load_idx_split(root, split, info.num_classes, missing_hint=hint)
+        images, labels = load_idx_split(root, split, info.num_classes, missing_hint=hint, image_size=info.image_size)
         classes = FASHION_MNIST_CLASSES if info.name == "fashion_mnist" else MNIST_CLASSES
         return ArrayDataset(info, split, images, labels, classes)
     if info.name == "cifar10":
