@@ -55,3 +55,23 @@ def test_packed_header_that_disagrees_with_its_records(tmp_path, make_fc4, meta,
     assert main(["hw", "estimate", "--packed", str(path)]) == 2
     err = capsys.readouterr().err
     assert "does not match the source model" in err and "binarized in one and float in the other" in err
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda h: h["layers"][0]["geometry"].update(stride=[2, 2]),
+     r"layer 'features.0' has geometry .*'stride': \[2, 2\]"),
+    (lambda h: h["layers"][3]["weight"].update(fractions=[0.6, 0.3, 0.1]),
+     r"layer 'features.4' has weight bit mix \[1, 2, 3\]/\[0.6, 0.3, 0.1\] in one"),
+    (lambda h: h["layers"][3]["act"].update(fractions=[0.5, 0.4, 0.1]), r"has input bit mix \[1, 2, 3\]/\[0.5, 0.4"),
+])
+def test_packed_records_that_disagree_with_the_rebuilt_model(packed_run, tmp_path, rewrite, capsys, edit, problem):
+    """A valid (resealed) record whose geometry or bit mix differs from the recorded source model
+    is refused: the estimate would cost a model other than the file's."""
+    import re
+    import shutil
+
+    path = shutil.copyfile(packed_run, tmp_path / "edited.hbnn")
+    rewrite(path, edit)
+    assert main(["hw", "estimate", "--packed", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not match the source model in its header" in err and re.search(problem, err)

@@ -41,7 +41,7 @@ from hbnn.nn import HBConv2d, HBLayerMixin, HBLinear
 from hbnn.quant.bitmap import expand_blocks
 from hbnn.quant.functional import broadcast_scale, dequantize_planes, residual_forward
 
-__all__ = ["bn_affine", "can_fold", "layer_record", "build_layer"]
+__all__ = ["bn_affine", "can_fold", "layer_geometry", "mix_fields", "layer_record", "build_layer"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -70,7 +70,8 @@ def can_fold(layer: nn.Module, bn: nn.Module) -> bool:
     return bn.num_features == out
 
 
-def _geometry(layer: nn.Module, name: str) -> dict:
+def layer_geometry(layer: nn.Module, name: str) -> dict:
+    """The ``geometry`` record of a conv/linear layer (its constructor arguments)."""
     if isinstance(layer, nn.Linear):
         return {"in_features": layer.in_features, "out_features": layer.out_features}
     if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
@@ -88,7 +89,8 @@ def _plane_counts(masks: torch.Tensor) -> list[int]:
     return [int(m.sum()) for m in masks]
 
 
-def _mix_fields(mix) -> dict:
+def mix_fields(mix) -> dict:
+    """``{"bits", "fractions"}`` of a :class:`hbnn.quant.mix.BitMix`, as records hold them."""
     return {"bits": list(mix.bits), "fractions": list(mix.fractions)}
 
 
@@ -108,7 +110,7 @@ def _weight_planes(layer: HBLayerMixin, out: dict, p: str) -> dict:
     out[f"{p}.scales"] = scales.detach().float().contiguous()
     if map_stream.numel():
         out[f"{p}.map"] = encode.pack_stream(map_stream)
-    return {"encoding": "planes", **_mix_fields(mix), "heuristic": spec.heuristic, "block": spec.block,
+    return {"encoding": "planes", **mix_fields(mix), "heuristic": spec.heuristic, "block": spec.block,
             "per_channel": spec.per_channel, "planes": mix.max_bits, "units": int(levels.numel()),
             "plane_counts": _plane_counts(masks), "sign_bits": int(sign_stream.numel()),
             "map_bits": int(map_stream.numel())}
@@ -129,7 +131,7 @@ def _act_record(layer: HBLayerMixin, name: str, out: dict, p: str) -> dict | Non
     out[f"{p}.act.mean_abs"] = aq.running_mean_abs.detach().float().clone()
     if not aq.mix.is_homogeneous:
         out[f"{p}.act.thresholds"] = aq.running_thresholds.detach().float().clone()
-    return {**_mix_fields(aq.mix), "heuristic": spec.heuristic}
+    return {**mix_fields(aq.mix), "heuristic": spec.heuristic}
 
 
 def _product(*factors):
@@ -151,7 +153,7 @@ def _affine_layer(name: str, layer: nn.Module, bn, bn_name, p: str, out: dict) -
     ``out_scale = scale``. The bias is ``shift``.
     """
     rec = {"op": "conv2d" if isinstance(layer, nn.Conv2d) else "linear", "name": name,
-           "folded": [bn_name] if bn is not None else [], "geometry": _geometry(layer, name)}
+           "folded": [bn_name] if bn is not None else [], "geometry": layer_geometry(layer, name)}
     hb = isinstance(layer, (HBConv2d, HBLinear))
     n_out = layer.weight.shape[0]
     alpha = None

@@ -54,7 +54,8 @@ def model_from_packed(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     The model is rebuilt from the header's ``model`` entry (name, config, quant and the
     dataset shape) and checked against the layer records: every packed conv/linear layer
     must exist under its name, with a weight (and input) quantizer exactly where the
-    record has bit planes (and a binarized input). Weights are *not* restored -- packed
+    record has bit planes (and a binarized input), with the record's geometry and bit
+    mixes (what ``hbnn hw estimate --packed`` costs). Weights are *not* restored -- packed
     weights are bit planes with batch norms folded in; shapes and bit mixes are what a
     rebuilt model is for.
 
@@ -89,23 +90,36 @@ def model_from_packed(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     return model.eval(), header
 
 
+def _record_problem(rec: dict, layer) -> str | None:
+    """What differs between a conv/linear record and the rebuilt model's layer (None if nothing)."""
+    from hbnn.export.records import layer_geometry, mix_fields
+
+    name, kind = rec["name"], torch.nn.Conv2d if rec["op"] == "conv2d" else torch.nn.Linear
+    if not isinstance(layer, kind):
+        return f"the rebuilt model has no {rec['op']} layer named {name!r}"
+    if rec["geometry"] != layer_geometry(layer, name):
+        return f"layer {name!r} has geometry {rec['geometry']} in one and {layer_geometry(layer, name)} in the other"
+    wq, aq = getattr(layer, "weight_quantizer", None), getattr(layer, "act_quantizer", None)
+    planes = rec["weight"]["encoding"] == "planes"
+    if planes != (wq is not None):
+        return f"layer {name!r} is binarized in one and float in the other"
+    if (rec["act"] is not None) != (aq is not None):
+        return f"layer {name!r} binarizes its input in one and not in the other"
+    for what, record, quantizer in (("weight", rec["weight"], wq if planes else None), ("input", rec["act"], aq)):
+        if quantizer is not None and {k: record[k] for k in ("bits", "fractions")} != mix_fields(quantizer.mix):
+            return f"layer {name!r} has {what} bit mix {record['bits']}/{record['fractions']} in one and " \
+                   f"{mix_fields(quantizer.mix)} in the other"
+    return None
+
+
 def _check_records(model: torch.nn.Module, records: list, path) -> None:
-    """Raise FormatError unless each conv/linear record matches the rebuilt model's layer."""
+    """Raise FormatError unless each conv/linear record (validated) matches the rebuilt model's layer:
+    same type, geometry, and weight/input bit mixes exactly where the record has them."""
     modules = dict(model.named_modules())
     for i, rec in enumerate(records):
-        if not isinstance(rec, dict) or rec.get("op") not in ("conv2d", "linear"):
+        if rec["op"] not in ("conv2d", "linear"):
             continue
-        name = rec.get("name")
-        layer = modules.get(name)
-        kind = torch.nn.Conv2d if rec["op"] == "conv2d" else torch.nn.Linear
-        problem = None
-        if not isinstance(layer, kind):
-            problem = f"the rebuilt model has no {rec['op']} layer named {name!r}"
-        elif ((rec.get("weight") or {}).get("encoding") == "planes") != (
-                getattr(layer, "weight_quantizer", None) is not None):
-            problem = f"layer {name!r} is binarized in one and float in the other"
-        elif (rec.get("act") is not None) != (getattr(layer, "act_quantizer", None) is not None):
-            problem = f"layer {name!r} binarizes its input in one and not in the other"
+        problem = _record_problem(rec, modules.get(rec["name"]))
         if problem:
             raise FormatError(f"packed model {path} does not match the source model in its header "
                               f"(record {i}): {problem}")
