@@ -11,6 +11,10 @@
 - :func:`model_from_packed` / :func:`packed_input_shape` -- the source architecture of a
   packed file and its input shape (what ``hbnn hw estimate --packed`` costs).
 
+Every read goes through :func:`read_packed`: both digests, then every header field and
+tensor validated for type and range (:mod:`hbnn.export.validate`); any problem is one
+:class:`hbnn.errors.FormatError` line naming the file, layer and field.
+
 Example:
     >>> report = export_model(model, "model.hbnn", meta={"model": {"name": "cifar_fc4"}})  # doctest: +SKIP
     >>> engine = load("model.hbnn")                                                       # doctest: +SKIP
