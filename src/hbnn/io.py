@@ -169,7 +169,7 @@ def seal_header(header: Mapping[str, Any]) -> dict:
     return out
 
 
-def _read_header(data: bytes, key: str, what: str, where: Path, error: type[Exception]) -> dict:
+def _read_header(data: bytes, key: str, what: str, where: Path, error: type[Exception], recreate: str) -> dict:
     """The JSON header of safetensors bytes, after the structural checks (see the caller)."""
     if len(data) < 8:
         raise error(f"{what} {where} is truncated ({len(data)} bytes)")
@@ -190,8 +190,7 @@ def _read_header(data: bytes, key: str, what: str, where: Path, error: type[Exce
     if 8 + n + max(ends, default=0) != len(data):
         raise error(f"{what} {where} is truncated or has trailing bytes")
     if not isinstance(header.get(HEADER_DIGEST), str):
-        raise error(f"{what} {where} has no {HEADER_DIGEST}: it was written by an older hbnn or edited; "
-                    f"re-create it with this version")
+        raise error(f"{what} {where} has no {HEADER_DIGEST}: it was written by an older hbnn or edited; {recreate}")
     if header[HEADER_DIGEST] != header_sha256(header):
         raise error(f"{what} {where} is corrupt or was edited (header digest mismatch)")
     return header
@@ -199,7 +198,8 @@ def _read_header(data: bytes, key: str, what: str, where: Path, error: type[Exce
 
 def read_verified_safetensors(path: str | os.PathLike, *, key: str, what: str,
                               error: type[Exception] = FormatError,
-                              check: Callable[[dict, Path], None] | None = None
+                              check: Callable[[dict, Path], None] | None = None,
+                              recreate: str = "re-create it with this version"
                               ) -> tuple[bytes, dict, dict[str, "torch.Tensor"]]:
     """Read a safetensors file whose metadata entry ``key`` is a sealed JSON header; verify it.
 
@@ -216,6 +216,8 @@ def read_verified_safetensors(path: str | os.PathLike, *, key: str, what: str,
         what: what the file is, for messages (``"checkpoint"``, ``"packed model"``).
         error: the exception type raised for every problem (a one-line message).
         check: validates the decoded header; raises ``error`` itself.
+        recreate: how to replace a file without a sealed header (an older hbnn's), for
+            the message, e.g. ``"re-create it with `hbnn export RUN --out FILE`"``.
 
     Returns:
         ``(file bytes, header, tensors on CPU)``.
@@ -236,7 +238,7 @@ def read_verified_safetensors(path: str | os.PathLike, *, key: str, what: str,
         raise error(f"{what} {where} is a directory, not a file") from None
     except OSError as exc:
         raise error(f"cannot read {what} {where}: {exc.strerror}") from None
-    header = _read_header(data, key, what, where, error)
+    header = _read_header(data, key, what, where, error, recreate)
     if check is not None:
         check(header, where)
     try:

@@ -40,8 +40,8 @@ from hbnn.errors import FormatError
 from hbnn.export.engine import PackedModel, optimize_chain
 from hbnn.export.ops import trace_chain
 from hbnn.export.records import build_layer, can_fold, layer_record
-from hbnn.export.validate import EXPORT_COMMAND, RECREATE, check_header, check_tensors
-from hbnn.io import HEADER_DIGEST, atomic_write_bytes, read_verified_safetensors, seal_header, tensors_sha256
+from hbnn.export.validate import RECREATE, check_header, check_tensors
+from hbnn.io import atomic_write_bytes, read_verified_safetensors, seal_header, tensors_sha256
 
 __all__ = ["FORMAT", "VERSION", "META_KEY", "pack_model", "export_model", "read_packed", "load", "storage_report",
            "format_report"]
@@ -157,13 +157,8 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, dict, int]:
         FormatError: missing, truncated, corrupt or edited, foreign or other-version file,
             an invalid header field or a tensor that does not fit its record.
     """
-    try:
-        data, header, tensors = read_verified_safetensors(path, key=META_KEY, what="packed model",
-                                                          error=FormatError, check=_check_header)
-    except FormatError as exc:
-        if f"has no {HEADER_DIGEST}" not in str(exc):  # a version-1 file: say how to replace it
-            raise
-        raise FormatError(f"{exc}: `{EXPORT_COMMAND}`") from None
+    data, header, tensors = read_verified_safetensors(path, key=META_KEY, what="packed model", error=FormatError,
+                                                      check=_check_header, recreate=RECREATE)
     check_tensors(header, tensors, Path(path))
     return header, tensors, len(data)
 
