@@ -3,9 +3,21 @@
 Each feature package contributes its subcommands through a ``commands`` module with a
 ``register(subparsers)`` function, listed in :data:`COMMAND_MODULES` (they always ship with
 hbnn and are imported directly); heavy imports happen inside the handlers, so
-``hbnn --help`` stays fast. User mistakes (:class:`hbnn.errors.HbnnError`, ``ValueError``,
-``TypeError``, ``OSError``) print one line and exit with code 2; set ``HBNN_DEBUG=1`` to
-see the traceback instead.
+``hbnn --help`` stays fast.
+
+Errors and exit codes:
+
+* a user mistake -- a bad argument, config value or file (every
+  :class:`hbnn.errors.HbnnError`: ``ConfigError``, ``DatasetError``, ``CheckpointError``,
+  ``FormatError``, ``DistError``), and the plain ``ValueError``, ``TypeError`` and
+  ``OSError`` that library calls raise for bad input -- prints **one line**,
+  ``<prog>: error: <what, which file, how to fix>``, and exits with code 2; set
+  ``HBNN_DEBUG=1`` to see the traceback instead;
+* anything else (``RuntimeError``, ``KeyError``, ``AssertionError``, ...) is a bug in hbnn,
+  not in the user's files: it is deliberately *not* caught, so it prints its full traceback
+  and exits with code 1. Loaders therefore validate what they read and raise the hbnn
+  error of their kind; nothing here catches ``Exception`` to hide a bug;
+* Ctrl-C prints ``<prog>: interrupted`` and exits with code 130.
 
 :class:`Parser`, :func:`new_parser` and :func:`main` (with ``parser=``) are public so that
 another front end (the repository's ``python -m research``) gets the same behaviour.
@@ -17,6 +29,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from hbnn.errors import HbnnError
 
 __all__ = ["COMMAND_MODULES", "Parser", "new_parser", "build_parser", "main", "run", "exit_process"]
 
@@ -62,7 +76,8 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
             its ``prog`` prefixes the one-line error messages.
 
     Returns:
-        The handler's code (None counts as 0); 2 after a user mistake, 130 after Ctrl-C.
+        The handler's code (None counts as 0); 2 after a user mistake, 130 after Ctrl-C
+        (a bug propagates: traceback, exit 1; see the module docstring).
     """
     parser = parser or build_parser()
     args = parser.parse_args(argv)
@@ -71,13 +86,21 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError) as exc:
-        if os.environ.get("HBNN_DEBUG"):
-            raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        return 2
+    except HbnnError as exc:  # every user-file problem (also a ValueError; named for clarity)
+        return _one_line(parser.prog, exc)
+    except (ValueError, TypeError, OSError) as exc:  # bad input reported by Python or torch
+        return _one_line(parser.prog, exc)
     return int(result or 0)
+
+
+def _one_line(prog: str, exc: BaseException) -> int:
+    """Print ``exc`` as ``prog: error: <first line>`` and return 2 (re-raise with ``HBNN_DEBUG``)."""
+    if os.environ.get("HBNN_DEBUG"):
+        raise exc
+    text = str(exc).strip()
+    message = text.splitlines()[0] if text else type(exc).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def exit_process(code: int) -> None:

@@ -152,9 +152,23 @@ def check_resume_changes(old: dict, new: dict) -> None:
                           "start a new run with --out instead")
 
 
+def _saved_dict(run_dir: Path) -> dict:
+    """``run_dir/config.yaml`` as written, checked: an empty, non-mapping or invalid file is a
+    :class:`ConfigError` naming it."""
+    path = run_dir / "config.yaml"
+    data = load_yaml_recipe(path)
+    if not data:
+        raise ConfigError(f"{path}: empty run config; restore the file, or start over with --overwrite")
+    try:
+        load_config(None, (), base=data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return data
+
+
 def _saved_config(run_dir: Path) -> Config:
     """The config in ``run_dir/config.yaml`` (resolved, so comparable with ``config_to_dict``)."""
-    return load_config(None, (), base=load_yaml_recipe(run_dir / "config.yaml"))
+    return load_config(None, (), base=_saved_dict(run_dir))
 
 
 def plan_run(recipe: str | os.PathLike | None, overrides: Iterable[str] = (), *, out: str | None = None,
@@ -209,7 +223,7 @@ def plan_run(recipe: str | os.PathLike | None, overrides: Iterable[str] = (), *,
         raise ConfigError(f"cannot resume: {run_dir} is not an hbnn run directory (no config.yaml); if it was "
                           f"killed before its config was written, give its recipe: hbnn train RECIPE --out "
                           f"{run_dir} --resume")
-    saved = load_yaml_recipe(run_dir / "config.yaml")
+    saved = _saved_dict(run_dir)
     overrides = [o for o in overrides if not o.startswith("run.out=")]
     cfg = load_config(None, overrides, base=saved)
     check_resume_changes(config_to_dict(load_config(None, (), base=saved)), config_to_dict(cfg))
