@@ -643,7 +643,7 @@ def summarise(cases: list[dict], seed: int, n: int, kinds: list[str], elapsed: f
     counts, by_op, by_kind = Counter(), defaultdict(Counter), defaultdict(Counter)
     examples: dict[str, list] = defaultdict(list)
     seen = set()
-    accepted_invalid = Counter()
+    accepted_invalid, groups = Counter(), defaultdict(Counter)
     for case in sorted(cases, key=lambda c: c["i"]):
         cls = case["class"]
         counts[cls] += 1
@@ -654,8 +654,10 @@ def summarise(cases: list[dict], seed: int, n: int, kinds: list[str], elapsed: f
             accepted_invalid[f"{case['kind']} {str(case.get('edit')).split('+')[0]} at {case.get('field')}"] += 1
         if cls in (*FAILURES, "valid-different"):
             ex = _example(case, case.get("decided_by"))
-            key = (cls, ex["kind"], ex["op"], ex["probe"], ex["exception"], str(ex["field"]).split("[")[0][:30])
-            if key not in seen and len(examples[cls]) < 8:
+            where = ".".join(str(ex["field"]).split("[")[0].split(".")[:2])
+            groups[cls][f"{ex['kind']} {ex['op']} {where} via {ex['probe']}: {ex['exception'] or 'loaded'}"] += 1
+            key = (cls, ex["kind"], ex["op"], ex["probe"], ex["exception"], where)
+            if key not in seen and sum(e["kind"] == ex["kind"] for e in examples[cls]) < 5:
                 seen.add(key)
                 examples[cls].append(ex)
     return {"seed": seed, "n": n, "kinds": kinds, "elapsed_s": round(elapsed, 1),
@@ -664,6 +666,7 @@ def summarise(cases: list[dict], seed: int, n: int, kinds: list[str], elapsed: f
             "by_kind": {k: dict(c) for k, c in sorted(by_kind.items())},
             "accepted_invalid": sum(accepted_invalid.values()),
             "accepted_invalid_top": dict(accepted_invalid.most_common(10)),
+            "failure_groups": {c: dict(g.most_common(25)) for c, g in groups.items()},
             "examples": dict(examples)}
 
 

@@ -204,12 +204,16 @@ def run_trial(i: int, seed: int, data_dir: Path, work: Path, ref: Path, times: d
     strategy = EARLY[(i // 2) % len(EARLY)] if i % 2 == 0 else rng.choice(("ckpt_write", "random", "random"))
     span = {"startup": times["t_dir"], "first_epoch": times["t_ckpt"] - times["t_dir"]}.get(
         strategy, times["t_end"] - times["t_dir"])
-    delay = rng.uniform(0.0, max(span, 0.05))
-    ref_seconds = times["t_end"]
+    delay = rng.uniform(0.0, max(0.7 * span, 0.05))
     run = work / f"trial{i}"
-    shutil.rmtree(run, ignore_errors=True)
     cmd = train_args(data_dir, run)
-    trial = {"i": i, "strategy": strategy, "delay_s": round(delay, 3), **_kill(cmd, run, strategy, delay, 2 * ref_seconds + 60)}
+    for attempt in range(3):  # a loaded machine can finish before the delay: try again, earlier
+        shutil.rmtree(run, ignore_errors=True)
+        trial = {"i": i, "strategy": strategy, "delay_s": round(delay, 3), "attempt": attempt,
+                 **_kill(cmd, run, strategy, delay, 2 * times["t_end"] + 60)}
+        if trial["killed"]:
+            break
+        delay /= 3
     trial.update(_continue(cmd, run) if trial["killed"] else {"resumed": "not_killed", "errors": []})
     leftovers = sorted(str(p.relative_to(run)) for p in run.rglob("*.tmp")) if run.exists() else []
     trial["leftover_tmp"] = leftovers
