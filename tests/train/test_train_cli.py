@@ -296,3 +296,11 @@ def test_model_from_checkpoint_and_hw_estimate(run_dir, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["network"]["macs"] == sum(layer.macs for layer in layers) > 0
     assert [row["name"] for row in report["layers"]] == [layer.name for layer in layers]
+
+
+def test_summary_of_a_packed_file_says_what_it_is(tmp_path, capsys):
+    packed = tmp_path / "model.hbnn"
+    packed.write_bytes(b"not yaml: [")
+    assert main(["summary", str(packed)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is a packed model" in err and f"hbnn infer {packed}" in err

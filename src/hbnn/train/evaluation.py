@@ -89,6 +89,10 @@ def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None 
 
     path = Path(target)
     ckpt = None
+    if path.suffix == ".hbnn":
+        raise ConfigError(f"summary: {path} is a packed model; hbnn summary takes a run directory, checkpoint, "
+                          f"recipe or model name (a packed file's size report: hbnn hw estimate --packed {path}, "
+                          f"its accuracy: hbnn infer {path})")
     if path.is_dir() or path.suffix in (".safetensors", ".json"):
         if path.is_dir() and not (path / "config.yaml").exists():
             raise ConfigError(f"{path} is not an hbnn run directory (no config.yaml)")
