@@ -15,15 +15,17 @@ Gradients use the clipped straight-through estimator ``d x_hat / d x = 1{|x| <= 
 with the scales treated as constants (:class:`hbnn.quant.ste.ClippedSTE`).
 
 Numerics (finite in, finite out). The loop runs in ``x``'s precision (float16/bfloat16 in
-float32) on ``x * 2^-k``, ``k >= 0`` the least integer with ``max|x| * (N + 2) * 2^-k <
-finfo.max / 4`` (:func:`range_scale`; ``N`` entries summed per mean); ``x_hat`` and the scales
-are multiplied back by ``2^k`` and ``x_hat`` is saturated to ``[-finfo(x.dtype).max,
-finfo(x.dtype).max]``. Every bound holds: ``|E_i| <= max|x|`` (``mu_i <= max|E_{i-1}|``),
-each sum of ``|E|`` is at most ``N max|x|`` and ``|x_hat| <= 2 max|x|``, so no intermediate
-overflows. Scaling by a power of two is exact, hence
+float32) on ``x * 2^-k``, with the power of two from :func:`range_scale` such that
+``max|x| * (N + 2) * 2^-k < finfo.max / 4`` (``N`` entries summed per mean); ``x_hat`` and
+the scales are multiplied back by ``2^k`` and ``x_hat`` is saturated to
+``[-finfo(x.dtype).max, finfo(x.dtype).max]``. The bounds ``|E_i| <= max|x|`` (as
+``mu_i <= max|E_{i-1}|``), ``sum |E| <= N max|x|`` and ``|x_hat| <= 2 max|x|`` keep every
+intermediate finite (with fixed scales ``mu``, ``max(max|x|, max mu) * (n + 2)`` bounds them
+instead). ``k = 0`` whenever ``max|x| * 2^ceil(log2(N + 2)) < 2^L``, ``L`` = 125 in float32
+(``4.2e37``; ``max|x| < 4e31`` for a million entries), 1021 in float64. Scaling by a power
+of two is exact, hence
 
-* ``k = 0`` — every input whose sums fit the dtype with a factor-4 margin, i.e. all
-  ordinary data — runs the unscaled loop: the same operations in the same order, the
+* ``k = 0`` — all ordinary data, by the bound above — runs the unscaled loop: the same operations in the same order, the
   same bits as without the scaling (multiplying by ``2^0`` is the identity);
 * ``k > 0`` gives the loop's result as if the exponent range were unbounded, up to the
   rounding of entries below ``2^k`` times the smallest normal number (negligible in every
@@ -154,10 +156,10 @@ def _saturate(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def range_scale(magnitude: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Powers of two ``(2^-k, 2^k)`` that keep ``count`` summed magnitudes inside the dtype.
 
-    ``k >= 0`` is the least integer with ``magnitude * count * 2^-k < finfo.max / 4``, found
-    from exponents (``magnitude < 2^e`` by :func:`torch.frexp`, ``count <= 2^p``) without a
-    Python branch on the data: ``k = max(0, e + p - (log2(finfo.max) - 2))``. ``k = 0`` (both
-    factors exactly 1) for every ``magnitude <= finfo.max / (4 * 2^p)``.
+    With ``magnitude < 2^e`` (:func:`torch.frexp`), ``count <= 2^p`` and ``2^L <= finfo.max / 4``
+    (``L = emax - 3``: 125 for float32, 1021 for float64), ``k = max(0, e + p - L)``, so
+    ``magnitude * count * 2^-k < 2^L``. Computed from exponents as tensors: no Python branch
+    on the data. ``k = 0`` (both factors exactly 1) whenever ``magnitude < 2^(L - p)``.
 
     Args:
         magnitude: 0-dim non-negative finite tensor, the largest magnitude involved.
