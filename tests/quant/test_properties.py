@@ -123,10 +123,11 @@ def test_every_selection_path_equals_the_stable_sort(x, mix, heuristic):
     assert same(make_bitmap(x, mix, heuristic), ref)
     assert same(select_slices(key.reshape(-1), mix)[0].reshape(x.shape), ref)  # numpy partition
     assert same(_select_torch(key.reshape(-1), mix, mix.cuts(x.numel()))[0].reshape(x.shape), ref)
-    if select_c.available(x, heuristic) and not mix.is_homogeneous:  # (callers never ask C for one slice)
-        for variant in VARIANTS:  # the C kernels, every SIMD variant
+    if select_c.available(x, heuristic):
+        for variant in VARIANTS:  # the C kernels, every SIMD variant (None: no cut inside, the caller's path)
             got = select_c.select_map(x, mix, heuristic, variant=variant)
             assert got is None or same(got[0], ref), variant
+            assert got is not None or mix.is_homogeneous or any(not 0 < c < x.numel() for c in mix.cuts(x.numel()))
 
 
 @given(x=tensors(), mix=MIXES, heuristic=st.sampled_from(HEURISTICS), cdim=st.sampled_from([None, 0]))

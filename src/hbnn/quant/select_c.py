@@ -74,10 +74,11 @@ class _Plan:
 
 
 def _inner_cuts(n: int, mix: BitMix) -> list[int] | None:
-    """``mix.cuts(n)`` when every cut is inside ``(0, n)``; else ``None`` (a slice is empty or
-    full, which only tiny tensors have: the numpy/torch path handles them)."""
+    """``mix.cuts(n)`` when there is a cut and every cut is inside ``(0, n)``; else ``None``
+    (a homogeneous mix, whose map is constant, or a slice that is empty or full, which only
+    tiny tensors have: the numpy/torch path handles them)."""
     cuts = mix.cuts(n)
-    return cuts if all(0 < c < n for c in cuts) else None
+    return cuts if cuts and all(0 < c < n for c in cuts) else None
 
 
 @functools.lru_cache(maxsize=64)
