@@ -292,7 +292,7 @@ def run_trial(i: int, seed: int, data_dir: Path, work: Path, ref_dir: Path, ref:
 
 
 def _reference(data_dir: Path, ref_dir: Path) -> dict:
-    """Run the reference to completion through the logging child: ``{"events", "t_first", "t_end"}`` or ``{"error"}``."""
+    """Run the reference through the logging child: ``{"events", "t_first", "t_end"}`` or ``{"error"}``."""
     log = ref_dir.with_name("reference-events.log")
     log.unlink(missing_ok=True)
     t0 = time.monotonic()
