@@ -82,7 +82,8 @@ def test_shapes_that_do_not_chain(packed, rewrite):
         h["layers"][0]["geometry"]["out_channels"] = 6  # and make the weight fit the record
     rewrite(packed, edit, lambda t: t.update({"0.weight": t["0.weight"][:6].clone(),
                                                 "0.bias": t["0.bias"][:6].clone()}))
-    with pytest.raises(FormatError, match=r"layer 3 \(features.4\): shapes do not chain on input \[1, 12, 12\]"):
+    with pytest.raises(FormatError, match=r"layer 3 \(features.4\): shapes do not chain on input_shape \[1, 12, 12\]: "
+                                          r"its input is \[N, 6, 6, 6\], it needs 8 input channels"):
         load(packed)
 
 

@@ -25,6 +25,9 @@ from hbnn.export.ops import SIMPLE_OPS
 from hbnn.export.validate import _ATTRS
 
 NAN, INF = float("nan"), float("inf")
+#: A ``meta.source`` record as ``hbnn export`` writes it.
+SOURCE = {"checkpoint": "run/last.safetensors", "sha256": "0" * 64, "epoch": 2, "step": 8,
+          "metrics": {"top1": 0.5, "count": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +99,22 @@ HEADER_CASES = {
     "source_params bool": (_set("source_params", True), r": source_params: invalid value True; allowed: an integer"),
     "source_params negative": (_set("source_params", -1), r": source_params: invalid value -1"),
     "hbnn_version": (_set("hbnn_version", 1), r": hbnn_version: invalid value 1"),
-    "input_shape zero": (_set("input_shape", [1, 12, 0]), r": input_shape: invalid value \[1, 12, 0\]; allowed: null"),
+    "input_shape zero": (_set("input_shape", [1, 12, 0]), r": input_shape: invalid value \[1, 12, 0\]; allowed: 1 to 3 "),
+    "input_shape null": (_set("input_shape", None), r": input_shape: invalid value None; allowed: 1 to 3 positive"),
     "input_shape float": (_set("input_shape", [1, 12.0, 12]), r": input_shape: invalid value \[1, 12.0, 12\]"),
     "input_shape bool": (_set("input_shape", [True, 12, 12]), r": input_shape: invalid value \[True, 12, 12\]"),
     "input_shape arity": (_set("input_shape", [1, 1, 12, 12]), r": input_shape: invalid value \[1, 1, 12, 12\]"),
     "input_shape huge": (_set("input_shape", [4096, 4096, 4096]), r": input_shape: .*at most 16777216 entries"),
     "input_shape vs model": (_set("input_shape", [3, 12, 12]), r": input_shape: .*allowed: \[1, 12, 12\], the model"),
-    "model": (_set("model", "cifar_fc4"), r": model: invalid value 'cifar_fc4'; allowed: null or an object"),
+    "model": (_set("model", "cifar_fc4"), r": model: invalid value 'cifar_fc4'; allowed: an object with a name"),
+    "model null": (_set("model", None), r": model: invalid value None; allowed: an object with a name"),
+    "model.name missing": (_delete("model", "name"), r": model.name: missing"),
     "model.image_size": (_set("model", "image_size", True), r": model.image_size: invalid value True"),
     "model unknown": (_set("model", "depth", 4), r": model.depth: unknown field"),
     "meta": (_set("meta", []), r": meta: invalid value \[\]; allowed: an object"),
     "meta.data": (_set("meta", "data", "fmnist"), r": meta.data: invalid value 'fmnist'"),
     "meta.data.image_size": (_set("meta", "data", "image_size", 0), r": meta.data.image_size: invalid value 0"),
-    "meta.source.step": (_set("meta", "source", {"step": 1.5}), r": meta.source.step: invalid value 1.5"),
+    "meta.source.step": (_set("meta", "source", {**SOURCE, "step": 1.5}), r": meta.source.step: invalid value 1.5"),
     "layers empty": (_set("layers", []), r" has no layers; re-create it with `hbnn export RUN --out FILE`"),
     "layers not a list": (_set("layers", {}), r": layers: invalid value \{\}; allowed: a list"),
 }
@@ -288,7 +294,7 @@ def test_export_refuses_non_finite_parameters(tmp_path, make_fc4):
     with torch.no_grad():
         model.classifier.weight[0, 0, 0, 0] = math.inf
     with pytest.raises(FormatError, match=r"export of CifarFC4: layer 9 \(classifier\): tensor '9.weight': invalid"):
-        export_model(model, tmp_path / "inf.hbnn")
+        export_model(model, tmp_path / "inf.hbnn", input_shape=[1, 12, 12])
     assert not list(tmp_path.iterdir())  # nothing written
 
 
@@ -329,3 +335,140 @@ def test_no_mutation_of_any_field_escapes_as_another_error(packed, rewrite, tmp_
                 assert "\n" not in str(exc)
                 refused += 1
     assert refused > 400
+
+
+# ----------------------------------------------------------------------------- issue 12 (K1b)
+
+CONFIG = {"name": "cifar_fc4", "activation": "hardtanh", "kwargs": {"widths": [8, 16, 24]}}
+QUANT = {"default": {"weight": {"bits": 1.4}, "act": {"bits": 1.4}}}
+DATA = {"name": "fashion_mnist", "data_dir": "data", "image_size": None}
+
+FLOAT_CASES = {  # hardtanh bounds and batch-norm eps are floats the engine holds in float32
+    "min_val int huge": (_set("layers", 1, "attrs", "min_val", -(2 ** 63)), r"attrs.min_val: invalid value -92233"),
+    "max_val int huge": (_set("layers", 1, "attrs", "max_val", 2 ** 63), r"attrs.max_val: invalid value 92233"),
+    "max_val 1e308": (_set("layers", 1, "attrs", "max_val", 1e308), r"attrs.max_val: invalid value 1e\+308; allowed: "
+                                                                     r"a finite number \(a float, \|x\| <= 3.403e\+38\)"),
+    "max_val 10**30": (_set("layers", 1, "attrs", "max_val", 10 ** 30), r"attrs.max_val: invalid value 10000"),
+    "max_val int": (_set("layers", 1, "attrs", "max_val", 1), r"attrs.max_val: invalid value 1; allowed: a finite"),
+    "bounds equal in float32": (_set("layers", 1, "attrs", "max_val", -1.0 + 1e-12),
+                                r"attrs.max_val: .*> min_val \(-1\) in float32"),
+}
+
+SHAPE_CASES = {  # resealed edits the field checks accept but the shape propagation does not
+    "flatten start_dim +1": (_set("layers", 11, "attrs", "start_dim", 2),
+                             r"layer 11 \(flatten\): the output is \[N, 10, 1\]; a packed model outputs \[N, K\]"),
+    "flatten start_dim 0": (_set("layers", 11, "attrs", "start_dim", 0),
+                            r"layer 11 \(flatten\): shapes do not chain on input_shape \[1, 12, 12\]: its input is "
+                            r"\[N, 10, 1, 1\], it needs start_dim >= 1 \(it would merge the batch dimension\)"),
+    "pool window larger than input": (_set("layers", 8, "attrs", "kernel_size", 4),
+                                      r"layer 8 \(features.11\): .*its input is \[N, 24, 3, 3\], it needs its pooling "
+                                      r"window spans 4 but the padded input side is 3"),
+    "conv channels": ((lambda h: h["layers"][9]["geometry"].update(in_channels=48, groups=2)),  # same weight shape
+                      r"layer 9 \(classifier\): .*its input is \[N, 24, 1, 1\], it needs 48 input channels"),
+    "conv dilation": (_set("layers", 9, "geometry", "dilation", [5, 5]), r"layer 9 \(classifier\): .*dilated kernel "
+                                                                        r"window spans 11 but the padded input side is 3"),
+    "output not logits": (_set("layers", 11, {"op": "identity", "name": "flatten", "attrs": {}}),
+                          r"layer 11 \(flatten\): the output is \[N, 10, 1, 1\]; a packed model outputs \[N, K\]"),
+    "num_classes": (_set("model", "num_classes", 9), r"layer 11 \(flatten\): the output is \[N, 10\]; the model "
+                                                     r"records num_classes 9"),
+}
+
+PROVENANCE_CASES = {  # model.config / model.quant / meta.data / meta.source
+    "config null": (_set("model", "config", None), r"model.config: invalid value None; allowed: an object with keys "
+                                                   r"name, activation, kwargs"),
+    "config string": (_set("model", "config", "cifar_fc4"), r"model.config: invalid value 'cifar_fc4'"),
+    "config bool": (_set("model", "config", True), r"model.config: invalid value True"),
+    "config missing key": (_set("model", "config", {"name": "cifar_fc4", "kwargs": {}}),
+                           r"model.config.activation: missing"),
+    "config activation": (_set("model", "config", {**CONFIG, "activation": "gelu"}), r"model.config.activation"),
+    "config kwargs null": (_set("model", "config", {**CONFIG, "kwargs": None}), r"model.config.kwargs"),
+    "config widths bool": (_set("model", "config", {**CONFIG, "kwargs": {"widths": [True, 16, 24]}}),
+                           r"model.config.kwargs.widths: invalid value \[True, 16, 24\]; allowed: a value like the "
+                           r"default"),
+    "config widths string": (_set("model", "config", {**CONFIG, "kwargs": {"widths": "8"}}),
+                             r"model.config.kwargs.widths: invalid value '8'"),
+    "config unknown option": (_set("model", "config", {**CONFIG, "kwargs": {"depth": 3}}),
+                              r"model.config.kwargs.depth: unknown option of model 'cifar_fc4'; allowed: "),
+    "config unknown model": (_set("model", "config", {**CONFIG, "name": "resnet"}), r"unknown model 'resnet'"),
+    "config name vs model": (_set("model", "config", {**CONFIG, "name": "vgg8_cnv", "kwargs": {}}),
+                             r"model.config.name: invalid value 'vgg8_cnv'; allowed: 'cifar_fc4', the model's name"),
+    "quant string": (_set("model", "quant", "w1a1"), r"model.quant: invalid value 'w1a1'; allowed: null or an object"),
+    "quant bool": (_set("model", "quant", True), r"model.quant: invalid value True"),
+    "quant act string": (_set("model", "quant", {"default": {"act": "x"}}), r"model.quant: mix: cannot parse 'x'"),
+    "quant unknown key": (_set("model", "quant", {**QUANT, "depth": 1}), r"model.quant.depth"),
+    "data missing key": (_set("meta", "data", {"name": "fashion_mnist", "image_size": None}),
+                         r"meta.data.data_dir: missing"),
+    "data_dir int": (_set("meta", "data", {**DATA, "data_dir": 3}), r"meta.data.data_dir: invalid value 3; allowed: "
+                                                                     r"null or a string"),
+    "data name null": (_set("meta", "data", {**DATA, "name": None}), r"meta.data.name: invalid value None"),
+    "source missing step": (_set("meta", "source", {k: v for k, v in SOURCE.items() if k != "step"}),
+                            r"meta.source.step: missing"),
+    "source step negative": (_set("meta", "source", {**SOURCE, "step": -1}), r"meta.source.step: invalid value -1"),
+    "source epoch bool": (_set("meta", "source", {**SOURCE, "epoch": True}), r"meta.source.epoch: invalid value True"),
+    "source sha256": (_set("meta", "source", {**SOURCE, "sha256": [1]}), r"meta.source.sha256: invalid value \[1\]"),
+    "source metrics": (_set("meta", "source", {**SOURCE, "metrics": {"top1": "x"}}), r"meta.source.metrics: invalid"),
+}
+
+
+@pytest.mark.parametrize("case", list(FLOAT_CASES) + list(SHAPE_CASES) + list(PROVENANCE_CASES))
+def test_issue12_resealed_edit_is_one_line(packed, rewrite, capsys, case):
+    edit, pattern = {**FLOAT_CASES, **SHAPE_CASES, **PROVENANCE_CASES}[case]
+    rewrite(packed, edit)
+    _refused(packed, pattern, capsys)
+
+
+@pytest.mark.parametrize("eps,pattern", [
+    (2 ** 63, r"eps: invalid value 9223372036854775808; allowed: a finite number"),
+    (1, r"eps: invalid value 1; allowed: a finite number"),
+    (1e-300, r"eps: invalid value 1e-300; allowed: a finite number > 0 \(at least 1.175e-38"),
+])
+def test_batch_norm_eps_is_a_float32(unfolded, rewrite, capsys, eps, pattern):
+    rewrite(unfolded, _set("layers", 1, "eps", eps))
+    _refused(unfolded, pattern, capsys)
+
+
+def test_valid_provenance_records_load(packed, rewrite):
+    """The records ``hbnn export`` writes (config, quant, data, source) are accepted."""
+    rewrite(packed, lambda h: (h["model"].update(config=CONFIG, quant=QUANT), h["meta"].update(data=DATA,
+                                                                                                source=SOURCE)))
+    assert load(packed)(torch.zeros(2, 1, 12, 12)).shape == (2, 10)
+
+
+def test_wrong_input_shape_is_one_line(packed):
+    model = load(packed)
+    assert model.input_shape == (1, 12, 12)
+    for x in (torch.zeros(2, 1, 28, 28), torch.zeros(1, 12, 12), torch.zeros(2, 3, 12, 12)):
+        with pytest.raises(ValueError, match=re.escape(f"packed model: input of shape {list(x.shape)}; expected "
+                                                       "[N, 1, 12, 12] (a batch of the file's input_shape")) as exc:
+            model(x)
+        assert "\n" not in str(exc.value)
+
+
+def test_infer_on_a_dataset_of_another_shape_is_one_line(packed_run, tmp_path, rewrite, capsys):
+    path = Path(shutil.copyfile(packed_run, tmp_path / "m.hbnn"))
+    rewrite(path, lambda h: (h.update(input_shape=[1, 14, 14]), h["model"].update(image_size=14)))  # still chains
+    assert main(["infer", str(path), "--limit", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "fashion_mnist gives images of shape [1, 28, 28]; the packed model takes [1, 14, 14]" in err, err
+
+
+def test_export_always_records_input_shape_and_model_name(tmp_path, make_fc4):
+    model = make_fc4({"weight": 1, "act": 1})
+    with pytest.raises(FormatError, match=r"export of CifarFC4: input_shape: unknown; pass input_shape=\[C, H, W\]"):
+        export_model(model, tmp_path / "m.hbnn")
+    assert not list(tmp_path.iterdir())
+    export_model(model, tmp_path / "m.hbnn", input_shape=[1, 12, 12])
+    header = read_packed(tmp_path / "m.hbnn")[0]
+    assert header["model"] == {"name": "CifarFC4"} and header["input_shape"] == [1, 12, 12]
+    linear = torch.nn.Sequential(torch.nn.Linear(20, 4))
+    export_model(linear, tmp_path / "l.hbnn")  # a leading linear layer gives the shape
+    assert read_packed(tmp_path / "l.hbnn")[0]["input_shape"] == [20]
+
+
+def test_export_refuses_a_chain_whose_shapes_do_not_meet(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 10 * 10, 10))
+    with pytest.raises(FormatError, match=r"layer 2 \(2\): shapes do not chain on input_shape \[1, 11, 11\]: its "
+                                          r"input is \[N, 324\], it needs 400 input features"):
+        export_model(model, tmp_path / "m.hbnn", input_shape=[1, 11, 11])
+    export_model(model, tmp_path / "m.hbnn", input_shape=[1, 12, 12])

@@ -227,8 +227,26 @@ class PackedModel(nn.Module):
         self.header = header
         self.eval()
 
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of one input (the header's ``input_shape``), or None if it records none."""
+        shape = self.header.get("input_shape") if isinstance(self.header, dict) else None
+        return None if shape is None else tuple(shape)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError (one line: the expected and the given shape) unless ``x`` is ``[N, *input_shape]``."""
+        shape = self.input_shape
+        if shape is not None and (x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape):
+            raise ValueError(f"packed model: input of shape {list(x.shape)}; expected [N, {', '.join(map(str, shape))}] "
+                             f"(a batch of the file's input_shape {list(shape)})")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the chain on ``x`` (no autograd)."""
+        """Run the chain on ``x``, a batch ``[N, *input_shape]`` (no autograd).
+
+        Raises:
+            ValueError: ``x`` is not a batch of the file's ``input_shape`` (:meth:`check_input`).
+        """
+        self.check_input(x)
         with torch.no_grad():
             if x.dim() == 4:  # NHWC end to end: packing needs no transpose, pools and convs run faster
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -66,6 +66,14 @@ class _Sums:
         return {"loss": self.loss / n, "top1": self.top1 / n, "top5": self.top5 / n, "count": self.count}
 
 
+def _check_images(shape: tuple[int, ...] | None, images: torch.Tensor, dataset: str) -> None:
+    """ConfigError (one line) unless ``images`` is a batch of the packed model's ``input_shape``."""
+    if shape is not None and tuple(images.shape[1:]) != shape:
+        raise ConfigError(f"--dataset: {dataset} gives images of shape {list(images.shape[1:])}; the packed model "
+                          f"takes {list(shape)} (its input_shape); pass the dataset it was trained on "
+                          "(--dataset, --data-dir)")
+
+
 def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,
                     batch_size: int = 256, limit: int | None = None, backend: str = "auto",
                     compare: str | os.PathLike | None = None, which: str = "best") -> dict[str, Any]:
@@ -80,6 +88,11 @@ def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data
         backend: kernel backend (``auto``, ``c``, ``torch``).
         compare: a run directory or checkpoint whose model is evaluated on the same batches.
         which: ``best`` or ``last`` checkpoint inside a ``compare`` run directory.
+
+    Raises:
+        ConfigError: no dataset known, a bad batch size, or a dataset whose images are not
+            of the file's ``input_shape``.
+        FormatError: an invalid packed file (:func:`hbnn.export.load`).
 
     Returns:
         ``{"checkpoint" (the packed file), "model", "dataset", "epoch", "step", "loss", "top1",
@@ -101,6 +114,7 @@ def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data
     mismatches, max_diff, loose = 0, 0.0, 0
     with torch.no_grad():
         for images, labels in loader:
+            _check_images(packed.input_shape, images, name)
             logits = packed(images)
             sums.add(logits, labels)
             if reference is not None:

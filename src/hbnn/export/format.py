@@ -3,9 +3,10 @@
 One safetensors file. Its header metadata key ``"hbnn-packed"`` holds the JSON header::
 
     {"format": "hbnn-packed", "version": 2, "hbnn_version", "torch_version",
-     "model": {name, config, quant, num_classes, in_channels, image_size} | null,
-     "meta": {...anything else the exporter passed...},
-     "input_shape": [C, H, W] | null, "source_params": int, "fold_bn": bool,
+     "model": {name, config?, quant?, num_classes?, in_channels?, image_size?},
+     "meta": {data?: {name, data_dir, image_size}, source?: {checkpoint, sha256, epoch,
+              step, metrics}, ...anything else the exporter passed...},
+     "input_shape": [C, H, W] (1 to 3 dims), "source_params": int, "fold_bn": bool,
      "layers": [layer records, in execution order],
      "payload_sha256": hbnn.io.tensors_sha256 of the tensors (name, dtype, shape, bytes),
      "header_sha256": hbnn.io.header_sha256 of every other field}
@@ -40,6 +41,7 @@ from hbnn.errors import FormatError
 from hbnn.export.engine import PackedModel, optimize_chain
 from hbnn.export.ops import trace_chain
 from hbnn.export.records import build_layer, can_fold, layer_record
+from hbnn.export.shapes import check_shapes
 from hbnn.export.validate import RECREATE, check_header, check_tensors
 from hbnn.io import atomic_write_bytes, read_verified_safetensors, seal_header, tensors_sha256
 
@@ -52,13 +54,21 @@ VERSION = 2
 META_KEY = "hbnn-packed"
 
 
-def _input_shape(model: Any, input_shape) -> list[int] | None:
-    """``input_shape`` as a list, else ``[in_channels, image_size, image_size]`` from the model meta."""
+def _input_shape(model: Mapping, input_shape, records: list[dict], where: str) -> list[int]:
+    """``input_shape`` as a list, else ``[in_channels, image_size, image_size]`` from the model meta,
+    else ``[in_features]`` of a chain that starts with a linear layer.
+
+    Raises:
+        FormatError: none of them is known (a conv's input side is not in the model).
+    """
     if input_shape is not None:
         return [int(s) for s in input_shape]
-    if isinstance(model, Mapping) and "in_channels" in model and "image_size" in model:
+    if "in_channels" in model and "image_size" in model:
         return [int(model["in_channels"]), int(model["image_size"]), int(model["image_size"])]
-    return None
+    if records and records[0]["op"] == "linear":
+        return [records[0]["geometry"]["in_features"]]
+    raise FormatError(f"{where}: input_shape: unknown; pass input_shape=[C, H, W] (or meta['model'] with "
+                      "in_channels and image_size)")
 
 
 def _records(chain: list[tuple[str, nn.Module]], fold_bn: bool) -> tuple[list[dict], dict]:
@@ -86,14 +96,18 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
             calibrated activation quantizers; its training mode is irrelevant (eval
             semantics are exported) and it is not modified.
         meta: JSON-safe metadata; ``meta["model"]`` (name, config, quant and dataset
-            shape) lets tools rebuild the source model.
+            shape) lets tools rebuild the source model (default: ``{"name": <class
+            name>}``); ``meta["data"]`` / ``meta["source"]`` are the dataset and
+            checkpoint records :func:`hbnn.export.model_from_checkpoint` writes.
         fold_bn: fold each batch norm that follows a conv/linear layer into it.
-        input_shape: ``[C, H, W]`` of one input (default: from ``meta["model"]``); the
-            loader checks that the layers chain on it.
+        input_shape: ``[C, H, W]`` of one input (default: from ``meta["model"]``, else
+            ``[in_features]`` of a leading linear layer); recorded always, the reader
+            checks that the layers chain on it to ``[N, K]`` logits.
 
     Raises:
         FormatError: unsupported layers, uncalibrated or non-elementwise quantizers,
-            non-finite parameters or ``meta`` fields hbnn reads with the wrong type.
+            non-finite parameters, ``meta`` fields hbnn reads with the wrong type, no
+            known input shape, or layers whose shapes do not chain.
         TypeError: ``meta`` is not JSON-serialisable.
     """
     meta = dict(meta or {})
@@ -103,13 +117,16 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
         raise TypeError(f"meta: must be JSON-serialisable ({exc})") from None
     records, tensors = _records(trace_chain(model), fold_bn)
     model_meta = meta.pop("model", None)
+    if model_meta is None:
+        model_meta = {"name": type(model).__name__}
+    where = f"export of {type(model).__name__}"
     header = {
         "format": FORMAT, "version": VERSION, "hbnn_version": __version__, "torch_version": torch.__version__,
-        "model": model_meta, "meta": meta, "input_shape": _input_shape(model_meta, input_shape),
+        "model": model_meta, "meta": meta,
+        "input_shape": _input_shape(model_meta if isinstance(model_meta, Mapping) else {}, input_shape, records, where),
         "source_params": sum(p.numel() for p in model.parameters()), "fold_bn": bool(fold_bn), "layers": records,
         "payload_sha256": tensors_sha256(tensors),
     }
-    where = f"export of {type(model).__name__}"
     check_header(header, where)  # what is written always reads back
     check_tensors(header, tensors, where)
     return header, tensors
@@ -163,13 +180,13 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, dict, int]:
     return header, tensors, len(data)
 
 
-def _check_chain(layers: list[tuple[str, nn.Module]], shape: list[int], where: Path) -> None:
-    """Run one zero input through the layers so mismatched shapes fail here, in one line.
+def _check_chain(layers: list[tuple[str, nn.Module]], shape: list[int], out: tuple[int, ...], where: Path) -> None:
+    """Run a zero batch of two inputs through the built layers: the output must be ``[2, *out]``.
 
-    The header is validated, so the only errors left are torch's shape errors
-    (``RuntimeError``, ``ValueError``; ``IndexError`` for a flatten dim the input lacks).
+    :func:`hbnn.export.shapes.check_shapes` has propagated the shapes already; this
+    catches what only torch knows (``RuntimeError``, ``ValueError``, ``IndexError``).
     """
-    x = torch.zeros(1, *shape)
+    x = torch.zeros(2, *shape)
     with torch.no_grad():
         for i, (name, layer) in enumerate(layers):
             try:
@@ -178,6 +195,9 @@ def _check_chain(layers: list[tuple[str, nn.Module]], shape: list[int], where: P
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise FormatError(f"packed model {where}: layer {i} ({name}): shapes do not chain on input "
                                   f"{shape}: {first}") from None
+    if tuple(x.shape) != (2, *out):
+        raise FormatError(f"packed model {where}: the layers output {[*x.shape]} for 2 inputs of {shape}, "
+                          f"expected {[2, *out]}")
 
 
 def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) -> PackedModel:
@@ -186,7 +206,8 @@ def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) 
     Args:
         path: the file written by :func:`export_model`.
         backend: kernel backend of the binarized layers (``auto``, ``c``, ``torch``).
-        check: run one zero input through the layers (needs ``input_shape`` in the header).
+        check: also run a zero batch through the built layers (the shapes are propagated
+            from ``input_shape`` by :func:`read_packed` in any case).
 
     The engine applies :func:`hbnn.export.engine.optimize_chain` (exact rewrites).
 
@@ -197,8 +218,8 @@ def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) 
     header, tensors, _ = read_packed(path)
     where = f"packed model {Path(path)}"
     layers = [build_layer(i, rec, tensors, backend, where) for i, rec in enumerate(header["layers"])]
-    if check and header["input_shape"] is not None:
-        _check_chain(layers, header["input_shape"], Path(path))
+    if check:
+        _check_chain(layers, header["input_shape"], check_shapes(header, where), Path(path))
     return PackedModel(optimize_chain(layers), header)
 
 

@@ -7,7 +7,10 @@ runs inside :func:`hbnn.export.format.read_packed`, after the digests), and
 ever see well-typed, in-range values:
 
 * JSON booleans are not integers and integers are not booleans (``true`` is not ``1``);
-  a number is an ``int`` or ``float``, finite (no NaN/inf);
+  fields written as floats (hardtanh bounds, batch-norm ``eps``) are JSON floats, finite
+  and within float32's range (the engine computes in float32; ``hardtanh`` needs
+  ``min_val < max_val`` in float32, ``eps`` at least float32's smallest normal number);
+  bit-mix fractions are finite numbers;
 * every object has exactly the keys of its kind (``docs/deploy.md``), every op is one of
   :data:`OPS`, the layer list is not empty;
 * geometry: channel counts, kernel sizes, strides, dilations and groups are positive
@@ -16,9 +19,12 @@ ever see well-typed, in-range values:
   outputs that see no input) and half the (dilated) window for a pool;
 * bit mixes are valid :class:`hbnn.quant.mix.BitMix` es (increasing bitwidths in
   ``1..8``, fractions > 0 summing to 1), plane counts and stream lengths agree with the
-  weight's shape, ``hardtanh`` has finite ``min_val < max_val``;
-* ``input_shape`` is 1 to 3 positive integers with at most :data:`MAX_INPUT_ELEMENTS`
-  entries in all (the loader runs one zero input through the chain);
+  weight's shape;
+* ``model``, ``meta`` and ``input_shape`` (required): :mod:`hbnn.export.provenance`
+  (``model.config`` and ``model.quant`` valid for their schemas, ``meta.data`` /
+  ``meta.source`` typed);
+* shapes chain from ``input_shape`` to ``[N, K]`` logits (:mod:`hbnn.export.shapes`,
+  after every field is checked);
 * tensors: exactly the ones the records name, each with the dtype and shape its record
   implies, all values finite, batch-norm variances ``>= 0``.
 
@@ -36,7 +42,10 @@ from typing import Any
 import torch
 
 from hbnn.errors import FormatError
+from hbnn.export._checks import MAX_INT, At, is_int, is_number, short
 from hbnn.export.ops import SIMPLE_OPS
+from hbnn.export.provenance import MAX_INPUT_ELEMENTS, check_input_shape, check_meta, check_model
+from hbnn.export.shapes import check_shapes
 from hbnn.quant.bitmap import block_view_shape
 from hbnn.quant.checks import HEURISTICS
 from hbnn.quant.mix import MAX_BITS, MIN_BITS, BitMix
@@ -50,10 +59,6 @@ EXPORT_COMMAND = "hbnn export RUN --out FILE"
 RECREATE = f"re-create it with `{EXPORT_COMMAND}`"
 #: Layer op names a packed file may hold.
 OPS = ("conv2d", "linear", "batch_norm", *SIMPLE_OPS)
-#: Upper bound of every integer field (and of a weight's entry count).
-MAX_INT = 2 ** 31 - 1
-#: Most entries of one input (``prod(input_shape)``).
-MAX_INPUT_ELEMENTS = 2 ** 24
 #: Largest adaptive-pool output side (no input side allowed by :data:`MAX_INPUT_ELEMENTS` is larger).
 MAX_SIDE = 2 ** 12
 #: Activation heuristics that run elementwise at inference (``random`` does not).
@@ -61,141 +66,16 @@ ACT_HEURISTICS = tuple(h for h in HEURISTICS if h != "random")
 
 _TOP_KEYS = ("format", "version", "hbnn_version", "torch_version", "model", "meta", "input_shape", "source_params",
              "fold_bn", "layers", "payload_sha256", "header_sha256")
-_MODEL_KEYS = ("name", "config", "quant", "num_classes", "in_channels", "image_size")
 _AFFINE_KEYS = ("op", "name", "folded", "geometry", "weight", "act", "bias", "out_scale")
 _CONV_KEYS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 _PLANES_KEYS = ("encoding", "bits", "fractions", "heuristic", "block", "per_channel", "planes", "units",
                 "plane_counts", "sign_bits", "map_bits")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-_FLOAT32_MAX = torch.finfo(torch.float32).max
+_FLOAT32_TINY = torch.finfo(torch.float32).tiny
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-class _At:
-    """Checks of the fields of one object; every failure names ``where`` and the field."""
-
-    def __init__(self, where: str):
-        self.where = where
-
-    def fail(self, field: str, value: Any, allowed: str) -> FormatError:
-        """``<where>: <field>: invalid value <value>; allowed: <allowed>``."""
-        return FormatError(f"{self.where}: {field}: invalid value {_short(value)}; allowed: {allowed}")
-
-    def keys(self, prefix: str, obj: Any, required: tuple[str, ...]) -> dict:
-        """``obj`` as a dict with exactly the keys ``required``."""
-        if not isinstance(obj, dict):
-            raise self.fail(prefix.rstrip(".") or "record", obj, f"an object with keys {', '.join(required)}")
-        for key in required:
-            if key not in obj:
-                raise FormatError(f"{self.where}: {prefix}{key}: missing; required keys: {', '.join(required)}")
-        for key in obj:
-            if key not in required:
-                raise FormatError(f"{self.where}: {prefix}{key}: unknown field; allowed: {', '.join(required)}")
-        return obj
-
-    def int(self, field: str, value: Any, lo: int = 0, hi: int = MAX_INT) -> int:
-        if not _is_int(value) or not lo <= value <= hi:
-            raise self.fail(field, value, f"an integer in {lo}..{hi}")
-        return value
-
-    def bool(self, field: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(field, value, "true or false")
-        return value
-
-    def number(self, field: str, value: Any) -> float:
-        """A finite number the engine's float32 arithmetic can hold (``|value| <= 3.4e38``)."""
-        if not _is_number(value) or abs(value) > _FLOAT32_MAX:
-            raise self.fail(field, value, "a finite number")
-        return float(value)
-
-    def text(self, field: str, value: Any) -> str:
-        if not isinstance(value, str) or not value.isprintable():
-            raise self.fail(field, value, "a string of printable characters")
-        return value
-
-    def choice(self, field: str, value: Any, choices: tuple[str, ...]) -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise self.fail(field, value, ", ".join(map(str, choices)))
-        return value
-
-    def ints(self, field: str, value: Any, lo: int, scalar: bool = False, n: int = 2) -> list[int]:
-        """``n`` integers in ``lo..MAX_INT`` as a list (a single integer too, if ``scalar``)."""
-        values = [value] * n if scalar and _is_int(value) else value
-        if not isinstance(values, list) or len(values) != n or not all(
-                _is_int(v) and lo <= v <= MAX_INT for v in values):
-            form = "an integer or " if scalar else ""
-            raise self.fail(field, value, f"{form}a list of {n} integers in {lo}..{MAX_INT}")
-        return values
-
-
 # ----------------------------------------------------------------------------- header
-
-def _check_model(at: _At, model: Any) -> None:
-    if model is None:
-        return
-    if not isinstance(model, dict):
-        raise at.fail("model", model, "null or an object")
-    for key in model:
-        if key not in _MODEL_KEYS:
-            raise FormatError(f"{at.where}: model.{key}: unknown field; allowed: {', '.join(_MODEL_KEYS)}")
-    if "name" in model:
-        at.text("model.name", model["name"])
-    if "config" in model and not isinstance(model["config"], dict):
-        raise at.fail("model.config", model["config"], "an object")
-    if model.get("quant") is not None and not isinstance(model["quant"], dict):
-        raise at.fail("model.quant", model["quant"], "null or an object")
-    for key in ("num_classes", "in_channels", "image_size"):
-        if key in model:
-            at.int(f"model.{key}", model[key], 1)
-
-
-def _check_meta(at: _At, meta: Any) -> None:
-    """The parts of ``meta`` hbnn reads: ``data`` (``hbnn infer``) and ``source`` (reported)."""
-    if not isinstance(meta, dict):
-        raise at.fail("meta", meta, "an object")
-    data = meta.get("data", {})
-    if not isinstance(data, dict):
-        raise at.fail("meta.data", data, "an object")
-    if data.get("name") is not None:
-        at.text("meta.data.name", data["name"])
-    if data.get("data_dir") is not None and not isinstance(data["data_dir"], str):
-        raise at.fail("meta.data.data_dir", data["data_dir"], "null or a string")
-    if data.get("image_size") is not None:
-        at.int("meta.data.image_size", data["image_size"], 1)
-    source = meta.get("source", {})
-    if not isinstance(source, dict):
-        raise at.fail("meta.source", source, "an object")
-    for key in ("epoch", "step"):
-        if source.get(key) is not None:
-            at.int(f"meta.source.{key}", source[key])
-
-
-def _check_input_shape(at: _At, shape: Any, model: Any) -> None:
-    if shape is None:
-        return
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= 3 or not all(_is_int(s) and s >= 1 for s in shape)
-            or math.prod(shape) > MAX_INPUT_ELEMENTS):
-        raise at.fail("input_shape", shape, f"null or 1 to 3 positive integers ([C, H, W]) with at most "
-                                            f"{MAX_INPUT_ELEMENTS} entries in all")
-    if isinstance(model, dict) and len(shape) == 3 and "in_channels" in model and "image_size" in model:
-        recorded = [model["in_channels"], model["image_size"], model["image_size"]]
-        if shape != recorded:
-            raise at.fail("input_shape", shape, f"{recorded}, the model's [in_channels, image_size, image_size]")
-
 
 def check_header(header: dict, where: Any) -> None:
     """Validate every field of a packed header except ``format`` and ``version`` (checked first by the reader).
@@ -207,7 +87,7 @@ def check_header(header: dict, where: Any) -> None:
     Raises:
         FormatError: the first invalid field, in one line (module docstring: the rules).
     """
-    at = _At(f"packed model {where}")
+    at = At(f"packed model {where}")
     for key in header:
         if key not in _TOP_KEYS:
             raise FormatError(f"{at.where}: {key}: unknown field; allowed: {', '.join(_TOP_KEYS)}")
@@ -216,9 +96,9 @@ def check_header(header: dict, where: Any) -> None:
             raise FormatError(f"{at.where}: {key}: missing; required keys: {', '.join(_TOP_KEYS)}")
     at.text("hbnn_version", header["hbnn_version"])
     at.text("torch_version", header["torch_version"])
-    _check_model(at, header["model"])
-    _check_meta(at, header["meta"])
-    _check_input_shape(at, header["input_shape"], header["model"])
+    check_model(at, header["model"])
+    check_meta(at, header["meta"])
+    check_input_shape(at, header["input_shape"], header["model"])
     at.int("source_params", header["source_params"], 0, 2 ** 63 - 1)
     at.bool("fold_bn", header["fold_bn"])
     if not isinstance(header["payload_sha256"], str) or not _SHA256.fullmatch(header["payload_sha256"]):
@@ -230,19 +110,20 @@ def check_header(header: dict, where: Any) -> None:
         raise FormatError(f"{at.where} has no layers; {RECREATE}")
     for i, rec in enumerate(layers):
         _check_layer(i, rec, at.where)
+    check_shapes(header, at.where)
 
 
 # ----------------------------------------------------------------------------- layer records
 
 def _check_layer(i: int, rec: Any, where: str) -> None:
-    at = _At(f"{where}: layer {i}")
+    at = At(f"{where}: layer {i}")
     if not isinstance(rec, dict):
         raise at.fail("record", rec, "an object with an op and a name")
     name = at.text("name", rec.get("name"))
-    at = _At(f"{where}: layer {i} ({name})")
+    at = At(f"{where}: layer {i} ({name})")
     op = rec.get("op")
     if not isinstance(op, str) or op not in OPS:
-        raise FormatError(f"{at.where}: unknown layer op {_short(op)}; supported ops: {', '.join(OPS)}")
+        raise FormatError(f"{at.where}: unknown layer op {short(op)}; supported ops: {', '.join(OPS)}")
     if op in ("conv2d", "linear"):
         _check_affine(at, rec)
     elif op == "batch_norm":
@@ -250,14 +131,15 @@ def _check_layer(i: int, rec: Any, where: str) -> None:
         if at.int("dim", rec["dim"], 1) not in (1, 2):
             raise at.fail("dim", rec["dim"], "1 or 2")
         at.int("num_features", rec["num_features"], 1)
-        if at.number("eps", rec["eps"]) <= 0:
-            raise at.fail("eps", rec["eps"], "a finite number > 0")
+        if at.number("eps", rec["eps"]) < _FLOAT32_TINY:
+            raise at.fail("eps", rec["eps"], f"a finite number > 0 (at least {_FLOAT32_TINY:.4g}, float32's smallest "
+                                             "normal number)")
     else:
         at.keys("", rec, ("op", "name", "attrs"))
         _ATTRS[op](at, rec["attrs"])
 
 
-def _check_affine(at: _At, rec: dict) -> None:
+def _check_affine(at: At, rec: dict) -> None:
     at.keys("", rec, _AFFINE_KEYS)
     folded = rec["folded"]
     if not isinstance(folded, list) or not all(isinstance(n, str) and n.isprintable() for n in folded):
@@ -276,7 +158,7 @@ def _check_affine(at: _At, rec: dict) -> None:
                       "integer zero padding for a binarized conv (padding_mode zeros)")
 
 
-def _weight_shape(at: _At, op: str, g: Any) -> tuple[int, ...]:
+def _weight_shape(at: At, op: str, g: Any) -> tuple[int, ...]:
     """The weight shape a validated ``geometry`` implies (``[O, I]`` or ``[O, I / groups, kh, kw]``)."""
     if op == "linear":
         at.keys("geometry.", g, ("in_features", "out_features"))
@@ -300,7 +182,7 @@ def _weight_shape(at: _At, op: str, g: Any) -> tuple[int, ...]:
     return shape
 
 
-def _check_conv_padding(at: _At, padding: Any, kernel: list[int], stride: list[int], dilation: list[int]) -> None:
+def _check_conv_padding(at: At, padding: Any, kernel: list[int], stride: list[int], dilation: list[int]) -> None:
     if isinstance(padding, str):
         if at.choice("geometry.padding", padding, ("same", "valid")) == "same" and stride != [1, 1]:
             raise at.fail("geometry.padding", padding, "'same' only with stride [1, 1]")
@@ -312,15 +194,15 @@ def _check_conv_padding(at: _At, padding: Any, kernel: list[int], stride: list[i
                                                "outputs that see no input)")
 
 
-def _check_mix(at: _At, field: str, rec: dict, heuristics: tuple[str, ...]) -> list[int]:
+def _check_mix(at: At, field: str, rec: dict, heuristics: tuple[str, ...]) -> list[int]:
     """The ``bits`` of a validated ``{bits, fractions, heuristic}`` mix record."""
     bits, fractions = rec["bits"], rec["fractions"]
-    if (not isinstance(bits, list) or not bits or not all(_is_int(b) and MIN_BITS <= b <= MAX_BITS for b in bits)
+    if (not isinstance(bits, list) or not bits or not all(is_int(b) and MIN_BITS <= b <= MAX_BITS for b in bits)
             or bits != sorted(set(bits))):
         raise at.fail(f"{field}.bits", bits, f"a non-empty increasing list of integers in {MIN_BITS}..{MAX_BITS}")
     allowed = f"{len(bits)} finite numbers > 0 (one per bitwidth) summing to 1"
     if not isinstance(fractions, list) or len(fractions) != len(bits) or not all(
-            _is_number(f) and f > 0 for f in fractions):
+            is_number(f) and f > 0 for f in fractions):
         raise at.fail(f"{field}.fractions", fractions, allowed)
     try:
         BitMix(dict(zip(bits, fractions)))
@@ -330,7 +212,7 @@ def _check_mix(at: _At, field: str, rec: dict, heuristics: tuple[str, ...]) -> l
     return bits
 
 
-def _check_weight(at: _At, w: Any, shape: tuple[int, ...]) -> bool:
+def _check_weight(at: At, w: Any, shape: tuple[int, ...]) -> bool:
     """Validate a weight record for ``shape``; True when it holds bit planes."""
     if not isinstance(w, dict):
         raise at.fail("weight", w, "an object with encoding float32 or planes")
@@ -349,7 +231,7 @@ def _check_weight(at: _At, w: Any, shape: tuple[int, ...]) -> bool:
     if at.int("weight.units", w["units"]) != units:
         raise at.fail("weight.units", w["units"], f"{units} for a {list(shape)} weight with block {block}")
     counts = w["plane_counts"]
-    if (not isinstance(counts, list) or len(counts) != n or not all(_is_int(c) and 0 <= c <= entries for c in counts)
+    if (not isinstance(counts, list) or len(counts) != n or not all(is_int(c) and 0 <= c <= entries for c in counts)
             or counts[0] != entries or any(a < b for a, b in zip(counts, counts[1:]))):
         raise at.fail("weight.plane_counts", counts, f"{n} non-increasing counts, the first {entries} (every entry)")
     if at.int("weight.sign_bits", w["sign_bits"], 0, 2 ** 63 - 1) != sum(counts):
@@ -362,18 +244,22 @@ def _check_weight(at: _At, w: Any, shape: tuple[int, ...]) -> bool:
 
 # ----------------------------------------------------------------------------- stateless ops
 
-def _no_attrs(at: _At, attrs: Any) -> None:
+def _no_attrs(at: At, attrs: Any) -> None:
     at.keys("attrs.", attrs, ())
 
 
-def _hardtanh(at: _At, attrs: Any) -> None:
+def _float32(value: float) -> float:
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def _hardtanh(at: At, attrs: Any) -> None:
     at.keys("attrs.", attrs, ("min_val", "max_val"))
     lo = at.number("attrs.min_val", attrs["min_val"])
-    if at.number("attrs.max_val", attrs["max_val"]) <= lo:
-        raise at.fail("attrs.max_val", attrs["max_val"], f"a finite number > min_val ({lo:g})")
+    if _float32(at.number("attrs.max_val", attrs["max_val"])) <= _float32(lo):
+        raise at.fail("attrs.max_val", attrs["max_val"], f"a finite number > min_val ({lo:g}) in float32")
 
 
-def _pool(at: _At, attrs: Any, keys: tuple[str, ...]) -> None:
+def _pool(at: At, attrs: Any, keys: tuple[str, ...]) -> None:
     at.keys("attrs.", attrs, keys)
     kernel = at.ints("attrs.kernel_size", attrs["kernel_size"], 1, scalar=True)
     at.ints("attrs.stride", attrs["stride"], 1, scalar=True)
@@ -389,15 +275,15 @@ def _pool(at: _At, attrs: Any, keys: tuple[str, ...]) -> None:
             at.int("attrs.divisor_override", attrs["divisor_override"], 1)
 
 
-def _adaptive(at: _At, attrs: Any) -> None:
+def _adaptive(at: At, attrs: Any) -> None:
     at.keys("attrs.", attrs, ("output_size",))
     size = attrs["output_size"]
-    ok = (lambda s: _is_int(s) and 1 <= s <= MAX_SIDE)
+    ok = (lambda s: is_int(s) and 1 <= s <= MAX_SIDE)
     if not (ok(size) or isinstance(size, list) and len(size) == 2 and all(s is None or ok(s) for s in size)):
         raise at.fail("attrs.output_size", size, f"an integer in 1..{MAX_SIDE} or a list of two (or null)")
 
 
-def _flatten(at: _At, attrs: Any) -> None:
+def _flatten(at: At, attrs: Any) -> None:
     at.keys("attrs.", attrs, ("start_dim", "end_dim"))
     at.int("attrs.start_dim", attrs["start_dim"], -4, 3)
     at.int("attrs.end_dim", attrs["end_dim"], -4, 3)
@@ -429,7 +315,7 @@ def tensor_specs(index: int, rec: dict) -> dict[str, tuple[torch.dtype, tuple[in
         return {f"{p}.{k}": (f32, (n,), "") for k in ("weight", "bias", "running_mean", "running_var")}
     if rec["op"] not in ("conv2d", "linear"):
         return {}
-    shape = _weight_shape(_At(""), rec["op"], rec["geometry"])
+    shape = _weight_shape(At(""), rec["op"], rec["geometry"])
     w = rec["weight"]
     if w["encoding"] == "float32":
         out[f"{p}.weight"] = (f32, shape, "")

@@ -1,0 +1,179 @@
+"""Shape propagation through a packed model's layer records, from its ``input_shape``.
+
+Every op's output shape is computed from the (validated) records alone, before any
+module is built, for a batch of ``N`` inputs of ``input_shape``::
+
+    conv2d       [N, C, H, W] -> [N, O, H', W'],  C = in_channels,
+                 H' = floor((H + 2 p - d (k - 1) - 1) / s) + 1 >= 1  ('same': H' = H)
+    linear       [N, I] -> [N, O],                I = in_features
+    batch_norm   [N, C, H, W] (dim 2) or [N, C] / [N, C, L] (dim 1), C = num_features
+    max/avg pool [N, C, H, W] -> [N, C, H', W'],  the (dilated) window fits the padded input,
+                 H' as for a conv (ceil_mode: rounded up, the last window starting inside)
+    adaptive     [N, C, H, W] -> [N, C, oh, ow]
+    flatten      dims start..end merged; the batch dimension is never merged
+    relu, hardtanh, identity: unchanged
+
+and the last output must be ``[N, K]`` (logits; ``K = model.num_classes`` when recorded).
+A mismatch is a :class:`hbnn.errors.FormatError` in one line naming the layer, its
+input shape and what it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from hbnn.errors import FormatError
+
+__all__ = ["output_shapes", "check_shapes"]
+
+Shape = tuple[int, ...]  # one input's shape, the batch dimension left out
+
+
+class _Mismatch(Exception):
+    """What a layer needs from its input (turned into a FormatError naming the layer)."""
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Mismatch(what)
+
+
+def _pair(v) -> list[int]:
+    return list(v) if isinstance(v, list) else [v, v]
+
+
+def _window(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool, what: str) -> int:
+    """Output side of a conv/pool window (torch's rule); the window must fit the padded input."""
+    span = d * (k - 1) + 1
+    _need(size + 2 * p >= span, f"its {what} window spans {span} but the padded input side is {size + 2 * p}")
+    out = (-(-(size + 2 * p - span) // s) if ceil_mode else (size + 2 * p - span) // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _image(s: Shape, channels: int | None, what: str) -> None:
+    _need(len(s) == 3, f"an [N, C, H, W] input for {what}")
+    _need(channels is None or s[0] == channels, f"{channels} input channels")
+
+
+def _conv(rec: dict, s: Shape) -> Shape:
+    g = rec["geometry"]
+    _image(s, g["in_channels"], "a conv2d")
+    if g["padding"] == "same":
+        return (g["out_channels"], *s[1:])
+    pad = [0, 0] if g["padding"] == "valid" else g["padding"]
+    if g["padding_mode"] in ("reflect", "circular"):
+        strict = g["padding_mode"] == "reflect"
+        _need(all(p < n if strict else p <= n for p, n in zip(pad, s[1:])),
+              f"padding {pad} {'<' if strict else '<='} the input side for padding_mode {g['padding_mode']}")
+    sides = [_window(n, k, st, p, d, False, "dilated kernel")
+             for n, k, st, p, d in zip(s[1:], g["kernel_size"], g["stride"], pad, g["dilation"])]
+    return (g["out_channels"], *sides)
+
+
+def _linear(rec: dict, s: Shape) -> Shape:
+    n = rec["geometry"]["in_features"]
+    _need(len(s) == 1, f"an [N, {n}] input (flattened features)")
+    _need(s[0] == n, f"{n} input features (in_features)")
+    return (rec["geometry"]["out_features"],)
+
+
+def _batch_norm(rec: dict, s: Shape) -> Shape:
+    n = rec["num_features"]
+    if rec["dim"] == 2:
+        _image(s, n, "batch_norm dim 2")
+    else:
+        _need(len(s) in (1, 2), "an [N, C] or [N, C, L] input for batch_norm dim 1")
+        _need(s[0] == n, f"{n} features (num_features)")
+    return s
+
+
+def _pool(rec: dict, s: Shape) -> Shape:
+    a = rec["attrs"]
+    _image(s, None, rec["op"])
+    k, st, p = _pair(a["kernel_size"]), _pair(a["stride"]), _pair(a["padding"])
+    d = _pair(a.get("dilation", 1))
+    return (s[0], *(_window(n, *w, a["ceil_mode"], "pooling") for n, *w in zip(s[1:], k, st, p, d)))
+
+
+def _adaptive(rec: dict, s: Shape) -> Shape:
+    _image(s, None, "adaptive_avg_pool2d")
+    size = _pair(rec["attrs"]["output_size"])
+    return (s[0], *(n if o is None else o for o, n in zip(size, s[1:])))
+
+
+def _flatten(rec: dict, s: Shape) -> Shape:
+    ndim = len(s) + 1
+    a = rec["attrs"]
+    start, end = (v + ndim if v < 0 else v for v in (a["start_dim"], a["end_dim"]))
+    _need(0 <= start < ndim and 0 <= end < ndim, f"start_dim {a['start_dim']} and end_dim {a['end_dim']} within "
+                                                 f"the input's {ndim} dimensions")
+    _need(start <= end, f"start_dim {a['start_dim']} not after end_dim {a['end_dim']}")
+    _need(start >= 1, "start_dim >= 1 (it would merge the batch dimension)")
+    full = (0, *s)  # index 0 is the batch dimension
+    return (*full[1:start], math.prod(full[start:end + 1]), *full[end + 1:])
+
+
+_OUT: dict[str, Callable[[dict, Shape], Shape]] = {
+    "conv2d": _conv, "linear": _linear, "batch_norm": _batch_norm,
+    "max_pool2d": _pool, "avg_pool2d": _pool, "adaptive_avg_pool2d": _adaptive, "flatten": _flatten,
+    "relu": lambda rec, s: s, "hardtanh": lambda rec, s: s, "identity": lambda rec, s: s,
+}
+
+
+def _fmt(s: Shape) -> str:
+    return "[" + ", ".join(["N", *map(str, s)]) + "]"
+
+
+def output_shapes(layers: list[dict], input_shape: list[int], where: str) -> list[Shape]:
+    """Each layer's output shape (without the batch dimension) for inputs of ``input_shape``.
+
+    Args:
+        layers: validated layer records.
+        input_shape: one input's shape.
+        where: the file, for messages (``"packed model m.hbnn"``).
+
+    Raises:
+        FormatError: a layer whose input does not fit it (names the layer, its input and what it needs).
+    """
+    s: Shape = tuple(input_shape)
+    out = []
+    for i, rec in enumerate(layers):
+        try:
+            s = _OUT[rec["op"]](rec, s)
+        except _Mismatch as exc:
+            raise FormatError(f"{where}: layer {i} ({rec['name']}): shapes do not chain on input_shape "
+                              f"{list(input_shape)}: its input is {_fmt(s)}, it needs {exc}") from None
+        _need_positive(s, i, rec, where)
+        out.append(s)
+    return out
+
+
+def _need_positive(s: Shape, i: int, rec: dict, where: str) -> None:
+    if any(n < 1 for n in s):
+        raise FormatError(f"{where}: layer {i} ({rec['name']}): output {_fmt(s)} is empty")
+
+
+def check_shapes(header: dict, where: str) -> Shape:
+    """Propagate ``input_shape`` through the validated header's layers; the output must be ``[N, K]``.
+
+    Returns:
+        ``(K,)``, the shape of one output.
+
+    Raises:
+        FormatError: a layer that does not fit its input, or a final output other than
+            ``[N, K]`` (``K = model.num_classes`` when the header records it).
+    """
+    shapes = output_shapes(header["layers"], header["input_shape"], where)
+    last, n = shapes[-1], len(shapes) - 1
+    name = header["layers"][-1]["name"]
+    if len(last) != 1:
+        raise FormatError(f"{where}: layer {n} ({name}): the output is {_fmt(last)}; a packed model outputs "
+                          "[N, K] logits")
+    classes = (header.get("model") or {}).get("num_classes")
+    if classes is not None and last[0] != classes:
+        raise FormatError(f"{where}: layer {n} ({name}): the output is {_fmt(last)}; the model records "
+                          f"num_classes {classes}")
+    return last
