@@ -138,9 +138,12 @@ def test_read_run_id_refuses_edited_identity(saved_run):
 
 def _checkpoint(folder, cfg, run_id, name="last"):
     model = torch.nn.Linear(2, 2)
+    config = config_to_dict(cfg)
+    shape = {"num_classes": 10, "in_channels": 1, "image_size": 28}  # fashion_mnist
     save_checkpoint(folder / name, model_state=model.state_dict(),
-                    metadata={"run_id": run_id, "step": 1, "epoch": 1, "batch_in_epoch": 0,
-                              "config": config_to_dict(cfg)})
+                    metadata={"run_id": run_id, "step": 1, "epoch": 1, "batch_in_epoch": 0, "config": config,
+                              "model": {"name": cfg.model.name, "config": config["model"],
+                                        "quant": config["quant"], **shape}})
 
 
 def test_a_checkpoint_in_a_run_directory_must_be_that_runs(saved_run, tmp_path):

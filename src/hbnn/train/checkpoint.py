@@ -25,10 +25,22 @@ entry per rank: ``rng`` -- python, numpy, torch CPU and CUDA generator states --
 Every field is checked on load (:func:`validate_metadata`) and before a save: bools are
 not integers; ``step``, ``epoch``, ``batch_in_epoch`` are integers >= 0 with
 ``batch_in_epoch <= step`` and ``step >= epoch + batch_in_epoch`` (every epoch takes at
-least one step), ``batch_in_epoch < steps_per_epoch``; ``best_metric`` and
-``wall_time_s`` are finite; ``model`` agrees with ``config``. Observed losses
-(``metrics``, ``epoch_sums.loss_sum``) may be NaN or infinite: a diverged run stays
-loadable.
+least one step), ``batch_in_epoch < steps_per_epoch``; ``best_metric`` (a top-1 accuracy) is in
+``[0, 1]`` and ``wall_time_s`` finite; ``config`` passes the one config schema
+(:func:`hbnn.train.config.config_from_dict`; its errors are reported as
+``config.<key>``) and is in its resolved form (every key, each value of its field's
+type); ``model`` has exactly its keys and agrees with ``config`` (name, model and quant
+sections, the dataset's shape); every rank's RNG states have the structure
+:func:`capture_rng_state` writes; ``metrics`` is ``{}`` or the last evaluation
+(accuracies in ``[0, 1]``). Observed losses (``metrics.loss``,
+``epoch_sums.loss_sum``) may be NaN or infinite: a diverged run stays loadable. Every
+``optim/`` tensor needs its ``optimizer.state`` entry.
+
+:func:`restore_checkpoint` also compares the saved optimizer and scheduler state with
+the live objects' own ``state_dict()`` before restoring (groups, keys, value kinds,
+finite non-negative numbers, parameter indices, state keys of the optimizer type and
+tensor shapes, the schedule's position against ``epoch``/``step``), since ``torch``
+restores any values silently.
 
 Write protocol: the tensor file is written first, the JSON second, each atomically
 (temp + fsync + rename, :mod:`hbnn.io`): a failed write leaves the previous checkpoint as
@@ -77,6 +89,7 @@ from hbnn.io import (
     tensors_sha256,
 )
 from hbnn.train._ckpt_fields import FORMAT, RUN_ID_PATTERN, SCHEMA_VERSION, position, validate_metadata
+from hbnn.train._ckpt_states import check_optimizer_state, check_scheduler_state, check_state_tensors
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -349,6 +362,8 @@ def load_checkpoint(path: str | os.PathLike, name: str = "last", *, run_id: str 
     meta["sha256"] = sha
     try:
         return _unpack(tensor_path, meta, tensors)
+    except CheckpointError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError):
         raise CheckpointError(f"checkpoint {tensor_path} has optimizer or scheduler state that does not fit "
                               "its tensors") from None
@@ -362,6 +377,7 @@ def _unpack(tensor_path: Path, meta: dict, tensors: Mapping[str, torch.Tensor]) 
     opt = meta.get("optimizer")
     optimizer_state = None
     if opt is not None:
+        check_state_tensors(opt, tensors, tensor_path)
         state = _join_state("optim", opt["state"], tensors)
         optimizer_state = {"state": {int(k): v for k, v in state.items()},
                            "param_groups": opt["param_groups"]}
@@ -389,20 +405,33 @@ def restore_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any 
                        scheduler: Any = None) -> None:
     """Load a verified checkpoint into a model (and optionally optimizer and scheduler).
 
+    The saved optimizer and scheduler state is first compared with the live objects' own
+    ``state_dict()`` (groups, keys, value kinds and ranges, parameter indices, state
+    tensor shapes, the schedule's position; :mod:`hbnn.train._ckpt_states`): ``torch``
+    would restore any values silently.
+
     Raises:
-        CheckpointError: key or shape mismatch, or a missing optimizer/scheduler state.
+        CheckpointError: key or shape mismatch, a missing optimizer/scheduler state, or
+            saved state that does not fit the live optimizer/scheduler (one line naming
+            the file and the field).
     """
     _check_model_state(model, ckpt.model_state, ckpt.path)
+    for obj, state, what in ((optimizer, ckpt.optimizer_state, "optimizer"),
+                             (scheduler, ckpt.scheduler_state, "scheduler")):
+        if obj is not None and state is None:
+            raise CheckpointError(f"checkpoint {ckpt.path} has no {what} state to resume from")
+    if optimizer is not None:
+        check_optimizer_state(ckpt.optimizer_state, optimizer, ckpt.path)
+    if scheduler is not None:
+        groups = ckpt.optimizer_state["param_groups"] if optimizer is not None else None
+        check_scheduler_state(ckpt.scheduler_state, scheduler, ckpt.metadata, ckpt.path, groups)
     model.load_state_dict(ckpt.model_state)
     for obj, state, what in ((optimizer, ckpt.optimizer_state, "optimizer"),
                              (scheduler, ckpt.scheduler_state, "scheduler")):
         if obj is None:
             continue
-        if state is None:
-            raise CheckpointError(f"checkpoint {ckpt.path} has no {what} state to resume from")
         try:
             obj.load_state_dict(state)
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"checkpoint {ckpt.path} is incompatible with the {what}: {msg}") from None
-
