@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hbnn.errors import ConfigError
 from hbnn.nn import HBConv2d, HBLinear
 from hbnn.quant import QuantSpec, hetero_binarize, make_bitmap
 
@@ -31,8 +32,7 @@ def test_conv_equals_float_twin_with_prebinarized_tensors():
     w_hat = hetero_binarize(layer.weight.detach(), make_bitmap(layer.weight.detach(), 1.4))
     x_hat = hetero_binarize(x, make_bitmap(x, 2))
     twin = layer.to_float()
-    with torch.no_grad():
-        twin.weight.copy_(w_hat)
+    twin.weight = nn.Parameter(w_hat)  # not copy_: the twin shares layer's Parameter
     torch.testing.assert_close(layer(x), twin(x_hat), **EXACT)
     torch.testing.assert_close(layer(x), F.conv2d(x_hat, w_hat, layer.bias, 2, 1), **EXACT)
 
@@ -62,11 +62,45 @@ def test_gradients_flow_to_latent_weights_and_output_scale():
 def test_from_float_to_float_round_trip():
     conv = nn.Conv2d(3, 6, (3, 5), stride=(1, 2), padding=(1, 2), dilation=1, groups=3, bias=False)
     hb = HBConv2d.from_float(conv, {"weight": 2})
-    assert torch.equal(hb.weight, conv.weight) and hb.bias is None and hb.groups == 3
+    assert hb.weight is conv.weight and hb.bias is None and hb.groups == 3
     back = hb.to_float()
     assert type(back) is nn.Conv2d and torch.equal(back.weight, conv.weight)
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(back(x), conv(x), **EXACT)
+
+
+@pytest.mark.parametrize("make,hb", [(lambda: nn.Conv2d(2, 4, 3), HBConv2d), (lambda: nn.Linear(5, 3), HBLinear)])
+def test_from_float_and_to_float_share_parameter_objects(make, hb):
+    layer = make()
+    weight, bias = layer.weight, layer.bias
+    weight.requires_grad_(False)  # requires_grad travels with the object
+    new = hb.from_float(layer, {"weight": 1.4, "output_scale": True})
+    assert new.weight is weight and new.bias is bias and not new.weight.requires_grad
+    assert [n for n, _ in new.named_parameters()] == ["weight", "bias", "output_scale"]
+    assert list(new.state_dict())[:3] == ["weight", "bias", "output_scale"]
+    back = new.to_float()
+    assert type(back) is type(layer) and back.weight is weight and back.bias is bias
+    assert [n for n, _ in back.named_parameters()] == ["weight", "bias"]
+
+
+def test_optimizer_built_before_from_float_updates_binarized_weight():
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 3)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    hb = HBLinear.from_float(lin, {"weight": 1.4, "act": 1})
+    before = hb.weight.detach().clone()
+    hb(torch.randn(4, 6)).square().sum().backward()
+    opt.step()
+    assert not torch.equal(hb.weight, before)
+    assert hb.weight_quantizer.realized_bits() == pytest.approx(hb.weight_quantizer.realized_bits(hb.weight))
+
+
+def test_from_float_rejects_non_parameter_weight():
+    conv = nn.Conv2d(2, 4, 3)
+    del conv.weight
+    conv.weight = torch.zeros(4, 2, 3, 3)  # a plain tensor attribute, not a Parameter
+    with pytest.raises(ConfigError, match="weight: a Tensor is not allowed"):
+        HBConv2d.from_float(conv, {"weight": 1})
 
 
 def test_no_quantizers_is_exactly_float():

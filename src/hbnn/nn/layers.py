@@ -5,6 +5,10 @@ arguments) and owns its quantizers. ``forward`` = quantize the input, quantize t
 call the float op, then the optional learnable output scale::
 
     y = alpha * op(Q_a(x), Q_w(W), b)      (alpha = 1 unless output_scale=True)
+
+``from_float``/``to_float`` move the float layer's own ``weight``/``bias`` Parameter objects
+into the new layer (nothing is copied), so an optimizer built before a conversion keeps
+training them; only ``output_scale`` is a new Parameter.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hbnn.errors import ConfigError
 from hbnn.quant.config import LayerQuant, QuantSpec
 from hbnn.quant.modules import ActQuantizer, WeightQuantizer
 
@@ -67,32 +72,71 @@ class HBLayerMixin:
 
     @classmethod
     def from_float(cls, layer: nn.Module, quant: LayerQuant | dict) -> "HBLayerMixin":
-        """A binarized copy of ``layer`` (weights, bias and training mode copied)."""
+        """A binarized layer that trains ``layer``'s own ``weight`` and ``bias`` Parameters.
+
+        The new layer holds the very ``nn.Parameter`` objects of ``layer`` (same Python
+        objects, same storage, same ``requires_grad``), like torchao's QAT layers, so an
+        optimizer built before the conversion keeps updating the binarized weights. Only the
+        parameters the HB layer adds (the learnable ``output_scale``) are new: an optimizer
+        built earlier does not see those. Parameter order is that of a freshly constructed
+        HB layer (``weight``, ``bias``, ``output_scale``), and the global RNG is advanced
+        exactly as the constructor does, so seeded runs are unchanged.
+
+        Args:
+            layer: a float layer of this class's float type (``weight`` and ``bias`` must be
+                ``nn.Parameter`` or ``None``).
+            quant: a :class:`LayerQuant` or its dict form.
+
+        Returns:
+            The HB layer, in ``layer``'s training mode; ``layer`` shares its Parameters.
+
+        Raises:
+            ConfigError: ``layer.weight``/``layer.bias`` is not an ``nn.Parameter`` (e.g. a
+                parametrized layer) or does not fit the layer's shape.
+        """
         quant = LayerQuant.from_dict(quant)
-        kwargs = cls._ctor_kwargs(layer)
         new = cls(
-            **kwargs,
+            **cls._ctor_kwargs(layer),
             weight_quant=quant.weight,
             act_quant=quant.act,
             output_scale=quant.output_scale,
             device=layer.weight.device,
             dtype=layer.weight.dtype,
         )
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
+        _share_parameters(layer, new)
+        if new.weight_quantizer is not None:
+            new.weight_quantizer.realized.fill_(new.weight_quantizer.realized_bits(new.weight))
         return new.train(layer.training)
 
     def to_float(self) -> nn.Module:
-        """The float layer with the same (latent) weights; quantizers are dropped."""
+        """The float layer holding this layer's own ``weight``/``bias`` Parameters; quantizers are dropped.
+
+        Like :meth:`from_float`, no Parameter is copied: an optimizer keeps training the
+        float layer's weights. ``output_scale`` (if any) is dropped with the quantizers.
+        """
         float_cls = self._float_type()
         layer = float_cls(**self._ctor_kwargs(self), device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(self.weight)
-            if self.bias is not None:
-                layer.bias.copy_(self.bias)
+        _share_parameters(self, layer)
         return layer.train(self.training)
+
+
+def _share_parameters(source: nn.Module, target: nn.Module) -> None:
+    """Rebind ``target.weight``/``target.bias`` to ``source``'s Parameter objects, in place.
+
+    ``target`` was built with the same shapes; re-registering an existing name keeps its
+    position in ``_parameters``, so ``named_parameters()``/``state_dict()`` order is unchanged.
+    """
+    for name in ("weight", "bias"):
+        param, slot = getattr(source, name), getattr(target, name)
+        if param is None:
+            continue
+        if not isinstance(param, nn.Parameter):
+            raise ConfigError(f"{name}: a {type(param).__name__} is not allowed; from_float/to_float share an "
+                              "nn.Parameter (or None)")
+        if slot is None or param.shape != slot.shape:
+            raise ConfigError(f"{name}: shape {tuple(param.shape)} is not allowed; {type(target).__name__} "
+                              f"needs {None if slot is None else tuple(slot.shape)}")
+        setattr(target, name, param)
 
 
 class HBConv2d(HBLayerMixin, nn.Conv2d):
