@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -93,10 +92,10 @@ def test_registry_vgg8_cnv_end_to_end(capsys):
     assert report["network"]["float_mac_share"] == pytest.approx((1_555_200 + 5120) / 59_461_376)
 
 
-def test_unknown_model_without_registry(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "hbnn.models", None)
+def test_unknown_model_lists_workloads_and_registered_models(capsys):
     err = error(capsys, "estimate", "--model", "resnet99", "--wbits", "1")
-    assert "not built in" in err and "vgg8" in err
+    assert "'resnet99' is not a built-in workload or registered model" in err
+    assert "vgg8," in err and "cifar_fc4" in err  # a built-in workload and a registered model
 
 
 def test_float_model_needs_bits(capsys, monkeypatch):

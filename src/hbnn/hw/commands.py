@@ -9,6 +9,7 @@ cost from result files). Heavy imports happen inside the handlers.
 from __future__ import annotations
 
 import argparse
+import warnings
 import json
 import os
 from pathlib import Path
@@ -103,19 +104,22 @@ def _registry_layers(args: argparse.Namespace, catalog: Any, quantize: bool) -> 
     from hbnn.errors import ConfigError
     from hbnn.hw.profile import profile_model
     from hbnn.hw.workloads import WORKLOAD_LAYERS
+    from hbnn.models import build_model, list_models
 
     try:
-        from hbnn.models import build_model
-    except ImportError:
-        known = ", ".join(sorted({*WORKLOAD_LAYERS, *catalog.workloads}))
-        raise ConfigError(f"model: {args.model!r} is not built in ({known}) and hbnn.models is not available") from None
-    model = build_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels, image_size=args.image_size)
+        model = build_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
+                            image_size=args.image_size)
+    except ConfigError:
+        known = ", ".join(sorted({*WORKLOAD_LAYERS, *catalog.workloads, *list_models()}))
+        raise ConfigError(f"--model: {args.model!r} is not a built-in workload or registered model; known: {known}") from None
     if quantize:
         from hbnn.convert import quantize_
 
         weight, act = _spec_bits(args.wbits), _spec_bits(args.abits if args.abits is not None else args.wbits)
         config = {"default": {"weight": weight, "act": act}, "keep_first": args.keep_first, "keep_last": args.keep_last}
-        quantize_(model, config)
+        with warnings.catch_warnings():  # only costs are estimated here: nothing trains the new parameters
+            warnings.simplefilter("ignore")
+            quantize_(model, config)
     return profile_model(model, (args.in_channels, args.image_size, args.image_size))
 
 
