@@ -3,6 +3,7 @@
 Importing ``hbnn`` is light: no compilation, no CUDA initialisation, no optional extras.
 """
 
+from hbnn.calibration import calibrate
 from hbnn.convert import QuantizeConfig, quantize_
 from hbnn.nn import HBConv2d, HBLinear
 from hbnn.quant import BitMix, LayerQuant, QuantSpec, hetero_binarize, make_bitmap, residual_binarize
@@ -19,6 +20,7 @@ __all__ = [
     "HBLinear",
     "QuantizeConfig",
     "quantize_",
+    "calibrate",
     "summarize",
     "__version__",
 ]

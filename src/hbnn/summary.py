@@ -12,6 +12,13 @@ Float layers and every other parameter (batch norm, ...) count 32 bits per entry
 The model's average weight bits is the parameter-weighted mean over binarized layers
 (the paper's model-level average, our reading); its average activation bits is the
 plain mean over layers with binarized inputs.
+
+Activation bits are a measurement only once the layer's activation quantizer has seen
+data (training-mode batches or :func:`hbnn.calibrate`: ``num_batches_tracked > 0``);
+before that they are the mix's target average. Each layer says which in ``act_bits_kind``
+(``realized``, ``target``, or ``float`` for 32-bit inputs), the model in
+``act_bits_kind`` (``target`` when any binarized input is), and the table marks target
+values with ``*``.
 """
 
 from __future__ import annotations
@@ -48,6 +55,13 @@ def _weight_storage(layer: HBLayerMixin) -> dict:
     }
 
 
+def _act_bits_kind(aq) -> str:
+    """``float`` (no quantizer), ``realized`` (its estimates saw data) or ``target`` (initial value)."""
+    if aq is None:
+        return "float"
+    return "realized" if int(aq.num_batches_tracked) > 0 else "target"
+
+
 def _layer_record(name: str, layer: nn.Module) -> dict:
     params = sum(p.numel() for p in layer.parameters(recurse=False))
     record = {"name": name, "type": type(layer).__name__, "params": params}
@@ -55,10 +69,11 @@ def _layer_record(name: str, layer: nn.Module) -> dict:
         record.update(_weight_storage(layer))
         aq = layer.act_quantizer
         record["act_bits"] = float(FLOAT_BITS) if aq is None else aq.realized_bits()
+        record["act_bits_kind"] = _act_bits_kind(aq)
         record["weight_mix"] = None if layer.weight_quantizer is None else str(layer.weight_quantizer.mix)
         record["act_mix"] = None if aq is None else str(aq.mix)
     else:
-        record.update(weight_bits=float(FLOAT_BITS), act_bits=float(FLOAT_BITS), map_bits=0)
+        record.update(weight_bits=float(FLOAT_BITS), act_bits=float(FLOAT_BITS), act_bits_kind="float", map_bits=0)
         record.update(stored_bits=FLOAT_BITS * params, weight_mix=None, act_mix=None)
     return record
 
@@ -67,9 +82,11 @@ def summarize(model: nn.Module) -> dict:
     """Per-layer records for every conv/linear layer and model totals.
 
     Returns:
-        ``{"layers": [ {name, type, params, weight_bits, act_bits, weight_mix, act_mix,
-        map_bits, stored_bits} ... ], "model": {params, binarized_params, avg_weight_bits,
-        avg_act_bits, stored_bits, stored_bytes, fp32_bytes, compression}}``.
+        ``{"layers": [ {name, type, params, weight_bits, act_bits, act_bits_kind, weight_mix,
+        act_mix, map_bits, stored_bits} ... ], "model": {params, binarized_params,
+        avg_weight_bits, avg_act_bits, act_bits_kind, stored_bits, stored_bytes, fp32_bytes,
+        compression}}``; ``act_bits_kind`` is ``realized``, ``target`` or ``float`` (see the
+        module docstring).
     """
     layers = [
         _layer_record(n, m)
@@ -83,6 +100,8 @@ def summarize(model: nn.Module) -> dict:
     bin_params = sum(r["params"] for r in binarized)
     weighted = sum(r["weight_bits"] * r["params"] for r in binarized)
     act = [r["act_bits"] for r in layers if r["act_mix"] is not None]
+    kinds = {r["act_bits_kind"] for r in layers if r["act_mix"] is not None}
+    model_kind = "float" if not kinds else ("target" if "target" in kinds else "realized")
     return {
         "layers": layers,
         "model": {
@@ -90,6 +109,7 @@ def summarize(model: nn.Module) -> dict:
             "binarized_params": bin_params,
             "avg_weight_bits": weighted / bin_params if bin_params else float(FLOAT_BITS),
             "avg_act_bits": sum(act) / len(act) if act else float(FLOAT_BITS),
+            "act_bits_kind": model_kind,
             "stored_bits": stored,
             "stored_bytes": math.ceil(stored / 8),
             "fp32_bytes": total * 4,
@@ -98,20 +118,30 @@ def summarize(model: nn.Module) -> dict:
     }
 
 
+def _act_cell(record: dict) -> str:
+    """The ``a bits`` cell: 7 wide, then ``*`` for a target (not measured) value, else a space."""
+    mark = "*" if record.get("act_bits_kind") == "target" else " "
+    return f"{record['act_bits']:>7.3f}{mark}"
+
+
 def format_summary(summary: dict) -> str:
-    """A fixed-width text table of :func:`summarize`'s result."""
-    head = f"{'layer':<28} {'type':<9} {'params':>9} {'w bits':>7} {'a bits':>7} {'stored KiB':>11}"
+    """A fixed-width text table of :func:`summarize`'s result (``*``: target act bits, not measured)."""
+    head = f"{'layer':<28} {'type':<9} {'params':>9} {'w bits':>7} {'a bits':>7}  {'stored KiB':>11}"
     lines = [head, "-" * len(head)]
     for r in summary["layers"]:
         lines.append(
             f"{r['name'][:28]:<28} {r['type'][:9]:<9} {r['params']:>9} {r['weight_bits']:>7.3f} "
-            f"{r['act_bits']:>7.3f} {r['stored_bits'] / 8192:>11.2f}"
+            f"{_act_cell(r)} {r['stored_bits'] / 8192:>11.2f}"
         )
     m = summary["model"]
     lines.append("-" * len(head))
     lines.append(
         f"model: {m['params']} params ({m['binarized_params']} binarized), avg weight bits "
-        f"{m['avg_weight_bits']:.3f}, avg act bits {m['avg_act_bits']:.3f}, stored {m['stored_bytes'] / 1024:.1f} KiB "
+        f"{m['avg_weight_bits']:.3f}, avg act bits {m['avg_act_bits']:.3f}"
+        f"{' (target)' if m.get('act_bits_kind') == 'target' else ''}, stored {m['stored_bytes'] / 1024:.1f} KiB "
         f"vs fp32 {m['fp32_bytes'] / 1024:.1f} KiB ({m['compression']:.1f}x smaller)"
     )
+    if any(r.get("act_bits_kind") == "target" for r in summary["layers"]):
+        lines.append("* target act bits: the activation quantizer never saw data (calibrate it: "
+                     "hbnn.calibrate or hbnn calibrate RUN)")
     return "\n".join(lines)

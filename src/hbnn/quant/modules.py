@@ -100,8 +100,19 @@ class ActQuantizer(nn.Module):
     to float32's finite range so that any finite input keeps them finite):
     ``running_mean_abs`` (mean ``|x|``, the middle-out reference), ``running_thresholds``
     (the heuristic-key values at Algorithm 1's cuts), ``running_scales`` (``mu_i``),
-    ``running_bits`` (realized average bits).
+    ``running_bits`` (realized average bits). ``num_batches_tracked`` counts the batches
+    folded in; 0 means the estimates are still their initial values (never saw data: the
+    summary calls its bits a *target*, export refuses it).
+
+    Calibration (:func:`hbnn.calibrate`): between :meth:`start_calibration` and
+    :meth:`stop_calibration`, training-mode batches replace the estimates by their
+    cumulative average instead of the momentum EMA -- the ``k``-th batch (``k = 1, 2, ...``)
+    is folded in with weight ``1 / k``, so after ``n`` batches ``r = (1/n) sum_k batch_k``
+    (BatchNorm's ``momentum=None`` rule); the first batch replaces the previous estimates.
     """
+
+    #: Batches folded in since :meth:`start_calibration`; None outside calibration (not saved).
+    calibration_batches: int | None = None
 
     def __init__(self, spec: QuantSpec | dict | float | int):
         super().__init__()
@@ -157,9 +168,22 @@ class ActQuantizer(nn.Module):
             bitmap, thresholds = keyed_bitmap(x, spec.mix, spec.heuristic, mean_abs)
         return bitmap, thresholds, mean_abs
 
+    def start_calibration(self) -> None:
+        """Make the next training-mode batches set the estimates to their cumulative average."""
+        self.calibration_batches = 0
+
+    def stop_calibration(self) -> int:
+        """End calibration; return the number of batches it folded in (momentum EMA again)."""
+        count, self.calibration_batches = self.calibration_batches or 0, None
+        return count
+
     def _update(self, scales, thresholds, mean_abs, bitmap) -> None:
-        first = int(self.num_batches_tracked) == 0
-        m = 1.0 if first else self.spec.momentum
+        if self.calibration_batches is not None:
+            self.calibration_batches += 1
+            m = 1.0 / self.calibration_batches
+        else:
+            first = int(self.num_batches_tracked) == 0
+            m = 1.0 if first else self.spec.momentum
 
         def ema(buf: torch.Tensor, value) -> None:
             # Saturate to the buffer's finite range (a float64 input's statistics may exceed
