@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 from hbnn.experiments.kinds import kind_of
 from hbnn.experiments.results import append_result, read_results
 from hbnn.experiments.spec import RunSpec
+from hbnn.progress import eta_seconds, format_duration
 
 __all__ = ["RunStatus", "select_runs", "run_status", "execute_run", "sweep", "rerun", "verify"]
 
@@ -111,7 +112,9 @@ def sweep(runs: Iterable[RunSpec], results: str | Path, runs_dir: str | Path, *,
         runs_dir: the root of the run directories.
         dry_run: only report the states.
         quiet: no per-epoch output from training.
-        echo: where progress lines go.
+        echo: where progress lines go: a line as each run starts, and one as it finishes with
+            its time, the sweep's elapsed time and an ETA (mean time per finished run times
+            the runs left).
 
     Returns:
         The states found before running.
@@ -128,12 +131,18 @@ def sweep(runs: Iterable[RunSpec], results: str | Path, runs_dir: str | Path, *,
             echo(f"  {s.state:<8} {s.run.name:<40} {extra}{s.detail}".rstrip())
         return statuses
     cache: dict = {}
+    start = time.perf_counter()
     for index, status in enumerate(todo, 1):
+        echo(f"[{index}/{len(todo)}] {status.run.name}: starting ({status.state}"
+             + (f", {status.detail}" if status.detail else "") + ")")
         t0 = time.perf_counter()
         line = execute_run(status, runs_dir, quiet=quiet, cache=cache)
         append_result(results, line)
+        now = time.perf_counter()
+        left = len(todo) - index
+        eta = f", ETA {format_duration(eta_seconds(index, len(todo), now - start))} for {left} left" if left else ""
         echo(f"[{index}/{len(todo)}] {status.run.name}: {_done_detail(line)} "
-             f"({status.state}, {time.perf_counter() - t0:.1f} s)")
+             f"({status.state}, {now - t0:.1f} s; sweep elapsed {format_duration(now - start)}{eta})")
     return statuses
 
 

@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint inside a run directory")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep batch norms as separate ops")
     p.add_argument("--json", action="store_true", help="print the size report as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser("infer", help="evaluate a packed model on its test split")
@@ -39,19 +40,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", metavar="RUN_DIR|CHECKPOINT",
                    help="also run the training-time model on the same batches and count differing predictions")
     p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint inside --compare's run")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_infer)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from hbnn.export.format import export_model, format_report
     from hbnn.export.source import model_from_checkpoint
+    from hbnn.progress import make_progress
 
-    model, meta = model_from_checkpoint(args.target, args.which)
-    report = export_model(model, args.out, meta=meta, fold_bn=args.fold_bn)
-    if args.onnx:
-        from hbnn.export.onnx_export import to_onnx
+    # Phases, not batches: off a terminal a line as each one ends (every_n=1).
+    with make_progress(3 if args.onnx else 2, f"export {args.out}", unit="phase", every_n=1,
+                       enabled=not args.quiet) as progress:
+        model, meta = model_from_checkpoint(args.target, args.which)
+        progress.set_postfix(done="checkpoint loaded")
+        progress.update(1)
+        report = export_model(model, args.out, meta=meta, fold_bn=args.fold_bn)
+        progress.set_postfix(done="packed file written")
+        progress.update(1)
+        if args.onnx:
+            from hbnn.export.onnx_export import to_onnx
 
-        to_onnx(args.out, args.onnx)
+            to_onnx(args.out, args.onnx)
+            progress.set_postfix(done="ONNX written")
+            progress.update(1)
     if args.json:
         print(json.dumps({"out": args.out, "onnx": args.onnx, **report}, indent=2))
     else:
@@ -77,6 +89,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from hbnn.export.evaluate import evaluate_packed
 
     result = evaluate_packed(args.packed, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
-                             limit=args.limit, backend=args.backend, compare=args.compare, which=args.which)
+                             limit=args.limit, backend=args.backend, compare=args.compare, which=args.which,
+                             progress=not args.quiet)
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_eval(result))
     return 0

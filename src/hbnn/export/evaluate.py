@@ -76,7 +76,8 @@ def _check_images(shape: tuple[int, ...] | None, images: torch.Tensor, dataset: 
 
 def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,
                     batch_size: int = 256, limit: int | None = None, backend: str = "auto",
-                    compare: str | os.PathLike | None = None, which: str = "best") -> dict[str, Any]:
+                    compare: str | os.PathLike | None = None, which: str = "best",
+                    progress: bool = False) -> dict[str, Any]:
     """Top-1/top-5 and loss of a packed file on the test split (and parity with its source).
 
     Args:
@@ -88,6 +89,7 @@ def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data
         backend: kernel backend (``auto``, ``c``, ``torch``).
         compare: a run directory or checkpoint whose model is evaluated on the same batches.
         which: ``best`` or ``last`` checkpoint inside a ``compare`` run directory.
+        progress: report progress over the batches on stderr (:func:`hbnn.progress.make_progress`).
 
     Raises:
         ConfigError: no dataset known, a bad batch size, or a dataset whose images are not
@@ -101,6 +103,7 @@ def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data
     """
     from hbnn.export.format import load
     from hbnn.kernels import available_backends
+    from hbnn.progress import make_progress
 
     packed = load(path, backend=backend)
     header = packed.header
@@ -112,7 +115,7 @@ def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data
         reference, _ = model_from_checkpoint(compare, which)
     sums, ref_sums = _Sums(), _Sums()
     mismatches, max_diff, loose = 0, 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), make_progress(len(loader), f"infer {name}", enabled=progress) as bar:
         for images, labels in loader:
             _check_images(packed.input_shape, images, name)
             logits = packed(images)
@@ -124,6 +127,7 @@ def evaluate_packed(path: str | os.PathLike, *, dataset: str | None = None, data
                 per_image = (ref - logits).abs().amax(1)
                 max_diff = max(max_diff, float(per_image.max()))
                 loose += int((per_image > LOGIT_TOL).sum())
+            bar.update(1)
     source = (header.get("meta") or {}).get("source") or {}
     used = backend if backend != "auto" else available_backends()[0]
     out = {"checkpoint": str(path), "model": (header.get("model") or {}).get("name"), "dataset": name,

@@ -62,6 +62,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--limit", type=int, help="evaluate a fixed subset of this many test samples")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_eval)
 
     p = subparsers.add_parser("summary", help="per-layer table: parameters, realized bits, size")
@@ -114,7 +115,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from hbnn.train.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.target, which=args.which, data_dir=args.data_dir,
-                                 batch_size=args.batch_size, device=args.device, limit=args.limit)
+                                 batch_size=args.batch_size, device=args.device, limit=args.limit,
+                                 progress=not args.quiet)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

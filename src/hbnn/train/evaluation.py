@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from hbnn.errors import CheckpointError, ConfigError
+from hbnn.progress import make_progress
 from hbnn.train.checkpoint import restore_checkpoint
 from hbnn.train.config import config_from_dict, load_config, resolve_recipe
 from hbnn.train.distributed import resolve_device
@@ -32,8 +33,8 @@ __all__ = ["evaluate_checkpoint", "summary_for", "format_summary"]
 
 
 def evaluate_checkpoint(target: str | os.PathLike, *, which: str = "best", data_dir: str | None = None,
-                        batch_size: int | None = None, device: str = "auto", limit: int | None = None
-                        ) -> dict:
+                        batch_size: int | None = None, device: str = "auto", limit: int | None = None,
+                        progress: bool = False) -> dict:
     """Top-1/top-5 accuracy and loss of a checkpoint on its dataset's test split.
 
     Args:
@@ -43,6 +44,7 @@ def evaluate_checkpoint(target: str | os.PathLike, *, which: str = "best", data_
         batch_size: evaluation batch size (None = the run's).
         device: ``auto``, ``cpu`` or ``cuda``.
         limit: evaluate at most this many test samples (a fixed subset).
+        progress: report progress over the batches on stderr (:func:`hbnn.progress.make_progress`).
 
     Returns:
         ``{"checkpoint", "model", "dataset", "epoch", "step", "loss", "top1", "top5", "count"}``.
@@ -66,7 +68,8 @@ def evaluate_checkpoint(target: str | os.PathLike, *, which: str = "best", data_
         raise ConfigError(f"--batch-size: {size} is invalid; expected an integer >= 1")
     loader = build_loader(test, batch_size=size, train=False, seed=0, epoch=0, augment=False,
                           num_workers=d.num_workers)
-    result = evaluate(model, loader, device=dev)
+    with make_progress(len(loader), f"eval {d.name}", enabled=progress) as bar:
+        result = evaluate(model, loader, device=dev, progress=bar if bar.enabled else None)
     return {"checkpoint": str(ckpt.path), "model": cfg.model.name, "dataset": d.name,
             "epoch": meta.get("epoch"), "step": meta.get("step"), **result}
 

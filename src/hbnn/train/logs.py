@@ -1,9 +1,10 @@
-"""Run records: ``metrics.csv``, TensorBoard events and the tqdm progress bar.
+"""Run records: ``metrics.csv``, TensorBoard events and the per-epoch line.
 
 Only rank 0 logs. The CSV is rewritten atomically on every row (it is small), so a
 crash never leaves a torn line, and a resumed run drops the rows written after the
 checkpoint it resumes from. TensorBoard is imported lazily and skipped, with a note,
-when it is not installed.
+when it is not installed. Progress within an epoch (a bar, or lines off a terminal) is
+:mod:`hbnn.progress`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Mapping
 
 from hbnn.io import atomic_write_text
 
-__all__ = ["METRIC_FIELDS", "MetricsLog", "open_tensorboard", "make_progress", "format_epoch_line"]
+__all__ = ["METRIC_FIELDS", "MetricsLog", "open_tensorboard", "format_epoch_line"]
 
 METRIC_FIELDS = (
     "epoch", "step", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
@@ -83,15 +84,6 @@ def open_tensorboard(log_dir: str | os.PathLike, purge_step: int | None = None, 
                   "(pip install tensorboard)", file=sys.stderr)
         return None
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
-
-
-def make_progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
-    """A tqdm bar over batches, or None when disabled or stderr is not a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
 
 def format_epoch_line(row: Mapping[str, Any], epochs: int) -> str:

@@ -131,7 +131,7 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
         step: optimizer steps done before this call.
         label_smoothing: cross-entropy label smoothing.
         on_step: called as ``on_step(step, next_batch, stats)`` after each step (checkpoints, logs).
-        progress: a tqdm-like object (``update``, ``set_postfix``) or None.
+        progress: a :class:`hbnn.progress.Progress` (``update(n, postfix=fn)``) or None.
         scheduler: an LR scheduler stepped after every optimizer step (per-step schedules), or None.
 
     Returns:
@@ -155,12 +155,10 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
         step += 1
         batch += 1
         seen += labels.shape[0]
-        if progress is not None:
-            progress.update(1)
-            if batch % 10 == 0:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                progress.set_postfix(loss=f"{stats.loss:.4f}", acc=f"{stats.top1:.4f}",
-                                     img_s=f"{rate:.0f}", refresh=False)
+        if progress is not None:  # the postfix syncs the device: computed only when shown
+            progress.update(1, postfix=lambda: {
+                "loss": f"{stats.loss:.4f}", "acc": f"{stats.top1:.4f}",
+                "img_s": f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}"})
         if on_step is not None:
             on_step(step, batch, stats)
     return stats, step
@@ -169,7 +167,7 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, *, device: torch.device | str,
              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             limit: int | None = None) -> dict:
+             limit: int | None = None, progress: Any = None) -> dict:
     """Test loss and top-1/top-5 accuracy.
 
     Args:
@@ -178,6 +176,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, *, device: torch.device 
         device: where the batches go.
         reduce: sums a tensor over processes (DDP all-reduce), or None.
         limit: stop after this many batches.
+        progress: a :class:`hbnn.progress.Progress` updated once per batch, or None.
 
     Returns:
         ``{"loss", "top1", "top5", "count"}``; accuracies in [0, 1].
@@ -195,6 +194,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, *, device: torch.device 
         top1, top5 = topk_correct(logits, labels, (1, 5))
         sums += torch.stack([loss.double(), top1.double(), top5.double(),
                              torch.tensor(labels.shape[0], dtype=torch.float64, device=device)])
+        if progress is not None:
+            progress.update(1)
     if reduce is not None:
         sums = reduce(sums)
     model.train(was_training)

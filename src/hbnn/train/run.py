@@ -48,7 +48,8 @@ from hbnn.train.distributed import (
     setup_distributed,
     teardown_distributed,
 )
-from hbnn.train.logs import MetricsLog, format_epoch_line, make_progress, open_tensorboard
+from hbnn.progress import make_progress, progress_settings
+from hbnn.train.logs import MetricsLog, format_epoch_line, open_tensorboard
 from hbnn.train.loop import (
     EpochStats,
     build_optimizer,
@@ -135,6 +136,9 @@ class _Trainer:
         self.rank_state: dict = {}
         self.run_id = ""
         self.steps_per_epoch = 1
+        self.show_progress = cfg.run.progress and ctx.is_main and not quiet
+        if self.show_progress:
+            progress_settings()  # a bad HBNN_PROGRESS_EVERY_* fails before anything is written
 
     def say(self, text: str) -> None:
         if self.ctx.is_main and not self.quiet:
@@ -327,17 +331,13 @@ def _run_epoch(tr: _Trainer, epoch: int, ddp_model: torch.nn.Module, model: torc
         if every and step % every == 0 and batch < n_batches:
             tr.save("last", model, optimizer, scheduler, stats, shape)
 
-    progress = make_progress(n_batches, start, f"epoch {epoch + 1}/{cfg.train.epochs}",
-                             cfg.run.progress and ctx.is_main and not tr.quiet)
     t0 = time.perf_counter()
-    try:
+    with make_progress(n_batches, f"train epoch {epoch + 1}/{cfg.train.epochs}", enabled=tr.show_progress,
+                       initial=start) as progress:
         stats, _ = train_one_epoch(ddp_model, batches, optimizer, device=ctx.device, stats=stats,
                                    start_batch=start, step=tr.step, label_smoothing=cfg.train.label_smoothing,
-                                   on_step=on_step, progress=progress,
+                                   on_step=on_step, progress=progress if progress.enabled else None,
                                    scheduler=scheduler if cfg.sched.interval == "step" else None)
-    finally:
-        if progress is not None:
-            progress.close()
     seconds = time.perf_counter() - t0
     sums = all_reduce_sum(ctx, torch.stack([stats.loss_sum, stats.correct.double(),
                                             torch.tensor(float(stats.count), dtype=torch.float64, device=ctx.device)]))
@@ -348,8 +348,13 @@ def _run_epoch(tr: _Trainer, epoch: int, ddp_model: torch.nn.Module, model: torc
                            "images_per_s": images / seconds if seconds > 0 else None}
     last = epoch + 1 == cfg.train.epochs
     if (epoch + 1) % cfg.train.eval_every == 0 or last:
-        result = evaluate(model, _test_loader(test_ds, cfg, ctx), device=ctx.device,
-                          reduce=lambda t: all_reduce_sum(ctx, t), limit=cfg.train.limit_test_batches)
+        test_loader = _test_loader(test_ds, cfg, ctx)
+        n_test = len(test_loader) if cfg.train.limit_test_batches is None else min(
+            len(test_loader), cfg.train.limit_test_batches)
+        with make_progress(n_test, f"eval epoch {epoch + 1}/{cfg.train.epochs}", enabled=tr.show_progress,
+                           final=False) as progress:  # the epoch line follows
+            result = evaluate(model, test_loader, device=ctx.device, reduce=lambda t: all_reduce_sum(ctx, t),
+                              limit=cfg.train.limit_test_batches, progress=progress if progress.enabled else None)
         row.update(test_loss=result["loss"], test_top1=result["top1"], test_top5=result["top5"])
         tr.last_metrics = {"epoch": epoch + 1, **result}
     if cfg.sched.interval == "epoch":
