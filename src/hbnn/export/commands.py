@@ -6,6 +6,7 @@
   file on its test split (:func:`hbnn.export.evaluate.evaluate_packed`) and, with
   ``--compare``, runs the training-time model on the same batches.
 
+Export and infer report progress on stderr (:mod:`hbnn.progress`; ``-q`` silences it).
 Heavy imports live in the handlers; errors surface as one line and exit code 2 (``hbnn.cli``).
 """
 

@@ -233,7 +233,8 @@ class RunConfig(Schema):
     Attributes:
         out: run directory (None = ``runs/<recipe>``).
         tensorboard: write TensorBoard events under ``<out>/tb`` (skipped if not installed).
-        progress: tqdm progress bar (only on a TTY, rank 0, and not with ``--quiet``).
+        progress: progress within epochs (:mod:`hbnn.progress`: a tqdm bar on a terminal, else
+            a log line every ``HBNN_PROGRESS_EVERY_S`` s); rank 0 only, never with ``--quiet``.
     """
 
     out: str | None = None
