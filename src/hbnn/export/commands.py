@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--out", required=True, metavar="FILE", help="packed model file to write (.hbnn)")
     p.add_argument("--onnx", metavar="FILE", help="also write a standard-ops ONNX model")
-    p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint inside a run directory")
+    p.add_argument("--which", default="best", choices=("best", "last", "calibrated"),
+                   help="checkpoint inside a run directory (calibrated: written by hbnn calibrate)")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep batch norms as separate ops")
     p.add_argument("--json", action="store_true", help="print the size report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -40,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--compare", metavar="RUN_DIR|CHECKPOINT",
                    help="also run the training-time model on the same batches and count differing predictions")
-    p.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint inside --compare's run")
+    p.add_argument("--which", default="best", choices=("best", "last", "calibrated"),
+                   help="checkpoint inside --compare's run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_infer)
 

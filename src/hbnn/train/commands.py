@@ -55,8 +55,9 @@ def register(subparsers: Any) -> None:
         "eval", help="top-1/top-5 of a run or checkpoint on the test split",
         description="Evaluate a run directory or checkpoint (a packed model file: hbnn infer FILE).")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", nargs="?")
-    p.add_argument("--which", default="best", choices=("best", "last"),
-                   help="checkpoint inside a run directory (default best, falling back to last)")
+    p.add_argument("--which", default="best", choices=("best", "last", "calibrated"),
+                   help="checkpoint inside a run directory (default best, falling back to last; "
+                        "calibrated: written by hbnn calibrate)")
     p.add_argument("--data-dir", help="dataset folder (default: the run's)")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -72,6 +73,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dataset", help="input shape of this dataset (default: the recipe's)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_summary)
+
+    p = subparsers.add_parser(
+        "calibrate", help="set a run's activation estimates from training batches (-> calibrated checkpoint)",
+        description="Rebuild the run's checkpoint, run N training batches (no augmentation) through it to set "
+                    "every activation quantizer's running estimates (hbnn.calibrate: BatchNorm and weights "
+                    "untouched), and write RUN/calibrated.safetensors (+ .json), a checkpoint of the same run "
+                    "that hbnn eval/export --which calibrated read; best/last are unchanged.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--batches", type=int, default=20, help="training batches to calibrate on (default 20)")
+    p.add_argument("--data-dir", help="dataset folder (default: the run's)")
+    p.add_argument("--which", default="best", choices=("best", "last"),
+                   help="checkpoint to calibrate (default best, falling back to last)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_calibrate)
 
 
 def train_overrides(args: argparse.Namespace) -> list[str]:
@@ -134,4 +150,13 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(format_summary(title, summary))
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from hbnn.train.calibration import calibrate_run
+
+    result, text = calibrate_run(args.run, batches=args.batches, data_dir=args.data_dir, which=args.which,
+                                 device=args.device)
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else text)
     return 0

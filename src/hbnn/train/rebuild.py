@@ -111,14 +111,14 @@ def resolve_checkpoint(target: str | os.PathLike, which: str = "best") -> Path:
     Args:
         target: a run directory, a checkpoint stem, or either file of a checkpoint.
         which: inside a run directory, ``best`` (falls back to ``last`` when neither half
-            of ``best`` exists) or ``last``.
+            of ``best`` exists), ``last`` or ``calibrated`` (written by ``hbnn calibrate``).
 
     Raises:
-        ConfigError: ``which`` is neither ``best`` nor ``last``.
+        ConfigError: ``which`` is not ``best``, ``last`` or ``calibrated``.
         CheckpointError: nothing to load there, or a file that is not a checkpoint.
     """
-    if which not in ("best", "last"):
-        raise ConfigError(f"--which: {which!r} is not allowed; choose best or last")
+    if which not in ("best", "last", "calibrated"):
+        raise ConfigError(f"--which: {which!r} is not allowed; choose best, last or calibrated")
     path = Path(target)
     if path.is_dir():
         for name in ((which, "last") if which == "best" else (which,)):

@@ -77,7 +77,7 @@ _RUN_FORMAT = "hbnn-run"
 
 #: What a run directory holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (RUN_FILE, "config.yaml", "metrics.csv", "last.safetensors", "last.json", "best.safetensors",
-             "best.json", "tb")
+             "best.json", "calibrated.safetensors", "calibrated.json", "tb")
 
 #: Checkpoint halves, as (name, suffix).
 _CHECKPOINT_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json")
