@@ -126,7 +126,8 @@ def _act_record(layer: HBLayerMixin, name: str, out: dict, p: str) -> dict | Non
                           f"heuristic={spec.heuristic!r} (need running estimates and a key heuristic)")
     if int(aq.num_batches_tracked) == 0:
         raise FormatError(f"activation quantizer of {name!r} was never calibrated (no training-mode "
-                          "forward pass); run a few batches in train mode before exporting")
+                          "forward pass); run hbnn.calibrate(model, batches) (or hbnn calibrate RUN_DIR) "
+                          "before exporting")
     out[f"{p}.act.scales"] = aq.running_scales.detach().float().clone()
     out[f"{p}.act.mean_abs"] = aq.running_mean_abs.detach().float().clone()
     if not aq.mix.is_homogeneous:
