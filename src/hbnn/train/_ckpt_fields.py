@@ -13,7 +13,12 @@ section, quant section, the dataset's shape). RNG states must have the structure
 gauss null or finite; numpy: the legacy ``MT19937`` tuple; torch: base64 of the CPU
 generator's state). ``metrics`` is ``{}`` or the last evaluation (``epoch`` in
 ``[1, epoch]``, ``loss`` any number, ``top1 <= top5`` in ``[0, 1]``, NaN exactly when
-``count`` is 0). Every integer anywhere in the metadata is within ``+-2**53``
+``count`` is 0). Training extensions (:mod:`hbnn.train.step`): ``grad_scaler`` (the
+GradScaler state: the five keys, ``scale``/``growth_factor`` > 0, ``backoff_factor`` in
+(0, 1), integer ``growth_interval`` >= 1 and ``_growth_tracker`` >= 0) is present exactly
+when the config's ``train.amp`` is fp16, ``teacher_sha256`` (64 hex digits) exactly when
+``train.teacher`` is set; ``user_data``, when present, is true (a run trained on a user
+dataset: its shape is not compared with the config's dataset). Every integer anywhere in the metadata is within ``+-2**53``
 (:data:`MAX_JSON_INT`), exact in every JSON reader.
 """
 
@@ -42,6 +47,9 @@ _SHAPE_KEYS = ("num_classes", "in_channels", "image_size")
 _MODEL_KEYS = ("name", "config", "quant", *_SHAPE_KEYS)
 _METRIC_KEYS = ("epoch", "loss", "top1", "top5", "count")
 _RNG_KEYS = ("python", "numpy", "torch", "cuda")
+#: ``torch.amp.GradScaler.state_dict()`` keys (``train.amp: fp16``).
+_SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Mersenne Twister: 624 32-bit words and a position in [0, 624].
 _MT_WORDS = 624
 
@@ -185,7 +193,8 @@ def _check_model(f: _Fields, meta: Mapping[str, Any], cfg: Config | None) -> Non
     info = dataset_info(cfg.data.name)
     shape = {"num_classes": info.num_classes, "in_channels": info.in_channels,
              "image_size": cfg.data.image_size if cfg.data.image_size is not None else info.image_size}
-    expected.update({k: v for k, v in shape.items() if v is not None})
+    if meta.get("user_data") is not True:  # a user dataset (fit(train_data=...)) has its own shape
+        expected.update({k: v for k, v in shape.items() if v is not None})
     for key, value in expected.items():
         if json.dumps(model[key], sort_keys=True) != json.dumps(value, sort_keys=True):
             raise CheckpointError(f"checkpoint {f.where}: metadata field model.{key} disagrees with "
@@ -317,6 +326,33 @@ def _check_states(f: _Fields, meta: Mapping[str, Any]) -> None:
         f.fail("wall_time_s", wall, "a finite number >= 0")
 
 
+def _check_extensions(f: _Fields, meta: Mapping[str, Any], cfg: Config | None) -> None:
+    """``grad_scaler`` iff ``train.amp`` is fp16, ``teacher_sha256`` iff ``train.teacher``; ``user_data``."""
+    if "user_data" in meta and meta["user_data"] is not True:
+        f.fail("user_data", meta["user_data"], "true (absent when the run used its config's dataset)")
+    wanted = {"grad_scaler": cfg.train.amp == "fp16" if cfg is not None else None,
+              "teacher_sha256": cfg.train.teacher is not None if cfg is not None else None}
+    for key, want in wanted.items():
+        if want is not None and (key in meta) != want:
+            raise CheckpointError(f"checkpoint {f.where}: metadata field {key} is "
+                                  f"{'missing' if want else 'unexpected'} (train.amp / train.teacher of its config)")
+    if "teacher_sha256" in meta:
+        sha = meta["teacher_sha256"]
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            f.fail("teacher_sha256", sha, "64 lowercase hex digits (the teacher checkpoint's sha256)")
+    if "grad_scaler" in meta:
+        scaler = f.kind("grad_scaler", meta["grad_scaler"], (dict,), "an object (GradScaler state)")
+        if sorted(scaler) != sorted(_SCALER_KEYS):
+            f.fail("grad_scaler", sorted(scaler), f"the keys {', '.join(_SCALER_KEYS)}")
+        for key in ("scale", "growth_factor"):
+            if not _is_number(scaler[key]) or scaler[key] <= 0:
+                f.fail(f"grad_scaler.{key}", scaler[key], "a finite number > 0")
+        if not _is_number(scaler["backoff_factor"]) or not 0 < scaler["backoff_factor"] < 1:
+            f.fail("grad_scaler.backoff_factor", scaler["backoff_factor"], "a number in (0, 1)")
+        f.int_at_least("grad_scaler.growth_interval", scaler["growth_interval"], 1)
+        f.int_at_least("grad_scaler._growth_tracker", scaler["_growth_tracker"], 0)
+
+
 def validate_metadata(meta: Mapping[str, Any], where: Path) -> None:
     """Check the type and range of every checkpoint metadata field; raise on the first problem.
 
@@ -353,3 +389,4 @@ def validate_metadata(meta: Mapping[str, Any], where: Path) -> None:
     _check_best(f, meta)
     _check_ranks(f, meta)
     _check_states(f, meta)
+    _check_extensions(f, meta, cfg)

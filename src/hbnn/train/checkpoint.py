@@ -3,8 +3,10 @@
 A checkpoint named ``NAME`` in a run directory is two files:
 
 ``NAME.safetensors``
-    Tensors: ``model/<state_dict key>``, ``optim/<param index>/<state key>`` and
-    ``sched/<key>``. Its header metadata holds the full metadata (key ``"hbnn"``, JSON),
+    Tensors: ``model/<state_dict key>``, ``optim/<param index>/<state key>``,
+    ``sched/<key>`` and, with ``train.ema``, ``ema/<state_dict key>`` (the EMA shadow of
+    every ``model/`` tensor, same shape and dtype; present exactly when the config sets
+    ``train.ema``). Its header metadata holds the full metadata (key ``"hbnn"``, JSON),
     sealed by :mod:`hbnn.io`: ``payload_sha256`` over every tensor and ``header_sha256``
     over every other field, so the file is self-verifying.
 ``NAME.json``
@@ -20,7 +22,10 @@ dataset shape it was built for), ``config`` (the resolved run config),
 ``steps_per_epoch``, ``best_metric``, ``best_epoch``, ``world_size``, ``ranks`` (one
 entry per rank: ``rng`` -- python, numpy, torch CPU and CUDA generator states -- and
 ``epoch_sums``), ``optimizer`` (param groups and non-tensor state), ``scheduler``
-(non-tensor state), ``metrics`` (the last evaluation), ``wall_time_s``.
+(non-tensor state), ``metrics`` (the last evaluation), ``wall_time_s``; with the
+training extensions: ``grad_scaler`` (``train.amp: fp16``), ``teacher_sha256``
+(``train.teacher``: the teacher checkpoint a resume must find unchanged) and
+``user_data`` (true: trained on a user dataset, ``fit(train_data=...)``).
 
 Every field is checked on load (:func:`validate_metadata`) and before a save: bools are
 not integers; ``step``, ``epoch``, ``batch_in_epoch`` are integers >= 0 with
@@ -120,6 +125,7 @@ class Checkpoint:
         model_state: model ``state_dict`` (CPU tensors).
         optimizer_state: optimizer ``state_dict`` or None if none was saved.
         scheduler_state: scheduler ``state_dict`` or None if none was saved.
+        ema_state: the EMA shadow (``train.ema``), keyed like ``model_state``, or None.
     """
 
     path: Path
@@ -127,6 +133,7 @@ class Checkpoint:
     model_state: dict
     optimizer_state: dict | None
     scheduler_state: dict | None
+    ema_state: dict | None = None
 
 
 def checkpoint_paths(path: str | os.PathLike, name: str = "last") -> tuple[Path, Path]:
@@ -207,9 +214,10 @@ def _split_state(prefix: str, state: Mapping[str, Any], tensors: dict) -> dict:
     return rest
 
 
-def _tensor_dict(model_state: Mapping[str, torch.Tensor], optimizer: Any, scheduler: Any
-                 ) -> tuple[dict, dict | None, dict | None]:
+def _tensor_dict(model_state: Mapping[str, torch.Tensor], optimizer: Any, scheduler: Any,
+                 ema_state: Mapping[str, torch.Tensor] | None = None) -> tuple[dict, dict | None, dict | None]:
     tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in model_state.items()}
+    tensors.update({f"ema/{k}": v for k, v in (ema_state or {}).items()})
     opt_meta = sched_meta = None
     if optimizer is not None:
         sd = optimizer.state_dict()
@@ -229,8 +237,8 @@ def _tensor_dict(model_state: Mapping[str, torch.Tensor], optimizer: Any, schedu
 
 
 def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.Tensor],
-                    metadata: Mapping[str, Any], optimizer: Any = None, scheduler: Any = None
-                    ) -> dict:
+                    metadata: Mapping[str, Any], optimizer: Any = None, scheduler: Any = None,
+                    ema_state: Mapping[str, torch.Tensor] | None = None) -> dict:
     """Atomically write a checkpoint (``.safetensors`` then ``.json``; see the module docstring).
 
     Args:
@@ -241,6 +249,7 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.
             and the digests are added here.
         optimizer: optimizer whose ``state_dict()`` is saved, or None.
         scheduler: LR scheduler whose ``state_dict()`` is saved, or None.
+        ema_state: the EMA shadow (:meth:`hbnn.train.ema.EmaWeights.state_dict`), or None.
 
     Returns:
         The metadata as written to the JSON file.
@@ -252,7 +261,8 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, torch.
     from safetensors.torch import save as st_save
 
     tensor_path, meta_path = checkpoint_paths(path)
-    tensors, opt_meta, sched_meta = _tensor_dict(model_state, optimizer, scheduler)
+    tensors, opt_meta, sched_meta = _tensor_dict(model_state, optimizer, scheduler, ema_state)
+    _check_ema_tensors(metadata, tensors, tensor_path)
     meta = {k: v for k, v in metadata.items() if k not in (*_SIDECAR_FIELDS, HEADER_DIGEST)}
     meta.update(format=FORMAT, schema_version=SCHEMA_VERSION, optimizer=opt_meta,
                 scheduler=sched_meta, payload_sha256=tensors_sha256(tensors))
@@ -369,11 +379,34 @@ def load_checkpoint(path: str | os.PathLike, name: str = "last", *, run_id: str 
                               "its tensors") from None
 
 
+def _check_ema_tensors(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], where: Path) -> None:
+    """``ema/`` tensors exactly when the config sets ``train.ema``: one per ``model/`` tensor, same shape and dtype."""
+    ema = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")}
+    config = meta.get("config")
+    wanted = isinstance(config, Mapping) and (config.get("train") or {}).get("ema") is not None
+    if not wanted:
+        if ema:
+            raise CheckpointError(f"checkpoint {where} holds EMA weights (ema/{next(iter(ema))}) but its config "
+                                  "has no train.ema")
+        return
+    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    if sorted(ema) != sorted(model):
+        key = sorted(set(ema) ^ set(model))[0]
+        raise CheckpointError(f"checkpoint {where}: the EMA weights (train.ema) do not match the model "
+                              f"weights (tensor {key!r} in one but not the other)")
+    for key, t in model.items():
+        if ema[key].shape != t.shape or ema[key].dtype != t.dtype:
+            raise CheckpointError(f"checkpoint {where}: EMA weight {key} is {ema[key].dtype} "
+                                  f"{tuple(ema[key].shape)}; the model weight is {t.dtype} {tuple(t.shape)}")
+
+
 def _unpack(tensor_path: Path, meta: dict, tensors: Mapping[str, torch.Tensor]) -> Checkpoint:
-    unknown = [k for k in tensors if k.split("/", 1)[0] not in ("model", "optim", "sched")]
+    unknown = [k for k in tensors if k.split("/", 1)[0] not in ("model", "optim", "sched", "ema")]
     if unknown:
         raise CheckpointError(f"checkpoint {tensor_path} holds an unexpected tensor {unknown[0]!r}")
+    _check_ema_tensors(meta, tensors, tensor_path)
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    ema_state = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")} or None
     opt = meta.get("optimizer")
     optimizer_state = None
     if opt is not None:
@@ -383,7 +416,7 @@ def _unpack(tensor_path: Path, meta: dict, tensors: Mapping[str, torch.Tensor]) 
                            "param_groups": opt["param_groups"]}
     sched = meta.get("scheduler")
     scheduler_state = None if sched is None else _join_state("sched", sched, tensors)
-    return Checkpoint(tensor_path, meta, model_state, optimizer_state, scheduler_state)
+    return Checkpoint(tensor_path, meta, model_state, optimizer_state, scheduler_state, ema_state)
 
 
 def _check_model_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: Path) -> None:
@@ -402,8 +435,15 @@ def _check_model_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
 
 
 def restore_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any = None,
-                       scheduler: Any = None) -> None:
-    """Load a verified checkpoint into a model (and optionally optimizer and scheduler).
+                       scheduler: Any = None, *, ema: Any = None, grad_scaler: Any = None) -> None:
+    """Load a verified checkpoint into a model (and optionally optimizer, scheduler, EMA, GradScaler).
+
+    Which weights the model gets: a checkpoint with EMA weights (``train.ema``) loaded for
+    inference (no ``optimizer`` and no ``ema``: ``hbnn eval``, ``summary``, ``export``,
+    :func:`hbnn.train.rebuild.model_from_checkpoint`) gives the model its EMA weights; a
+    training resume gives it the raw weights and ``ema`` (an
+    :class:`hbnn.train.ema.EmaWeights`) the shadow. ``grad_scaler`` gets the saved
+    ``grad_scaler`` state (``train.amp: fp16``).
 
     The saved optimizer and scheduler state is first compared with the live objects' own
     ``state_dict()`` (groups, keys, value kinds and ranges, parameter indices, state
@@ -416,8 +456,10 @@ def restore_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any 
             the file and the field).
     """
     _check_model_state(model, ckpt.model_state, ckpt.path)
+    scaler_state = ckpt.metadata.get("grad_scaler")
     for obj, state, what in ((optimizer, ckpt.optimizer_state, "optimizer"),
-                             (scheduler, ckpt.scheduler_state, "scheduler")):
+                             (scheduler, ckpt.scheduler_state, "scheduler"), (ema, ckpt.ema_state, "EMA"),
+                             (grad_scaler, scaler_state, "grad_scaler")):
         if obj is not None and state is None:
             raise CheckpointError(f"checkpoint {ckpt.path} has no {what} state to resume from")
     if optimizer is not None:
@@ -425,9 +467,13 @@ def restore_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any 
     if scheduler is not None:
         groups = ckpt.optimizer_state["param_groups"] if optimizer is not None else None
         check_scheduler_state(ckpt.scheduler_state, scheduler, ckpt.metadata, ckpt.path, groups)
-    model.load_state_dict(ckpt.model_state)
+    inference = optimizer is None and ema is None and ckpt.ema_state is not None
+    model.load_state_dict(ckpt.ema_state if inference else ckpt.model_state)
+    if ema is not None:
+        ema.load_state_dict(ckpt.ema_state, f"checkpoint {ckpt.path}")
     for obj, state, what in ((optimizer, ckpt.optimizer_state, "optimizer"),
-                             (scheduler, ckpt.scheduler_state, "scheduler")):
+                             (scheduler, ckpt.scheduler_state, "scheduler"),
+                             (grad_scaler, scaler_state, "grad_scaler")):
         if obj is None:
             continue
         try:

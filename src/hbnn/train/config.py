@@ -21,6 +21,7 @@ bad value and what is allowed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
     "DistConfig",
     "OPTIMIZERS",
     "SCHEDULERS",
+    "AMP_DTYPES",
     "load_config",
     "resolve_recipe",
     "load_yaml_recipe",
@@ -64,6 +66,22 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+#: ``train.amp`` choices besides null (autocast dtypes).
+AMP_DTYPES = ("bf16", "fp16")
+
+
+def _without_opt_in_defaults(section: Schema, out: dict, keys: tuple[str, ...]) -> dict:
+    """Drop the opt-in ``keys`` still at their defaults from ``section``'s dict form.
+
+    Keys added after runs were recorded (warmup, autocast, clipping, EMA, distillation)
+    appear in a config file, checkpoint or sweep hash only when set, so a run that does
+    not use them records exactly the config it recorded before they existed.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    for key in keys:
+        if out.get(key) == defaults[key]:
+            del out[key]
+    return out
 BACKENDS = ("auto", "nccl", "gloo")
 
 
@@ -161,6 +179,14 @@ class SchedConfig(Schema):
         interval: ``epoch`` (the lr changes once per epoch) or ``step`` (once per optimizer
             step, on the same curve: ``step_size`` and the cosine period are still counted in
             epochs) -- short runs need ``step`` to anneal smoothly.
+        warmup_epochs: linear warmup length in epochs (a float >= 0; 0 = none). The
+            ``k``-th optimizer step (``k = 0, 1, ...``) runs at the schedule's lr times
+            ``min(1, s + (1 - s) * (k + 1) / W)`` with ``W = warmup_epochs * steps per epoch``
+            and ``s = warmup_start_factor``; a pure function of the step, so resumable.
+        warmup_start_factor: the warmup's starting fraction ``s`` of the lr, in [0, 1).
+
+    ``warmup_epochs`` and ``warmup_start_factor`` are recorded only when set (see
+    :func:`_without_opt_in_defaults`).
     """
 
     name: str = "step"
@@ -168,6 +194,8 @@ class SchedConfig(Schema):
     gamma: float = 0.1
     min_lr: float = 0.0
     interval: str = "epoch"
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, SCHEDULERS)
@@ -175,6 +203,13 @@ class SchedConfig(Schema):
         check(self.step_size >= 1, "step_size", self.step_size, "an integer >= 1")
         check(0 < self.gamma <= 1, "gamma", self.gamma, "a number in (0, 1]")
         check(self.min_lr >= 0, "min_lr", self.min_lr, "a number >= 0")
+        check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "a number of epochs >= 0")
+        check(0 <= self.warmup_start_factor < 1, "warmup_start_factor", self.warmup_start_factor,
+              "a number in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict form; the warmup keys only when set."""
+        return _without_opt_in_defaults(self, super().to_dict(), ("warmup_epochs", "warmup_start_factor"))
 
 
 @dataclass
@@ -195,6 +230,27 @@ class TrainConfig(Schema):
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         deterministic: ``torch.use_deterministic_algorithms`` (warn-only for ops without one).
         threads: torch CPU threads per process (None = torch's default, one per core).
+        amp: autocast dtype of the forward pass and loss: null (float32), ``bf16`` or
+            ``fp16``. fp16 scales the loss with a ``torch.amp.GradScaler`` (its state is
+            checkpointed); fp16 needs a device whose autocast supports it (CUDA; CPU only
+            where torch supports it). Quantizer statistics stay float32 buffers.
+        grad_clip: clip the global gradient L2 norm to this value (> 0) before each
+            optimizer step (``clip_grad_norm_``; gradients unscaled first under fp16); null = off.
+        ema: decay ``d`` in (0, 1) of an exponential moving average of the weights (every
+            floating ``state_dict`` entry, BatchNorm and quantizer statistics included;
+            integer counters copied): ``shadow <- d * shadow + (1 - d) * w`` after every
+            optimizer step, starting from the initial weights. Evaluation during training,
+            ``best`` selection, and ``hbnn eval``/``summary``/``export`` of the checkpoint use
+            the EMA weights; training continues on the raw weights. null = off.
+        teacher: knowledge distillation from a float model: a run directory (its ``best``)
+            or checkpoint of a non-binarized model trained for the same classes; null = off.
+        kd_alpha: distillation weight ``a`` in [0, 1]: loss = ``(1 - a) * CE(s, y) +
+            a * T**2 * KL(softmax(t / T) || softmax(s / T))`` (batch mean), with ``s``
+            and ``t`` the student's and teacher's logits.
+        kd_temperature: the distillation temperature ``T`` (> 0).
+
+    The keys from ``amp`` on are recorded only when set (:func:`_without_opt_in_defaults`),
+    so configs and checkpoints of runs without them are unchanged.
     """
 
     epochs: int = 90
@@ -210,6 +266,12 @@ class TrainConfig(Schema):
     device: str = "auto"
     deterministic: bool = True
     threads: int | None = None
+    amp: str | None = None
+    grad_clip: float | None = None
+    ema: float | None = None
+    teacher: str | None = None
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_every", "log_every_steps"):
@@ -224,6 +286,25 @@ class TrainConfig(Schema):
         check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
                "a number in [0, 1)")
         check_choice("device", self.device, DEVICES)
+        check(self.amp is None or self.amp in AMP_DTYPES, "amp", self.amp, "null, bf16 or fp16")
+        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "null or a number > 0")
+        check(self.ema is None or 0 < self.ema < 1, "ema", self.ema, "null or a decay in (0, 1)")
+        check(self.teacher is None or bool(self.teacher), "teacher", self.teacher,
+              "null or the path of a float run directory or checkpoint")
+        check(0 <= self.kd_alpha <= 1, "kd_alpha", self.kd_alpha, "a number in [0, 1]")
+        check(self.kd_temperature > 0, "kd_temperature", self.kd_temperature, "a number > 0")
+        if self.teacher is None:
+            for key in ("kd_alpha", "kd_temperature"):
+                check(getattr(self, key) == _TRAIN_DEFAULTS[key], key, getattr(self, key),
+                      f"{_TRAIN_DEFAULTS[key]} (the default) unless train.teacher is set")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict form; the opt-in keys (``amp`` .. ``kd_temperature``) only when set."""
+        return _without_opt_in_defaults(self, super().to_dict(), _TRAIN_OPT_IN)
+
+
+_TRAIN_OPT_IN = ("amp", "grad_clip", "ema", "teacher", "kd_alpha", "kd_temperature")
+_TRAIN_DEFAULTS = {"kd_alpha": 0.5, "kd_temperature": 4.0}
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hbnn.train.config import OptimConfig, SchedConfig
+from hbnn.train.step import TrainStep
 
 __all__ = [
     "EpochStats",
@@ -118,7 +119,8 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
                     device: torch.device | str, stats: EpochStats | None = None,
                     start_batch: int = 0, step: int = 0, label_smoothing: float = 0.0,
                     on_step: Callable[[int, int, EpochStats], None] | None = None,
-                    progress: Any = None, scheduler: Any = None) -> tuple[EpochStats, int]:
+                    progress: Any = None, scheduler: Any = None,
+                    train_step: Callable | None = None) -> tuple[EpochStats, int]:
     """Run one epoch of SGD steps on cross-entropy.
 
     Args:
@@ -133,22 +135,22 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
         on_step: called as ``on_step(step, next_batch, stats)`` after each step (checkpoints, logs).
         progress: a :class:`hbnn.progress.Progress` (``update(n, postfix=fn)``) or None.
         scheduler: an LR scheduler stepped after every optimizer step (per-step schedules), or None.
+        train_step: ``train_step(model, optimizer, images, labels, step) -> (loss, logits)``
+            doing one optimizer step (:class:`hbnn.train.step.TrainStep`: autocast, clipping,
+            warmup, distillation, EMA); None = plain cross-entropy with ``label_smoothing``.
 
     Returns:
         ``(stats, step)`` after the epoch.
     """
     stats = stats if stats is not None else EpochStats(device)
+    train_step = train_step or TrainStep(label_smoothing=label_smoothing)
     model.train()
     batch = start_batch
     t0, seen = time.perf_counter(), 0
     for images, labels in batches:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = train_step(model, optimizer, images, labels, step)
         if scheduler is not None:
             scheduler.step()
         stats.update(loss, logits, labels)

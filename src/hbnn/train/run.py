@@ -22,6 +22,7 @@ Which state a killed run is in, and what ``--resume`` does with it: :mod:`hbnn.t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -59,8 +60,11 @@ from hbnn.train.loop import (
     restore_stats,
     train_one_epoch,
 )
+from hbnn.train.ema import EmaWeights
 from hbnn.train.rebuild import build_model_for, dataset_shape
 from hbnn.train.rundir import has_checkpoint, load_run_checkpoint, prepare_run_dir
+from hbnn.train.step import TrainStep, check_amp
+from hbnn.train.userdata import UserLoader, check_user_data, is_user_loader, user_shape
 
 __all__ = [
     "set_determinism",
@@ -136,6 +140,9 @@ class _Trainer:
         self.rank_state: dict = {}
         self.run_id = ""
         self.steps_per_epoch = 1
+        self.train_step: TrainStep | None = None
+        self.ema: EmaWeights | None = None
+        self.extra_meta: dict = {}  # teacher_sha256, user_data (hbnn.train.checkpoint)
         self.show_progress = cfg.run.progress and ctx.is_main and not quiet
         if self.show_progress:
             progress_settings()  # a bad HBNN_PROGRESS_EVERY_* fails before anything is written
@@ -161,9 +168,13 @@ class _Trainer:
             "run_id": self.run_id, "config": cfg, "epoch": self.epoch, "batch_in_epoch": self.batch,
             "step": self.step, "steps_per_epoch": self.steps_per_epoch,
             "best_metric": self.best_metric, "best_epoch": self.best_epoch, "world_size": self.ctx.world_size,
-            "ranks": ranks, "metrics": self.last_metrics, "wall_time_s": self.wall(),
+            "ranks": ranks, "metrics": self.last_metrics, "wall_time_s": self.wall(), **self.extra_meta,
         }
+        scaler = self.train_step.scaler if self.train_step is not None else None
+        if scaler is not None:
+            meta["grad_scaler"] = scaler.state_dict()
         save_checkpoint(self.run_dir / name, model_state=model.state_dict(), metadata=meta,
+                        ema_state=self.ema.state_dict() if self.ema is not None else None,
                         optimizer=optimizer, scheduler=scheduler)
 
     def resume_from(self, meta: Mapping[str, Any], where: Path) -> None:
@@ -194,6 +205,12 @@ def _batches_per_epoch(train_ds: Any, cfg: Config, ctx: DistContext) -> int:
 
 
 def _train_loader(train_ds: Any, cfg: Config, ctx: DistContext, epoch: int, start_batch: int):
+    if not hasattr(train_ds, "fetch"):  # user data (hbnn.train.userdata)
+        if is_user_loader(train_ds):
+            return train_ds
+        return UserLoader(train_ds, batch_size=cfg.train.batch_size // ctx.world_size, train=True,
+                          seed=cfg.train.seed, epoch=epoch, start_batch=start_batch, rank=ctx.rank,
+                          world_size=ctx.world_size)
     from hbnn.data import build_loader
 
     return build_loader(train_ds, batch_size=cfg.train.batch_size // ctx.world_size, train=True,
@@ -205,13 +222,18 @@ def _test_loader(test_ds: Any, cfg: Config, ctx: DistContext):
     from hbnn.data import build_loader
 
     size = cfg.train.eval_batch_size or cfg.train.batch_size
+    if not hasattr(test_ds, "fetch"):  # user data (hbnn.train.userdata)
+        if is_user_loader(test_ds):
+            return test_ds
+        return UserLoader(test_ds, batch_size=max(1, size // ctx.world_size), train=False, seed=cfg.train.seed,
+                          epoch=0, rank=ctx.rank, world_size=ctx.world_size)
     return build_loader(test_ds, batch_size=max(1, size // ctx.world_size), train=False,
                         seed=cfg.train.seed, epoch=0, rank=ctx.rank, world_size=ctx.world_size,
                         augment=False, num_workers=cfg.data.num_workers)
 
 
 def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-        quiet: bool = False) -> dict:
+        quiet: bool = False, train_data: Any = None, test_data: Any = None) -> dict:
     """Train ``cfg`` into ``run_dir`` (or continue the run there with ``resume``).
 
     Works as a single process or under torchrun (one process per device, DDP).
@@ -222,6 +244,10 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwr
         resume: continue from ``run_dir/last``.
         overwrite: start over in an existing run directory.
         quiet: no progress bar and no per-epoch lines.
+        train_data: a user ``Dataset`` of ``(image [C, H, W], int label)`` or a ``DataLoader``
+            to train on instead of ``cfg.data`` (:mod:`hbnn.train.userdata`: order,
+            determinism and resume rules); the model is built for its shape.
+        test_data: the same for evaluation; required with ``train_data``.
 
     Returns:
         The last evaluation metrics plus ``epoch``, ``step``, ``best_metric`` and ``run_dir``.
@@ -237,7 +263,8 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwr
         torch.set_num_threads(cfg.train.threads)
     try:
         with guard_collective(ctx, "DDP training"):  # a dead or frozen peer: one DistError line
-            result = _fit(cfg, Path(run_dir), ctx, resume=resume, overwrite=overwrite, quiet=quiet)
+            result = _fit(cfg, Path(run_dir), ctx, resume=resume, overwrite=overwrite, quiet=quiet,
+                          data=(train_data, test_data))
         # Leave together: rank 0 finishes later (it writes the checkpoints); a rank that
         # tears its gloo group down and exits while a peer is still working can abort at
         # exit (see hbnn.cli.exit_process, which avoids the exit-time teardown itself).
@@ -249,7 +276,57 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwr
         teardown_distributed(ctx)
 
 
-def _fit(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, overwrite: bool, quiet: bool) -> dict:
+def _datasets(cfg: Config, data: tuple[Any, Any]) -> tuple[Any, Any, dict, bool]:
+    """``(train, test, shape, user)``: the user's data (:mod:`hbnn.train.userdata`) or ``cfg.data``'s."""
+    train_data, test_data = data
+    if train_data is None and test_data is None:
+        train_ds, test_ds = build_datasets(cfg)
+        return train_ds, test_ds, dataset_shape(train_ds), False
+    if train_data is None or test_data is None:
+        raise ConfigError("fit: pass train_data and test_data together (test_data=train_data evaluates on the "
+                          "training data)")
+    check_user_data("train_data", train_data)
+    check_user_data("test_data", test_data)
+    shape = dataset_shape(train_data) if hasattr(train_data, "fetch") else user_shape(train_data)
+    return train_data, test_data, shape, True
+
+
+def _extensions(tr: "_Trainer", model: torch.nn.Module, shape: dict) -> tuple[TrainStep, Any]:
+    """The :class:`TrainStep` of ``cfg.train``/``cfg.sched`` and the GradScaler (fp16) or None."""
+    cfg, device = tr.cfg, tr.ctx.device
+    t = cfg.train
+    check_amp(t.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if t.amp == "fp16" else None
+    teacher = None
+    if t.teacher is not None:
+        from hbnn.train.distill import load_teacher
+
+        teacher, sha = load_teacher(t.teacher, shape)
+        teacher.to(device)
+        tr.extra_meta["teacher_sha256"] = sha
+    tr.ema = EmaWeights(model, t.ema) if t.ema is not None else None
+    step = TrainStep(label_smoothing=t.label_smoothing, amp=t.amp, device_type=device.type, scaler=scaler,
+                     grad_clip=t.grad_clip, warmup_steps=cfg.sched.warmup_epochs * tr.steps_per_epoch,
+                     warmup_start=cfg.sched.warmup_start_factor, teacher=teacher, kd_alpha=t.kd_alpha,
+                     kd_temperature=t.kd_temperature, ema=tr.ema)
+    return step, scaler
+
+
+def _check_resumable(tr: "_Trainer", meta: Any, where: Path, train_ds: Any) -> None:
+    """The resumed run's teacher and data kind must be the checkpoint's; no mid-epoch resume of a user DataLoader."""
+    if meta.get("teacher_sha256") != tr.extra_meta.get("teacher_sha256"):
+        raise CheckpointError(f"{where} was trained with another train.teacher checkpoint (sha256 differs); "
+                              "the run cannot continue exactly")
+    if bool(meta.get("user_data")) != bool(tr.extra_meta.get("user_data")):
+        raise CheckpointError(f"{where} was trained on {'user' if meta.get('user_data') else 'its config'}'s "
+                              f"data; resume it with the same data (fit train_data/test_data)")
+    if meta["batch_in_epoch"] and is_user_loader(train_ds):
+        raise CheckpointError(f"{where} was written mid-epoch; a user DataLoader cannot continue an epoch "
+                              "exactly: resume from an epoch-end checkpoint or pass a Dataset")
+
+
+def _fit(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, overwrite: bool, quiet: bool,
+         data: tuple[Any, Any] = (None, None)) -> dict:
     if cfg.train.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the "
                           f"{ctx.world_size} processes")
@@ -257,16 +334,19 @@ def _fit(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, overwrit
     # Verify before building anything: a resumed run continues from `last` if it has one
     # (it must be this run's), else it starts at step 0 like a new run.
     ckpt = load_run_checkpoint(run_dir, "last", cfg) if resume and has_checkpoint(run_dir) else None
-    train_ds, test_ds = build_datasets(cfg)
-    shape = dataset_shape(train_ds)
+    train_ds, test_ds, shape, user = _datasets(cfg, data)
     model, report = build_model_for(cfg.model, shape, cfg.quant)
     model.to(ctx.device)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     trainer = _Trainer(cfg, ctx, run_dir, quiet)
     trainer.steps_per_epoch = _batches_per_epoch(train_ds, cfg, ctx)
     scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, trainer.steps_per_epoch)
+    if user:
+        trainer.extra_meta["user_data"] = True
+    trainer.train_step, scaler = _extensions(trainer, model, shape)
     if ckpt is not None:
-        restore_checkpoint(ckpt, model, optimizer, scheduler)
+        _check_resumable(trainer, ckpt.metadata, ckpt.path, train_ds)
+        restore_checkpoint(ckpt, model, optimizer, scheduler, ema=trainer.ema, grad_scaler=scaler)
         trainer.resume_from(ckpt.metadata, ckpt.path)
     _train_loader(train_ds, cfg, ctx, trainer.epoch, 0)  # bad batch size etc. fail before any write
     prepared = run_on_main(ctx, lambda: prepare_run_dir(run_dir, resume=resume, overwrite=overwrite))
@@ -337,7 +417,8 @@ def _run_epoch(tr: _Trainer, epoch: int, ddp_model: torch.nn.Module, model: torc
         stats, _ = train_one_epoch(ddp_model, batches, optimizer, device=ctx.device, stats=stats,
                                    start_batch=start, step=tr.step, label_smoothing=cfg.train.label_smoothing,
                                    on_step=on_step, progress=progress if progress.enabled else None,
-                                   scheduler=scheduler if cfg.sched.interval == "step" else None)
+                                   scheduler=scheduler if cfg.sched.interval == "step" else None,
+                                   train_step=tr.train_step)
     seconds = time.perf_counter() - t0
     sums = all_reduce_sum(ctx, torch.stack([stats.loss_sum, stats.correct.double(),
                                             torch.tensor(float(stats.count), dtype=torch.float64, device=ctx.device)]))
@@ -353,8 +434,10 @@ def _run_epoch(tr: _Trainer, epoch: int, ddp_model: torch.nn.Module, model: torc
             len(test_loader), cfg.train.limit_test_batches)
         with make_progress(n_test, f"eval epoch {epoch + 1}/{cfg.train.epochs}", enabled=tr.show_progress,
                            final=False) as progress:  # the epoch line follows
-            result = evaluate(model, test_loader, device=ctx.device, reduce=lambda t: all_reduce_sum(ctx, t),
-                              limit=cfg.train.limit_test_batches, progress=progress if progress.enabled else None)
+            with tr.ema.applied() if tr.ema is not None else contextlib.nullcontext():  # train.ema: eval the EMA
+                result = evaluate(model, test_loader, device=ctx.device, reduce=lambda t: all_reduce_sum(ctx, t),
+                                  limit=cfg.train.limit_test_batches,
+                                  progress=progress if progress.enabled else None)
         row.update(test_loss=result["loss"], test_top1=result["top1"], test_top5=result["top5"])
         tr.last_metrics = {"epoch": epoch + 1, **result}
     if cfg.sched.interval == "epoch":
