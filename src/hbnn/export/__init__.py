@@ -9,7 +9,9 @@
 - :func:`to_onnx` -- a standard-ops ONNX model of a packed model (needs ``onnx``);
 - :func:`evaluate_packed` -- accuracy of a packed file on its dataset's test split;
 - :func:`model_from_packed` / :func:`packed_input_shape` -- the source architecture of a
-  packed file and its input shape (what ``hbnn hw estimate --packed`` costs).
+  packed file and its input shape (what ``hbnn hw estimate --packed`` costs);
+- :func:`predict` / :func:`load_predictor` -- top-k classes of your own images, folders or
+  .npy arrays from a run, checkpoint or packed file, preprocessed as its test split.
 
 Every read goes through :func:`read_packed`: both digests, then every header field and
 tensor validated for type and range (:mod:`hbnn.export.validate`); any problem is one
@@ -33,6 +35,7 @@ from hbnn.export.format import (
     storage_report,
 )
 from hbnn.export.ops import SUPPORTED_LAYERS
+from hbnn.export.prediction import Predictor, load_predictor, predict
 from hbnn.export.source import model_from_packed, packed_input_shape
 
 __all__ = [
@@ -53,6 +56,9 @@ __all__ = [
     "evaluate_packed",
     "model_from_packed",
     "packed_input_shape",
+    "Predictor",
+    "load_predictor",
+    "predict",
 ]
 
 

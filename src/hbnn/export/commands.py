@@ -5,6 +5,8 @@
 - ``hbnn infer FILE [--compare RUN_DIR|CHECKPOINT [--which best|last]]`` evaluates a packed
   file on its test split (:func:`hbnn.export.evaluate.evaluate_packed`) and, with
   ``--compare``, runs the training-time model on the same batches.
+- ``hbnn predict MODEL INPUTS... [--top-k K] [--json]`` prints the top classes of image
+  files, folders or .npy arrays (:func:`hbnn.export.prediction.predict`).
 
 Export and infer report progress on stderr (:mod:`hbnn.progress`; ``-q`` silences it).
 Heavy imports live in the handlers; errors surface as one line and exit code 2 (``hbnn.cli``).
@@ -19,7 +21,7 @@ __all__ = ["register", "format_eval"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``export`` and ``infer`` subcommands."""
+    """Add the ``export``, ``infer`` and ``predict`` subcommands."""
     p = subparsers.add_parser("export", help="write a trained model as a packed file (and ONNX)")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--out", required=True, metavar="FILE", help="packed model file to write (.hbnn)")
@@ -45,6 +47,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint inside --compare's run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_infer)
+
+    p = subparsers.add_parser(
+        "predict", help="top classes of your own images or .npy arrays",
+        description="Predict with a run directory, checkpoint or packed file. INPUTS: image files, folders (their "
+                    "image files, sorted) or .npy arrays ([H,W], [C,H,W], [N,C,H,W] or [N,H,W] of the model's size; "
+                    "uint8 0..255 or floats in [0,1]), preprocessed as the model's test split.")
+    p.add_argument("model", metavar="MODEL", help="run directory, checkpoint or packed model file (.hbnn)")
+    p.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files, folders or .npy arrays")
+    p.add_argument("--top-k", type=int, help="classes per input (default 5, or all if fewer)")
+    p.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass (default 64)")
+    p.add_argument("--recursive", "-r", action="store_true", help="also read the sub-folders of folders")
+    p.add_argument("--which", default="best", choices=("best", "last", "calibrated"),
+                   help="checkpoint inside a run directory (calibrated: written by hbnn calibrate)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of {path, index, top_k: [{class, name, prob}]}")
+    p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -95,4 +113,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                              limit=args.limit, backend=args.backend, compare=args.compare, which=args.which,
                              progress=not args.quiet)
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_eval(result))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from hbnn.export.prediction import format_predictions, predict
+
+    results = predict(args.model, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
+                      recursive=args.recursive, which=args.which)
+    print(json.dumps(results, indent=2) if args.json else format_predictions(results))
     return 0
