@@ -2,7 +2,7 @@
 
 ``python -m research showcase --out runs/showcase`` (``make run``) trains the four recipes
 ``showcase/*.yaml`` found by :func:`hbnn.configs.find_config` (in the repository:
-``configs/showcase/``; weights and activations binarized, as in the paper's Table 1), then
+``src/hbnn/recipes/showcase/``; weights and activations binarized, as in the paper's Table 1), then
 prints a table of test accuracy, realized average bits and stored model size, and writes
 ``showcase.json``, ``showcase.md`` and ``showcase.png`` into the output folder.
 Finished runs are reused and interrupted ones resume, so the command can be re-run.

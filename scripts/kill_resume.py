@@ -78,7 +78,7 @@ _ATTEMPTS = 4
 
 def train_args(data_dir: Path, out: Path) -> list[str]:
     """``hbnn train`` arguments of the tiny run (12 steps, a checkpoint every 2)."""
-    return ["train", "configs/fashion_mnist/w1.4a1.4.yaml", "--data-dir", str(data_dir), "--out", str(out),
+    return ["train", "src/hbnn/recipes/fashion_mnist/w1.4a1.4.yaml", "--data-dir", str(data_dir), "--out", str(out),
             "--epochs", "2", "--batch-size", "32", "--seed", "7", "-q",
             "--set", "train.checkpoint_every_steps=2", "--set", "run.tensorboard=false",
             "--set", "model.kwargs={widths: [8, 16, 16]}", "--set", "data.train_limit=192",

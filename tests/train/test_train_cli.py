@@ -84,7 +84,7 @@ def test_summary_of_run_dir_model_name_and_recipe(run_dir, capsys):
     assert main(["summary", "cifar_fc4", "--dataset", "cifar10", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["model"]["avg_weight_bits"] == 32.0 and data["layers"][0]["name"] == "features.0"
-    assert main(["summary", "configs/fashion_mnist/w2.yaml"]) == 0
+    assert main(["summary", "src/hbnn/recipes/fashion_mnist/w2.yaml"]) == 0
     assert "avg weight bits 2.000" in capsys.readouterr().out
 
 
@@ -225,7 +225,7 @@ def test_resume_rules(run_dir, tmp_path, tiny_args, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "--batch-size", "16", "-q"]) == 2
     assert "cannot change train.batch_size" in _error_line(capsys)
-    assert main(["train", "configs/fashion_mnist/fp.yaml", "--resume", str(run_dir), "-q"]) == 2
+    assert main(["train", "src/hbnn/recipes/fashion_mnist/fp.yaml", "--resume", str(run_dir), "-q"]) == 2
     assert "cannot change" in _error_line(capsys)  # a recipe with --resume must be the run's
     assert main(["train", "--resume", str(tmp_path / "none"), "-q"]) == 2
     assert "not an hbnn run directory" in _error_line(capsys)
@@ -266,12 +266,13 @@ def test_recipe_short_names_and_default_run_dir(tmp_path, fmnist_dir, monkeypatc
     from pathlib import Path
 
     from hbnn.train.rundir import default_run_dir
+    from hbnn.configs import recipes_root
     from hbnn.train.config import resolve_recipe
 
     repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)
-    assert resolve_recipe("fashion_mnist/w1.4_mo") == Path("configs/fashion_mnist/w1.4_mo.yaml")
-    assert resolve_recipe("configs/cifar10/fp.yaml") == Path("configs/cifar10/fp.yaml")
+    assert resolve_recipe("fashion_mnist/w1.4_mo") == recipes_root() / "fashion_mnist" / "w1.4_mo.yaml"
+    assert resolve_recipe("src/hbnn/recipes/cifar10/fp.yaml") == Path("src/hbnn/recipes/cifar10/fp.yaml")
     assert default_run_dir(Path("configs/cifar10/w1.yaml"), "cifar_fc4", "cifar10") == Path("runs/cifar10-w1")
     assert default_run_dir(None, "cifar_fc4", "mnist") == Path("runs/cifar_fc4-mnist")
     out = tmp_path / "short"

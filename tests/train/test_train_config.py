@@ -24,9 +24,9 @@ from hbnn.train.config import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-# Training recipes (configs/experiments/ holds sweep specs, not train recipes).
+# Training recipes ship in the package (src/hbnn/recipes); configs/experiments/ holds sweep specs.
 RECIPE_DIRS = ("fashion_mnist", "cifar10", "imagenet")
-RECIPES = sorted(p for d in RECIPE_DIRS for p in (REPO / "configs" / d).rglob("*.yaml"))
+RECIPES = sorted(p for d in RECIPE_DIRS for p in (REPO / "src" / "hbnn" / "recipes" / d).rglob("*.yaml"))
 
 
 def test_defaults_are_the_paper_recipe():
@@ -132,7 +132,7 @@ def test_quant_is_typed_and_recorded_as_written():
 
 
 def test_there_is_a_recipe_per_paper_experiment():
-    names = {str(p.relative_to(REPO / "configs")) for p in RECIPES}
+    names = {str(p.relative_to(REPO / "src" / "hbnn" / "recipes")) for p in RECIPES}
     for folder in ("fashion_mnist", "cifar10", "imagenet/alexnet_bn", "imagenet/mobilenet_v1"):
         for exp in ("fp", "w1.4_mo", "w2a2", "w1.4a1.4"):
             assert f"{folder}/{exp}.yaml" in names
@@ -140,7 +140,7 @@ def test_there_is_a_recipe_per_paper_experiment():
         assert f"fashion_mnist/{exp}.yaml" in names and f"cifar10/{exp}.yaml" in names
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "src" / "hbnn" / "recipes")))
 def test_every_recipe_validates(recipe):
     cfg = load_config(recipe)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.01, 0.9, 1e-4)
@@ -149,7 +149,7 @@ def test_every_recipe_validates(recipe):
 
 
 @pytest.mark.parametrize("recipe", [p for p in RECIPES if "fashion_mnist" in p.parts or "mobilenet_v1" in p.parts],
-                         ids=lambda p: str(p.relative_to(REPO / "configs")))
+                         ids=lambda p: str(p.relative_to(REPO / "src" / "hbnn" / "recipes")))
 def test_recipes_build_and_their_rules_match(recipe):
     from hbnn.train.rebuild import build_model_for
 

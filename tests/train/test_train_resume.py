@@ -33,7 +33,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, fmnist_dir, ch
     def args(out):
         # 192 images / batch 32 = 6 steps per epoch, 3 epochs; a checkpoint every 4 steps lands
         # mid-epoch (steps 4, 8, 16); HBNN weights and activations exercise the quantizers' state.
-        return ["train", "configs/fashion_mnist/w1.4a1.4.yaml", "--data-dir", str(fmnist_dir),
+        return ["train", "src/hbnn/recipes/fashion_mnist/w1.4a1.4.yaml", "--data-dir", str(fmnist_dir),
                 "--out", str(out), "--epochs", "3", "--batch-size", "32", "--seed", "7", "-q",
                 "--set", "train.checkpoint_every_steps=4", "--set", "run.tensorboard=false",
                 "--set", "model.kwargs={widths: [16, 32, 32]}"]

@@ -7,7 +7,8 @@ step), ``hbnn hw estimate --packed`` (the source model) and the shape check at l
 * ``model`` is an object with a printable ``name`` and optionally ``config`` (exactly the
   keys of :class:`hbnn.train.config.ModelConfig`, valid for it, with model options of the
   types of the registered model's defaults: an integer option is not a bool, a list of
-  integers holds integers), ``quant`` (null or a valid
+  integers holds integers; a user model ``package.module:callable`` is not imported here,
+  so its options are checked only as :class:`ModelConfig` checks them), ``quant`` (null or a valid
   :class:`hbnn.convert.QuantizeConfig`), ``num_classes``/``in_channels``/``image_size``
   (integers >= 1);
 * ``meta.data``, when present, has exactly ``name`` (string), ``data_dir`` (string or
@@ -65,12 +66,14 @@ def _schema_error(at: At, field: str, exc: Exception) -> FormatError:
 
 def _check_config(at: At, config: Any) -> None:
     """``model.config``: a valid :class:`ModelConfig` whose options have their defaults' types."""
-    from hbnn.models import model_options
+    from hbnn.models import is_model_path, model_options
     from hbnn.train.config import ModelConfig
 
     at.keys("model.config.", config, _MODEL_CONFIG_KEYS)
     try:
         cfg = ModelConfig.from_dict(config, "model.config")
+        if is_model_path(cfg.name):  # validating a file never imports code; rebuilding it will
+            return
         options = model_options(cfg.name)
     except (ValueError, TypeError) as exc:
         raise _schema_error(at, "model.config", exc) from None

@@ -104,12 +104,14 @@ def _registry_layers(args: argparse.Namespace, catalog: Any, quantize: bool) -> 
     from hbnn.errors import ConfigError
     from hbnn.hw.profile import profile_model
     from hbnn.hw.workloads import WORKLOAD_LAYERS
-    from hbnn.models import build_model, list_models
+    from hbnn.models import build_model, is_model_path, list_models
 
     try:
         model = build_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
                             image_size=args.image_size)
-    except ConfigError:
+    except ConfigError as exc:
+        if is_model_path(args.model) or args.model in list_models():  # its own error says what is wrong
+            raise ConfigError(f"--model: {exc}") from None
         known = ", ".join(sorted({*WORKLOAD_LAYERS, *catalog.workloads, *list_models()}))
         raise ConfigError(f"--model: {args.model!r} is not a built-in workload or registered model; known: {known}") from None
     if quantize:
@@ -172,7 +174,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _add_estimate(hw: Any) -> None:
     p = hw.add_parser("estimate", help="estimate a network on every platform (area, kFPS, W, energy, op counts)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="built-in network (vgg8, mobilenet, finn_cnv, mobilenet_v1_224) or hbnn.models name")
+    src.add_argument("--model", help="built-in network (vgg8, mobilenet, finn_cnv, mobilenet_v1_224), hbnn.models name or package.module:callable")
     src.add_argument("--run", help="trained run directory or checkpoint (its best, else last, weights)")
     src.add_argument("--packed", help="packed model file (hbnn export): its source architecture and bit mixes")
     p.add_argument("--wbits", help="weight bits in [1, 8]: a number or a mix such as 70/20/10 (with --model)")

@@ -11,6 +11,9 @@ Importing this package registers every architecture:
 - ``vgg8_cnv`` -- FINN's CNV CIFAR-10 net of the paper's Table 2
   (:mod:`hbnn.models.vgg8_cnv`).
 
+Your own architectures need no registration: a model name ``package.module:fn`` (or an
+entry point of the group ``hbnn.models``) is resolved by :mod:`hbnn.models.registry`.
+
 Example:
     >>> from hbnn.models import build_model, list_models
     >>> list_models()
@@ -21,6 +24,8 @@ Example:
 from hbnn.models import alexnet_bn, cifar_fc4, mobilenet_v1, vgg8_cnv  # noqa: F401  (register)
 from hbnn.models._layers import ACTIVATIONS
 from hbnn.models.mobilenet_v1 import POINTWISE_ONLY_QUANT
-from hbnn.models.registry import build_model, list_models, model_options, register_model
+from hbnn.models.registry import (ENTRY_POINT_GROUP, build_model, is_model_path, list_models, model_options,
+                                  register_model)
 
-__all__ = ["ACTIVATIONS", "POINTWISE_ONLY_QUANT", "build_model", "list_models", "model_options", "register_model"]
+__all__ = ["ACTIVATIONS", "ENTRY_POINT_GROUP", "POINTWISE_ONLY_QUANT", "build_model", "is_model_path", "list_models",
+           "model_options", "register_model"]

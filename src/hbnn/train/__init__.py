@@ -17,8 +17,9 @@ Small importable functions, no module-level state:
 - :mod:`hbnn.train.evaluation` -- :func:`evaluate_checkpoint`, :func:`summary_for`.
 
 Example:
+    >>> from hbnn.configs import find_config
     >>> from hbnn.train import load_config, fit
-    >>> cfg = load_config("configs/fashion_mnist/w1.4_mo.yaml", ["train.epochs=1"])  # doctest: +SKIP
+    >>> cfg = load_config(find_config("fashion_mnist/w1.4_mo"), ["train.epochs=1"])  # doctest: +SKIP
     >>> fit(cfg, "runs/demo")                                                        # doctest: +SKIP
 """
 

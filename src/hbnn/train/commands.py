@@ -1,4 +1,4 @@
-"""``hbnn train``, ``hbnn eval`` and ``hbnn summary``: argparse front-ends over hbnn.train.
+"""``hbnn train``, ``hbnn eval``, ``hbnn summary`` and ``hbnn recipes``: argparse front-ends over hbnn.train.
 
 Where a run goes and whether it may resume is :func:`hbnn.train.rundir.plan_run`'s call.
 Packed files are evaluated by ``hbnn infer`` (:mod:`hbnn.export.commands`).
@@ -19,7 +19,8 @@ from typing import Any
 __all__ = ["register", "train_overrides"]
 
 _SHORTCUTS = (  # (flag, dest, config key, type, help)
-    ("--model", "model", "model.name", str, "model name (hbnn.models.list_models())"),
+    ("--model", "model", "model.name", str, "model name (hbnn.models.list_models()) or a user model "
+                                             "package.module:callable (recorded in the run's config)"),
     ("--dataset", "dataset", "data.name", str, "dataset name"),
     ("--data-dir", "data_dir", "data.data_dir", str, "dataset folder"),
     ("--epochs", "epochs", "train.epochs", int, "number of epochs"),
@@ -32,12 +33,12 @@ _SHORTCUTS = (  # (flag, dest, config key, type, help)
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``train``, ``eval`` and ``summary`` subcommands."""
+    """Add the ``train``, ``eval``, ``summary`` and ``recipes`` subcommands."""
     p = subparsers.add_parser(
         "train", help="train a model from a YAML recipe",
-        description="Train from a recipe (configs/*.yaml); flags and --set override it; the "
+        description="Train from a recipe (hbnn recipes lists them); flags and --set override it; the "
                     "resolved config is saved in the run directory. Under torchrun, trains with DDP.")
-    p.add_argument("config", nargs="?", help="YAML recipe: a path, or a name under configs/ "
+    p.add_argument("config", nargs="?", help="YAML recipe: a path, or a name from hbnn recipes "
                                              "(e.g. cifar10/w1.4_mo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=0.1 (repeatable; YAML values)")
@@ -88,6 +89,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = subparsers.add_parser(
+        "recipes", help="list the training recipe names hbnn train takes",
+        description="List the training recipes of every config root (hbnn.configs: $HBNN_CONFIGS, "
+                    "./configs, the recipes shipped with hbnn), one name per line.")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {name, path}")
+    p.set_defaults(func=_cmd_recipes)
 
 
 def train_overrides(args: argparse.Namespace) -> list[str]:
@@ -150,6 +158,17 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(format_summary(title, summary))
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from hbnn.configs import find_config, list_recipes
+
+    names = list_recipes()
+    if args.json:
+        print(json.dumps([{"name": n, "path": str(find_config(n))} for n in names], indent=2))
+    else:
+        print("\n".join(names))
     return 0
 
 

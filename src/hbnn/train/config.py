@@ -2,7 +2,7 @@
 
 A run is described by one :class:`Config` with the sections ``model``, ``data``,
 ``quant``, ``optim``, ``sched``, ``train``, ``run`` and ``dist``. Recipes are YAML files
-(``configs/``); a recipe may name other recipes under ``extends:`` (a path or a list of
+(``hbnn/recipes/``); a recipe may name other recipes under ``extends:`` (a path or a list of
 paths, relative to the file), which are deep-merged first, in order, then the file
 itself on top. Command-line ``--set section.key=value`` overrides come last; values are
 parsed as YAML (``0.1``, ``null``, ``[1, 2]``, ``{bits: 2}``). No code is ever executed.
@@ -35,7 +35,7 @@ from hbnn.convert import QuantizeConfig
 from hbnn.data import list_datasets
 from hbnn.errors import ConfigError
 from hbnn.io import atomic_write_text
-from hbnn.models import ACTIVATIONS
+from hbnn.models import ACTIVATIONS, is_model_path
 from hbnn.schema import Schema, check, check_choice
 
 __all__ = [
@@ -90,8 +90,11 @@ class ModelConfig(Schema):
     """Which network to build: ``hbnn.models.build_model(name, activation=..., **kwargs)``.
 
     Attributes:
-        name: a registered model name (``hbnn.models.list_models()``).
-        activation: ``"relu"`` or ``"hardtanh"`` (binarized-activation recipes use hardtanh).
+        name: a registered model name (``hbnn.models.list_models()``) or a user model
+            ``package.module:callable`` (:func:`hbnn.models.is_model_path`), called like a
+            registered builder with ``num_classes``, ``in_channels``, ``image_size`` and ``kwargs``.
+        activation: ``"relu"`` or ``"hardtanh"`` (binarized-activation recipes use hardtanh);
+            a user model without an ``activation`` option gets it only when not ``"relu"``.
         kwargs: extra keyword arguments of the model's constructor (e.g. ``width``).
     """
 
@@ -100,7 +103,8 @@ class ModelConfig(Schema):
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check(bool(self.name), "name", self.name, "a model name")
+        check(isinstance(self.name, str) and bool(self.name) and (":" not in self.name or is_model_path(self.name)),
+              "name", self.name, "a model name or package.module:callable")
         check_choice("activation", self.activation, ACTIVATIONS)
 
 

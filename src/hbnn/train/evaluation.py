@@ -78,7 +78,7 @@ def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None 
     """Build the model meant by ``target`` and return ``(title, hbnn.convert.summarize(model))``.
 
     ``target`` is a run directory (its best, else last checkpoint), a checkpoint file, a
-    YAML recipe (a run's ``config.yaml`` too), or a registered model name (float unless
+    YAML recipe (a run's ``config.yaml`` too), or a model name or ``package.module:callable`` (float unless
     ``overrides`` set ``quant.*``). ``dataset`` picks the input shape for recipes and
     model names (default: the recipe's dataset, else fashion_mnist).
 
@@ -88,7 +88,7 @@ def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None 
         ConfigError: an unknown target or a bad override.
     """
     from hbnn.convert import summarize
-    from hbnn.models import list_models
+    from hbnn.models import is_model_path, list_models
 
     path = Path(target)
     ckpt = None
@@ -112,7 +112,7 @@ def summary_for(target: str, overrides: Iterable[str] = (), dataset: str | None 
         cfg = load_config(None, overrides, base=ckpt.metadata["config"])
     elif path.suffix in (".yaml", ".yml") or path.exists():
         cfg = load_config(path, overrides)
-    elif target in list_models():
+    elif target in list_models() or is_model_path(target):
         cfg = load_config(None, [f"model.name={target}", *overrides])
     else:
         try:  # a recipe name, as `hbnn train` takes (hbnn.configs)

@@ -88,11 +88,13 @@ def build_model_for(model_cfg: ModelConfig, shape: Mapping[str, int],
     Returns:
         ``(model, report)`` with report the ``quantize_`` report, or None for a float model.
     """
-    from hbnn.models import build_model
+    from hbnn.models import build_model, model_options
 
-    model = build_model(model_cfg.name, num_classes=shape["num_classes"],
-                        in_channels=shape["in_channels"], image_size=shape["image_size"],
-                        activation=model_cfg.activation, **model_cfg.kwargs)
+    # every zoo model takes ``activation``; a user model without that option gets it only when set
+    takes = "activation" in model_options(model_cfg.name) or model_cfg.activation != ModelConfig.activation
+    activation = {"activation": model_cfg.activation} if takes else {}
+    model = build_model(model_cfg.name, num_classes=shape["num_classes"], in_channels=shape["in_channels"],
+                        image_size=shape["image_size"], **activation, **model_cfg.kwargs)
     report = None
     if quant is not None:
         import warnings
