@@ -142,3 +142,13 @@ def test_a_bug_is_not_hidden(monkeypatch, capsys):
         main([], parser=parser)
     parser.set_defaults(func=lambda args: (_ for _ in ()).throw(DatasetError("d: bad\nsecond line")))
     assert main([], parser=parser) == 2 and capsys.readouterr().err == "t: error: d: bad\n"
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`hbnn recipes | head -1`: the reader closing the pipe early prints no error and exits 0."""
+    import subprocess
+
+    hbnn = Path(sys.executable).with_name("hbnn")
+    proc = subprocess.run(f"'{hbnn}' recipes | head -1; exit ${{PIPESTATUS[0]}}", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "" and proc.stdout.count("\n") == 1

@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`hbnn recipes | head`): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 0
     except HbnnError as exc:  # every user-file problem (also a ValueError; named for clarity)
         return _one_line(parser.prog, exc)
     except (ValueError, TypeError, OSError) as exc:  # bad input reported by Python or torch
