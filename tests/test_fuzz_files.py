@@ -7,25 +7,14 @@ gives byte-identical mutants and the same classes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _fuzz_module():
-    spec = importlib.util.spec_from_file_location("hbnn_fuzz_files", REPO / "scripts" / "fuzz_files.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_mutants_no_silent_load_traceback_crash_or_hang_and_deterministic(tmp_path):
-    fuzz = _fuzz_module()
+def test_mutants_no_silent_load_traceback_crash_or_hang_and_deterministic(tmp_path, load_script):
+    fuzz = load_script("fuzz_files")
     work = tmp_path / "fuzz"
     summary = fuzz.run_fuzz(40, seed=0, jobs=2, timeout=60, work=work)
     assert "error" not in summary, summary.get("error")
@@ -52,8 +41,8 @@ def _case(kind, field, in_range=False):
     return {"original": "o", "kind": kind, "field": field, "in_range": in_range}
 
 
-def test_advisory_fields_are_valid_different_only_when_the_forward_pass_is_identical():
-    fuzz = _fuzz_module()
+def test_advisory_fields_are_valid_different_only_when_the_forward_pass_is_identical(load_script):
+    fuzz = load_script("fuzz_files")
     same, other = {"status": "loaded", "digest": "a"}, {"status": "loaded", "digest": "b"}
     refs = {"o": {"load": same, "infer": same}}
     classify = fuzz.classify

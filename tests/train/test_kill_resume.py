@@ -4,25 +4,14 @@ uninterrupted run and leave no temporary file."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _kill_module():
-    spec = importlib.util.spec_from_file_location("hbnn_kill_resume", REPO / "scripts" / "kill_resume.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_three_kills_resume_bit_identical_without_leftovers(tmp_path, fmnist_dir):
-    kills = _kill_module()
+def test_three_kills_resume_bit_identical_without_leftovers(tmp_path, fmnist_dir, load_script):
+    kills = load_script("kill_resume")
     summary = kills.run_kills(3, seed=0, data_dir=fmnist_dir, work=tmp_path / "kill")
     assert "error" not in summary, summary.get("error")
     assert [t["plan"] for t in summary["trials"]] == ["startup", "early_event", "event"]
@@ -33,8 +22,8 @@ def test_three_kills_resume_bit_identical_without_leftovers(tmp_path, fmnist_dir
     assert summary["bit_identical"] == 3 and summary["leftover_tmp"] == 0
 
 
-def test_plans_are_deterministic_and_early_enough():
-    kills = _kill_module()
+def test_plans_are_deterministic_and_early_enough(load_script):
+    kills = load_script("kill_resume")
     events = [(n, 1, 0.1 * k) for k, n in enumerate(["run.json", "config.yaml", "metrics.csv", "best.safetensors",
                                                        "best.json", "last.safetensors", "last.json"])]
     events += [(n, 2, 1 + 0.1 * k) for k, n in enumerate(["last.safetensors", "last.json"])]
