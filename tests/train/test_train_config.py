@@ -13,15 +13,13 @@ from hbnn.errors import ConfigError
 from hbnn.quant import LayerQuant, QuantSpec
 from hbnn.train.config import (
     Config,
-    apply_overrides,
     config_from_dict,
     config_to_dict,
     config_to_yaml,
-    set_dotted,
     load_config,
-    load_yaml_recipe,
     save_config,
 )
+from hbnn.train.recipes import apply_overrides, load_yaml_recipe, set_dotted
 
 REPO = Path(__file__).resolve().parents[2]
 # Training recipes ship in the package (src/hbnn/recipes); configs/experiments/ holds sweep specs.

@@ -62,7 +62,8 @@ from hbnn.convert import QuantizeConfig
 from hbnn.errors import ConfigError
 from hbnn.quant.config import LayerQuant, QuantSpec
 from hbnn.schema import Schema, check, check_choice
-from hbnn.train.config import config_from_dict, config_to_dict, deep_merge, load_yaml_recipe, parse_override, set_dotted
+from hbnn.train.config import config_from_dict, config_to_dict
+from hbnn.train.recipes import deep_merge, load_yaml_recipe, parse_override, set_dotted
 
 __all__ = [
     "KINDS",

@@ -51,9 +51,9 @@ from hbnn.train.config import (
     config_from_dict,
     config_to_dict,
     load_config,
-    load_yaml_recipe,
     resolve_recipe,
 )
+from hbnn.train.recipes import load_yaml_recipe
 
 __all__ = [
     "RUN_FILE",
