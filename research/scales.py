@@ -117,6 +117,8 @@ def plot_training_length(folder: str | Path, path: str | Path) -> Path:
         ax.axhline(0.0, color="black", lw=0.5)
         ax.set(title=f"claim ({claim})", xlabel="training epochs", ylabel=LENGTH_CLAIMS[claim][1])
         ax.set_xticks(sorted(set(xs)) or [2, 6, 15])
+        if xs:  # room for the status labels right of the last point
+            ax.set_xlim(min(xs) - 1, max(xs) + 0.25 * (max(xs) - min(xs)) + 2)
         ax.legend(fontsize=7)
     fig.suptitle("Gaps against training length (mean over seeds, ±2 se)", fontsize=9)
     return save_png(fig, Path(path))
