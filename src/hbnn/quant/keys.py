@@ -1,4 +1,4 @@
-"""Algorithm 1's ranking keys (the heuristics of ``../shared/spec/paper.md`` §2).
+"""Algorithm 1's ranking keys (the heuristics of Fromm et al. 2018, Sec. 2; see docs/method.md).
 
 With ``a = |x|`` and ``m = mean(a)``, entries are ranked ascending by the key; the lowest
 ranks get the fewest bits:
