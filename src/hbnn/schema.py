@@ -46,7 +46,7 @@ from typing import Annotated, Any, Iterable, Mapping
 
 from hbnn.errors import ConfigError
 
-__all__ = ["Schema", "NonFiniteFloat", "MAX_VALUE_CHARS", "coerce_value", "invalid", "check", "check_choice",
+__all__ = ["is_int", "is_number", "Schema", "NonFiniteFloat", "MAX_VALUE_CHARS", "coerce_value", "invalid", "check", "check_choice",
            "short_repr"]
 
 #: Annotation of a float field that accepts NaN and +-inf (plain ``float`` fields refuse them).
@@ -57,6 +57,17 @@ MAX_VALUE_CHARS = 80
 
 # A number as YAML 1.1 leaves it a string ("1e-4": no dot in the mantissa); nothing else.
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def is_int(value: Any) -> bool:
+    """An ``int`` that is not a ``bool`` (JSON/YAML ``true`` is not 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any, finite: bool = True) -> bool:
+    """An ``int`` or ``float`` that is not a ``bool``; finite unless ``finite=False``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return ok and (not finite or math.isfinite(value))
 
 
 def short_repr(value: Any) -> str:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from hbnn.schema import is_int, is_number
+from hbnn.schema import short_repr as short
 from hbnn.errors import FormatError
 
 __all__ = ["MAX_INT", "FLOAT32_MAX", "At", "short", "is_int", "is_number"]
@@ -24,20 +26,10 @@ MAX_INT = 2 ** 31 - 1
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
-def short(value: Any) -> str:
-    """``repr(value)``, cut to 80 characters."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
-def is_int(value: Any) -> bool:
-    """An ``int`` that is not a ``bool``."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_number(value: Any) -> bool:
-    """A finite ``int`` or ``float`` (not a ``bool``)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class At:

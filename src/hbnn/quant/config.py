@@ -15,7 +15,7 @@ from typing import Any
 from hbnn.errors import ConfigError
 from hbnn.quant.checks import HEURISTICS
 from hbnn.quant.mix import BitMix
-from hbnn.schema import Schema, check, check_choice
+from hbnn.schema import Schema, check, check_choice, is_int, is_number
 
 __all__ = ["QuantSpec", "LayerQuant", "EVAL_MODES", "SELECT_MODES"]
 
@@ -58,12 +58,12 @@ class QuantSpec(Schema):
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc)) from None
         check_choice("heuristic", self.heuristic, HEURISTICS)
-        check(_is_int(self.block) and self.block >= 1, "block", self.block, "an integer >= 1")
+        check(is_int(self.block) and self.block >= 1, "block", self.block, "an integer >= 1")
         check(isinstance(self.per_channel, bool), "per_channel", self.per_channel, "true or false")
         check_choice("eval_mode", self.eval_mode, EVAL_MODES)
         m = self.momentum
-        check(_is_number(m) and math.isfinite(m) and 0 < m <= 1, "momentum", m, "a number in (0, 1]")
-        check(_is_int(self.seed), "seed", self.seed, "an integer")
+        check(is_number(m) and math.isfinite(m) and 0 < m <= 1, "momentum", m, "a number in (0, 1]")
+        check(is_int(self.seed), "seed", self.seed, "an integer")
         check_choice("select", self.select, SELECT_MODES)
 
     @property
@@ -112,9 +112,5 @@ class LayerQuant(Schema):
         return self.weight is None and self.act is None
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hbnn.data import dataset_info
+from hbnn.schema import is_int, is_number, short_repr
 from hbnn.errors import CheckpointError, ConfigError
 from hbnn.train.config import Config, config_from_dict, config_to_dict
 
@@ -54,18 +55,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MT_WORDS = 624
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any, finite: bool = True) -> bool:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return ok and (not finite or math.isfinite(value))
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class _Fields:
@@ -75,11 +68,11 @@ class _Fields:
         self.meta, self.where = meta, where
 
     def fail(self, key: str, value: Any, expected: str) -> None:
-        raise CheckpointError(f"checkpoint {self.where}: metadata field {key} is {_short(value)}; "
+        raise CheckpointError(f"checkpoint {self.where}: metadata field {key} is {short_repr(value)}; "
                               f"expected {expected}")
 
     def int_at_least(self, key: str, value: Any, low: int) -> int:
-        if not _is_int(value) or value < low:
+        if not is_int(value) or value < low:
             self.fail(key, value, f"an integer >= {low}")
         return value
 
@@ -100,7 +93,7 @@ def _huge_int(node: Any, path: str) -> tuple[str, int] | None:
     elif isinstance(node, list):
         items = [(f"{path}[{i}]", v) for i, v in enumerate(node)]
     else:
-        return (path, node) if _is_int(node) and abs(node) > MAX_JSON_INT else None
+        return (path, node) if is_int(node) and abs(node) > MAX_JSON_INT else None
     return next((found for sub, value in items if (found := _huge_int(value, sub))), None)
 
 
@@ -144,7 +137,7 @@ def _first_difference(given: Any, canon: Any, path: str) -> str | None:
                 return found
         return None
     if _json_type(given) != _json_type(canon) or given != canon:
-        return f"{path} is {_short(given)}; expected {_short(canon)} (its resolved form)"
+        return f"{path} is {short_repr(given)}; expected {short_repr(canon)} (its resolved form)"
     return None
 
 
@@ -198,14 +191,14 @@ def _check_model(f: _Fields, meta: Mapping[str, Any], cfg: Config | None) -> Non
     for key, value in expected.items():
         if json.dumps(model[key], sort_keys=True) != json.dumps(value, sort_keys=True):
             raise CheckpointError(f"checkpoint {f.where}: metadata field model.{key} disagrees with "
-                                  f"config ({_short(model[key])} vs {_short(value)})")
+                                  f"config ({short_repr(model[key])} vs {short_repr(value)})")
 
 
 def _check_best(f: _Fields, meta: Mapping[str, Any]) -> None:
     metric, epoch = meta.get("best_metric"), meta.get("best_epoch")
-    if metric is not None and (not _is_number(metric) or not 0 <= metric <= 1):
+    if metric is not None and (not is_number(metric) or not 0 <= metric <= 1):
         f.fail("best_metric", metric, "null or a number in [0, 1] (a top-1 accuracy)")
-    if epoch is not None and (not _is_int(epoch) or not 1 <= epoch <= meta["epoch"]):
+    if epoch is not None and (not is_int(epoch) or not 1 <= epoch <= meta["epoch"]):
         f.fail("best_epoch", epoch, f"null or an integer in [1, {meta['epoch']}]")
     if (metric is None) != (epoch is None):
         raise CheckpointError(f"checkpoint {f.where}: metadata fields best_metric and best_epoch must be "
@@ -218,7 +211,7 @@ def _check_words(f: _Fields, key: str, words: Any, n: int) -> None:
         f.fail(key, words if not isinstance(words, list) else f"{len(words)} entries",
                f"a list of {n} integers in [0, 2**32)")
     for i, word in enumerate(words):
-        if not _is_int(word) or not 0 <= word < 2 ** 32:
+        if not is_int(word) or not 0 <= word < 2 ** 32:
             f.fail(f"{key}[{i}]", word, "an integer in [0, 2**32)")
 
 
@@ -242,12 +235,12 @@ def _check_rng(f: _Fields, key: str, rng: Any) -> None:
     py = rng["python"]
     if not isinstance(py, list) or len(py) != 3:
         f.fail(f"{key}.python", py, "[version, 625 state words, gauss]")
-    if not _is_int(py[0]) or py[0] != 3:
+    if not is_int(py[0]) or py[0] != 3:
         f.fail(f"{key}.python[0]", py[0], "3 (the random module's state version)")
     _check_words(f, f"{key}.python[1]", py[1], _MT_WORDS + 1)
     if py[1][-1] > _MT_WORDS:
         f.fail(f"{key}.python[1][{_MT_WORDS}]", py[1][-1], f"a position in [0, {_MT_WORDS}]")
-    if py[2] is not None and not _is_number(py[2]):
+    if py[2] is not None and not is_number(py[2]):
         f.fail(f"{key}.python[2]", py[2], "null or a finite number")
     state = rng["numpy"]
     if not isinstance(state, list) or len(state) != 5:
@@ -255,9 +248,9 @@ def _check_rng(f: _Fields, key: str, rng: Any) -> None:
     if state[0] != "MT19937":
         f.fail(f"{key}.numpy[0]", state[0], "'MT19937'")
     _check_words(f, f"{key}.numpy[1]", state[1], _MT_WORDS)
-    if not _is_int(state[2]) or not 0 <= state[2] <= _MT_WORDS:
+    if not is_int(state[2]) or not 0 <= state[2] <= _MT_WORDS:
         f.fail(f"{key}.numpy[2]", state[2], f"a position in [0, {_MT_WORDS}]")
-    if not _is_int(state[3]) or state[3] not in (0, 1):
+    if not is_int(state[3]) or state[3] not in (0, 1):
         f.fail(f"{key}.numpy[3]", state[3], "0 or 1")
     if not isinstance(state[4], float) or not math.isfinite(state[4]):
         f.fail(f"{key}.numpy[4]", state[4], "a finite float")
@@ -282,7 +275,7 @@ def _check_ranks(f: _Fields, meta: Mapping[str, Any]) -> None:
         if sums is not None:
             if set(sums) != {"loss_sum", "correct", "count"}:
                 f.fail(f"ranks[{i}].epoch_sums", sorted(sums), "keys loss_sum, correct, count")
-            if not _is_number(sums["loss_sum"], finite=False):
+            if not is_number(sums["loss_sum"], finite=False):
                 f.fail(f"ranks[{i}].epoch_sums.loss_sum", sums["loss_sum"], "a number")
             f.int_at_least(f"ranks[{i}].epoch_sums.correct", sums["correct"], 0)
             count = f.int_at_least(f"ranks[{i}].epoch_sums.count", sums["count"], 0)
@@ -296,12 +289,12 @@ def _check_metrics(f: _Fields, meta: Mapping[str, Any]) -> None:
     if not metrics:
         return
     for key in ("loss", "top1", "top5"):
-        if key in metrics and not _is_number(metrics[key], finite=False):
+        if key in metrics and not is_number(metrics[key], finite=False):
             f.fail(f"metrics.{key}", metrics[key], "a number")
     if sorted(metrics) != sorted(_METRIC_KEYS):
         f.fail("metrics", sorted(metrics), f"{{}} or the keys {', '.join(_METRIC_KEYS)}")
     epoch = metrics["epoch"]
-    if not _is_int(epoch) or not 1 <= epoch <= meta["epoch"]:
+    if not is_int(epoch) or not 1 <= epoch <= meta["epoch"]:
         f.fail("metrics.epoch", epoch, f"an integer in [1, {meta['epoch']}] (the epoch evaluated)")
     count = f.int_at_least("metrics.count", metrics["count"], 0)
     for key in ("top1", "top5"):
@@ -322,7 +315,7 @@ def _check_states(f: _Fields, meta: Mapping[str, Any]) -> None:
     f.kind("scheduler", meta.get("scheduler"), (dict,), "null or an object", optional=True)
     _check_metrics(f, meta)
     wall = meta.get("wall_time_s", 0.0)
-    if not _is_number(wall) or wall < 0:
+    if not is_number(wall) or wall < 0:
         f.fail("wall_time_s", wall, "a finite number >= 0")
 
 
@@ -345,9 +338,9 @@ def _check_extensions(f: _Fields, meta: Mapping[str, Any], cfg: Config | None) -
         if sorted(scaler) != sorted(_SCALER_KEYS):
             f.fail("grad_scaler", sorted(scaler), f"the keys {', '.join(_SCALER_KEYS)}")
         for key in ("scale", "growth_factor"):
-            if not _is_number(scaler[key]) or scaler[key] <= 0:
+            if not is_number(scaler[key]) or scaler[key] <= 0:
                 f.fail(f"grad_scaler.{key}", scaler[key], "a finite number > 0")
-        if not _is_number(scaler["backoff_factor"]) or not 0 < scaler["backoff_factor"] < 1:
+        if not is_number(scaler["backoff_factor"]) or not 0 < scaler["backoff_factor"] < 1:
             f.fail("grad_scaler.backoff_factor", scaler["backoff_factor"], "a number in (0, 1)")
         f.int_at_least("grad_scaler.growth_interval", scaler["growth_interval"], 1)
         f.int_at_least("grad_scaler._growth_tracker", scaler["_growth_tracker"], 0)
@@ -368,10 +361,10 @@ def validate_metadata(meta: Mapping[str, Any], where: Path) -> None:
     if big is not None:
         f.fail(big[0], big[1], "an integer within +-2**53 (exact in every JSON reader)")
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{where} is not an hbnn checkpoint (format {_short(meta.get('format'))})")
+        raise CheckpointError(f"{where} is not an hbnn checkpoint (format {short_repr(meta.get('format'))})")
     version = meta.get("schema_version")
-    if not _is_int(version) or version != SCHEMA_VERSION:
-        raise CheckpointError(f"checkpoint {where} has schema version {_short(version)}; this hbnn reads "
+    if not is_int(version) or version != SCHEMA_VERSION:
+        raise CheckpointError(f"checkpoint {where} has schema version {short_repr(version)}; this hbnn reads "
                               f"version {SCHEMA_VERSION} (re-create it by training with this version)")
     run_id = meta.get("run_id")
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):

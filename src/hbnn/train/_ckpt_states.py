@@ -35,6 +35,7 @@ from typing import Any, Mapping
 
 import torch
 
+from hbnn.schema import short_repr
 from hbnn.errors import CheckpointError
 
 __all__ = ["check_state_tensors", "check_optimizer_state", "check_scheduler_state"]
@@ -54,13 +55,10 @@ _SCHEDULED = ("lr",)
 _FROM_CONFIG = ("gamma", "base_lrs", "eta_min")
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _fail(where: Path, key: str, value: Any, expected: str) -> None:
-    raise CheckpointError(f"checkpoint {where}: {key} is {_short(value)}; expected {expected}")
+    raise CheckpointError(f"checkpoint {where}: {key} is {short_repr(value)}; expected {expected}")
 
 
 def _plain(value: Any) -> Any:
@@ -76,10 +74,10 @@ def _same_kind(where: Path, key: str, value: Any, live: Any) -> None:
     if isinstance(value, torch.Tensor) or isinstance(live, torch.Tensor):
         if not (isinstance(value, torch.Tensor) and isinstance(live, torch.Tensor)) \
                 or tuple(value.shape) != tuple(live.shape):
-            _fail(where, key, value, f"what this object holds ({_short(live)})")
+            _fail(where, key, value, f"what this object holds ({short_repr(live)})")
         return
     if _kind(value) != _kind(live):
-        _fail(where, key, value, f"a {_kind(live)} like this object's {_short(live)}")
+        _fail(where, key, value, f"a {_kind(live)} like this object's {short_repr(live)}")
     if isinstance(live, (list, tuple)):
         if len(value) != len(live):
             _fail(where, key, value, f"{len(live)} entries")
@@ -129,14 +127,14 @@ def _check_group(where: Path, i: int, group: Any, live: Mapping[str, Any]) -> No
     params = group["params"]
     if not isinstance(params, list) or any(isinstance(p, bool) or not isinstance(p, int) for p in params) \
             or params != list(live["params"]):
-        _fail(where, f"{key}.params", params, f"this optimizer's parameter indices {_short(live['params'])}")
+        _fail(where, f"{key}.params", params, f"this optimizer's parameter indices {short_repr(live['params'])}")
     for name, value in group.items():
         if name == "params":
             continue
         if name in live:
             _same_kind(where, f"{key}.{name}", value, live[name])
             if name not in _SCHEDULED and value != _plain(live[name]):
-                _fail(where, f"{key}.{name}", value, f"this optimizer's {_short(live[name])} (the run's config)")
+                _fail(where, f"{key}.{name}", value, f"this optimizer's {short_repr(live[name])} (the run's config)")
         else:  # initial_lr saved by a scheduler the live optimizer does not have yet
             _same_kind(where, f"{key}.{name}", value, 1.0)
         values = value if isinstance(value, list) else [value]
@@ -192,10 +190,10 @@ def check_scheduler_state(state: Mapping[str, Any], scheduler: Any, meta: Mappin
     _same_kind(where, "scheduler", state, live)
     for name in _FROM_CONFIG:
         if name in state and _plain(state[name]) != _plain(live[name]):
-            _fail(where, f"scheduler.{name}", state[name], f"this scheduler's {_short(live[name])} (the run's config)")
+            _fail(where, f"scheduler.{name}", state[name], f"this scheduler's {short_repr(live[name])} (the run's config)")
     if groups is not None and "_last_lr" in state and state["_last_lr"] != [g["lr"] for g in groups]:
         _fail(where, "scheduler._last_lr", state["_last_lr"], f"the optimizer's learning rates "
-              f"{_short([g['lr'] for g in groups])}")
+              f"{short_repr([g['lr'] for g in groups])}")
     if "gamma" in state and not state["gamma"] > 0:
         _fail(where, "scheduler.gamma", state["gamma"], "a number > 0")
     for name in ("step_size", "T_max"):
