@@ -9,6 +9,9 @@
   converged scale side by side (:mod:`research.scales`);
 - ``python -m research plot training_length`` -- claims (ii) and (v) against training epochs
   (``docs/figures/training_length.png``);
+- ``python -m research plot curves [--results results/curves_long.jsonl]`` -- mean test
+  accuracy per epoch of the longer scales (``docs/figures/training_curves.png``; ``--markdown``
+  prints the final accuracy and the gain in the last 3 epochs instead, :mod:`research.curves`);
 - ``python -m research plot report [--doc docs/results.md]`` -- refill the document's
   result regions (:mod:`research.report`).
 
@@ -37,6 +40,7 @@ def _register_plot(subparsers: Any) -> None:
         description="Draw EXPERIMENT's figure from its results file (PNG), print its aggregated table "
                     "(--markdown), or print the five claim verdicts (EXPERIMENT = verdicts).")
     p.add_argument("experiment", help="experiment name, 'verdicts', 'training_length' (claims ii and v against epochs), "
+                                          "'curves' (test accuracy per epoch), "
                                           "or 'report' (fill --doc from the results)")
     p.add_argument("--doc", default="docs/results.md", help="report: the markdown file whose hbnn plot regions to refill")
     p.add_argument("--results", help="results file (default results/<experiment>.jsonl)")
@@ -72,6 +76,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         from research.scales import plot_training_length
 
         print(plot_training_length(args.results_dir, Path(args.out) / "training_length.png"))
+        return 0
+    if args.experiment == "curves":
+        from research.curves import curves_markdown, plot_curves
+
+        path = Path(args.results or "results/curves_long.jsonl")
+        if not path.is_file():
+            raise ConfigError(f"--results: {path} not found; collect curves with scripts/collect_curves.py")
+        print(curves_markdown(path) if args.markdown else plot_curves(path, Path(args.out) / "training_curves.png"))
         return 0
     if args.experiment == "verdicts" or args.markdown:
         from research.report import experiment_markdown

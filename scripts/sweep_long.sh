@@ -15,6 +15,7 @@ lane() {
     nice -n "$NICE" $HBNN sweep $step --threads 1 || echo "sweep $step failed (exit $?)" >&2
   done
 }
-lane "long_table1 --only w2a2 --only w1.4a1.4" "mid_table1" "long_table1" "long_mix" &
-lane "long_fig2b --only w2 --only w1.4_mo" "mid_fig2b" "long_fig2b" &
+lane "long_table1 --only w2a2 --only w1.4a1.4" "mid_table1" "long_table1" "long_mix --only m80-0-20" &
+lane "long_fig2b --only w2 --only w1.4_mo" "mid_fig2b" "long_fig2b" "long_mix --only m60-40-0" \
+  "long_mix --only m70-20-10" &
 wait
