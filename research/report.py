@@ -7,7 +7,8 @@ A region in the document::
     <!-- /hbnn plot -->
 
 is replaced by what ``python -m research plot fig2b --markdown`` prints (``<!-- hbnn plot
-verdicts -->``: the verdict table). A marker without a closing line gets one. So every number
+verdicts -->``: the verdict table; ``verdicts_by_scale``, ``training_length`` and ``curves``:
+the tables of :mod:`research.scales` and :mod:`research.curves`). A marker without a closing line gets one. So every number
 in the document regenerates from the committed ``results/*.jsonl`` with one command. (The
 markers keep their ``hbnn plot`` spelling, so documents written before the command moved
 still refill.)
@@ -39,6 +40,8 @@ def experiment_markdown(name: str, results: str | Path | None = None, results_di
         from research.verdicts import verdicts_from_dir, verdicts_markdown
 
         return verdicts_markdown(verdicts_from_dir(results_dir, prefix))
+    if name in _DIR_TABLES:
+        return _DIR_TABLES[name](results_dir)
     path = Path(results) if results else Path(results_dir) / default_results_path(name).name
     if not path.exists():
         raise ConfigError(f"results file {path} not found; run 'hbnn sweep {name}' first or pass --results FILE")
@@ -50,6 +53,31 @@ def experiment_markdown(name: str, results: str | Path | None = None, results_di
     if lines[-1].get("figure") == "pilot":
         text += "\n\n" + gaps_markdown(stats)
     return text
+
+
+def _verdicts_by_scale(results_dir: str | Path) -> str:
+    from research.scales import verdicts_by_scale_markdown
+
+    return verdicts_by_scale_markdown(results_dir)
+
+
+def _training_length(results_dir: str | Path) -> str:
+    from research.scales import gaps_by_length_markdown
+
+    return gaps_by_length_markdown(results_dir)
+
+
+def _curves(results_dir: str | Path) -> str:
+    from research.curves import curves_markdown
+
+    path = Path(results_dir) / "curves_long.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; collect curves with scripts/collect_curves.py")
+    return curves_markdown(path)
+
+
+#: Regions computed from the whole results folder rather than one results file.
+_DIR_TABLES = {"verdicts_by_scale": _verdicts_by_scale, "training_length": _training_length, "curves": _curves}
 
 
 def render_doc(text: str, results_dir: str | Path = "results") -> str:

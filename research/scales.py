@@ -24,7 +24,7 @@ from hbnn.experiments.results import read_results
 from research.verdicts import K, Verdict, verdicts
 
 __all__ = ["SCALES", "LENGTH_CLAIMS", "scale_results", "verdicts_by_scale", "verdicts_by_scale_markdown",
-           "gaps_by_length", "plot_training_length"]
+           "gaps_by_length", "gaps_by_length_markdown", "plot_training_length"]
 
 #: ``(label, results-file prefix)`` of the scales, shortest first.
 SCALES: tuple[tuple[str, str], ...] = (("2 epochs", ""), ("6 epochs", "mid_"), ("converged", "long_"))
@@ -86,6 +86,28 @@ def gaps_by_length(folder: str | Path, scales: Sequence[tuple[str, str]] = SCALE
             if v.claim in LENGTH_CLAIMS and epochs is not None and LENGTH_CLAIMS[v.claim][0] in v.numbers:
                 out[v.claim].append((epochs, v.numbers[LENGTH_CLAIMS[v.claim][0]], v.numbers.get("se"), v.status))
     return {c: sorted(points) for c, points in out.items()}
+
+
+def gaps_by_length_markdown(folder: str | Path) -> str:
+    """Claims (ii) and (v) at every training length: one row per scale, value ± 2 se and verdict."""
+    gaps = gaps_by_length(folder)
+    epochs = sorted({p[0] for points in gaps.values() for p in points})
+    if not epochs:
+        return "No result files found."
+    rows = ["| epochs | " + " | ".join(f"({c}) {LENGTH_CLAIMS[c][1]}" for c in LENGTH_CLAIMS) + " |",
+            "|---" * (len(LENGTH_CLAIMS) + 1) + "|"]
+    for e in epochs:
+        cells = []
+        for claim in LENGTH_CLAIMS:
+            found = [p for p in gaps[claim] if p[0] == e]
+            if not found:
+                cells.append("not run")
+                continue
+            _, value, se, status = found[0]
+            spread = "" if se is None else f" ± {K * se:.2f}"
+            cells.append(f"{value:+.2f}{spread} (**{status}**)")
+        rows.append(f"| {e} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def plot_training_length(folder: str | Path, path: str | Path) -> Path:

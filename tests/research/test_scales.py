@@ -64,3 +64,26 @@ def test_training_length_without_results_is_one_line_error(tmp_path):
 
     with pytest.raises(ConfigError, match="no results for claims"):
         plot_training_length(tmp_path, tmp_path / "x.png")
+
+
+def test_gaps_table_has_one_row_per_length_and_marks_missing_points(three_scales):
+    from research.scales import gaps_by_length_markdown
+
+    rows = gaps_by_length_markdown(three_scales).splitlines()
+    assert rows[0].startswith("| epochs | (ii) ") and len(rows) == 5
+    assert rows[2].startswith("| 2 | -0.30 ± ") and "**held**" in rows[2] and "**did not hold**" in rows[2]
+    assert rows[3].startswith("| 6 | +0.10 ± ") and rows[3].endswith("| not run |")
+    assert rows[4].startswith("| 15 | +0.00 ± ")
+    assert gaps_by_length_markdown(three_scales / "nothing") == "No result files found."
+
+
+def test_report_regions_fill_the_scale_tables(three_scales):
+    from research.report import render_doc
+
+    doc = "<!-- hbnn plot training_length -->\nSTALE\n<!-- /hbnn plot -->\n<!-- hbnn plot verdicts_by_scale -->\n"
+    out = render_doc(doc, three_scales)
+    assert "STALE" not in out and "| 15 | +0.00 ± " in out
+    assert "| claim | 2 epochs | converged (15 epochs) |" in out
+    assert out.count("<!-- /hbnn plot -->") == 2
+    curves_region = "<!-- hbnn plot curves -->\nkept\n<!-- /hbnn plot -->\n"
+    assert render_doc(curves_region, three_scales) == curves_region  # no curves file: left as it is
