@@ -2,7 +2,8 @@
 
 Importing ``hbnn.hw`` loads no plotting library and builds no model; YAML data is read
 on first use. Every number these functions return is an *estimate* of a hypothetical
-accelerator, scaled from published baselines (see ``docs/hardware.md``).
+accelerator, scaled from published baselines (see ``docs/hardware.md``). Weight memory is
+reported as the paper counts it and, beside it, with the bit map (:mod:`hbnn.hw.maps`).
 
 Example:
     >>> from hbnn.hw import load_catalog, scale
@@ -13,6 +14,7 @@ Example:
 
 from hbnn.hw.dataflow import DataflowEstimate, calibrate_lut_per_lane, dataflow_estimate
 from hbnn.hw.estimate import ESTIMATE_LABEL, compare_table2, estimate_layers, estimate_module
+from hbnn.hw.maps import WeightStorage, network_storage, weight_storage
 from hbnn.hw.platforms import Catalog, Platform, load_catalog
 from hbnn.hw.profile import LayerProfile, op_view, profile_model
 from hbnn.hw.scaling import ScalingEstimate, asic_scaling, fpga_scaling, scale
@@ -26,6 +28,7 @@ __all__ = [
     "LayerProfile",
     "Platform",
     "ScalingEstimate",
+    "WeightStorage",
     "asic_scaling",
     "calibrate_lut_per_lane",
     "compare_table2",
@@ -34,9 +37,11 @@ __all__ = [
     "estimate_module",
     "fpga_scaling",
     "load_catalog",
+    "network_storage",
     "op_view",
     "profile_model",
     "reproduce_table2",
     "scale",
+    "weight_storage",
     "workload_layers",
 ]

@@ -1,7 +1,8 @@
 """``hbnn hw``: the hardware cost model on the command line.
 
 Subcommands: ``table2`` (the paper's Table 2, ours beside the paper's), ``estimate`` (any
-network on every platform), ``compare`` (dataflow vs paper scaling on Table 2's nets),
+network on every platform), ``storage`` (bits per weight of one layer with its bit map),
+``compare`` (dataflow vs paper scaling on Table 2's nets),
 ``platforms`` (list or validate platform files) and ``plot`` (accuracy vs estimated
 cost from result files). Heavy imports happen inside the handlers.
 """
@@ -24,10 +25,35 @@ def _emit(args: argparse.Namespace, obj: Any, render: Any) -> int:
     return 0
 
 
+def _map_options(args: argparse.Namespace) -> tuple[str | None, str]:
+    """``(--structure, --map-code)`` checked (one-line ConfigError, exit 2); structure None when not given."""
+    from hbnn.hw.maps import check_map_code, check_structure
+
+    structure = None if args.structure is None else check_structure(args.structure)
+    return structure, check_map_code(args.map_code)
+
+
 def _cmd_table2(args: argparse.Namespace) -> int:
+    from hbnn.hw.maps import DEFAULT_STRUCTURE
     from hbnn.hw.table2 import format_table2, reproduce_table2
 
-    return _emit(args, reproduce_table2(), format_table2)
+    structure, code = _map_options(args)
+    rows = reproduce_table2(structure=structure or DEFAULT_STRUCTURE, map_code=code)
+    return _emit(args, rows, format_table2)
+
+
+def _cmd_storage(args: argparse.Namespace) -> int:
+    from hbnn.hw.maps import parse_shape, storage_table
+    from hbnn.hw.report import format_storage
+
+    rows, cols = parse_shape(args.shape)
+    mixes = args.wbits or ["1", "2", "1.4"]
+    structures = args.structure or ["entry", "channel", "block64"]
+    table = {
+        "shape": args.shape, "weights": rows * cols, "out_channels": rows, "inputs": cols, "per_channel": args.per_channel,
+        "rows": storage_table(rows, cols, mixes, structures, per_channel=args.per_channel),
+    }
+    return _emit(args, table, format_storage)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -62,7 +88,9 @@ def _model_layers(args: argparse.Namespace, catalog: Any) -> tuple[list[Any], st
         return _registry_layers(args, catalog, quantize=wbits is not None), args.model
     if wbits is None:
         raise ConfigError(f"wbits: built-in network {args.model!r} needs --wbits (and optionally --abits)")
-    return workload_layers(name, wbits, abits), args.model
+    from hbnn.hw.maps import mix_levels
+
+    return workload_layers(name, wbits, abits, wmix=mix_levels(_spec_bits(args.wbits))), args.model
 
 
 def _loaded_layers(args: argparse.Namespace) -> tuple[list[Any], str]:
@@ -139,6 +167,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from hbnn.hw.platforms import load_catalog
     from hbnn.hw.report import format_estimate
 
+    structure, code = _map_options(args)
     catalog = load_catalog(args.platforms)
     layers, title = _model_layers(args, catalog)
     report = estimate_layers(
@@ -148,8 +177,13 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         unfolding=args.unfold,
         lut_budget=args.lut_budget,
         per_layer=args.per_layer,
+        structure=structure,
+        map_code=code,
     )
     report["network"]["name"] = title
+    own = sorted({layer.structure for layer in layers if layer.structure not in (None, structure)})
+    if structure is not None and own:
+        report["notes"].append(f"--structure {structure} replaces the layers' own bit-map structure ({', '.join(own)})")
     workload = catalog.workloads.get(args.model) if args.model else None
     ratio = report["platforms"][0]["op_ratio"] if report["platforms"] else None
     if workload is not None and ratio is not None and abs(ratio / workload.op_ratio - 1) > 0.01:
@@ -188,20 +222,41 @@ def _add_estimate(hw: Any) -> None:
     p.add_argument("--platforms", help="YAML file of extra platforms")
     p.add_argument("--unfold", type=float, help="FPGA unfolding k of the paper's rule (capped at the device)")
     p.add_argument("--lut-budget", type=float, help="dataflow LUT budget, fraction of the device (default: scaling occupancy)")
-    p.add_argument("--per-layer", action="store_true", help="also show per-layer shapes, bits and op counts")
+    p.add_argument("--per-layer", action="store_true", help="also show per-layer shapes, bits, op counts and storage")
+    _add_map_options(p, "default: each layer's own from its quant config, else entry (the paper's per-entry maps)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_estimate)
 
 
+def _add_map_options(p: Any, structure_default: str) -> None:
+    """``--structure`` and ``--map-code`` (checked by the handler, so bad values exit 2 in one line)."""
+    from hbnn.hw.maps import DEFAULT_MAP_CODE, MAP_CODES, STRUCTURES
+
+    p.add_argument("--structure", metavar="NAME",
+                   help=f"bit-map structure of binarized weights for the map-aware memory: {STRUCTURES}; {structure_default}")
+    p.add_argument("--map-code", default=DEFAULT_MAP_CODE, metavar="CODE",
+                   help=f"code of one map unit: {', '.join(MAP_CODES)} (default: {DEFAULT_MAP_CODE}, ceil(log2 K) bits; "
+                   "entropy: the lower bound; packed: hbnn export's nested masks)")
+
+
 def register(subparsers: Any) -> None:
-    """Add ``hw`` with ``table2``, ``estimate``, ``compare``, ``platforms`` and ``plot``."""
+    """Add ``hw`` with ``table2``, ``estimate``, ``storage``, ``compare``, ``platforms`` and ``plot``."""
     hw = subparsers.add_parser("hw", help="FPGA/ASIC cost model (paper Table 2 and estimates)")
     sub = hw.add_subparsers(dest="hw_command", metavar="SUBCOMMAND", parser_class=type(hw))
     sub.required = True
     p = sub.add_parser("table2", help="the paper's Table 2 recomputed, ours beside the paper's")
+    _add_map_options(p, "default: entry (the paper's per-entry maps)")
     p.add_argument("--json", action="store_true", help="print a list of row objects")
     p.set_defaults(func=_cmd_table2)
     _add_estimate(sub)
+    p = sub.add_parser("storage", help="bits per weight of one layer: paper vs map-aware (every map code), masked planes")
+    p.add_argument("--shape", default="256x256x3x3", help="weight shape OxIxKHxKW or OxI (default: 256x256x3x3)")
+    p.add_argument("--wbits", action="append", help="weight bits or mix, repeatable (default: 1, 2, 1.4)")
+    p.add_argument("--structure", action="append", metavar="NAME",
+                   help="bit-map structure for heterogeneous mixes, repeatable (default: entry, channel, block64)")
+    p.add_argument("--per-channel", action="store_true", help="one scale per output channel and plane")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_storage)
     p = sub.add_parser("compare", help="dataflow model vs the paper's scaling on Table 2's FPGA rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_compare)

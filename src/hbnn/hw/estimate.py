@@ -8,6 +8,10 @@ an *estimate* of a hypothetical accelerator, labelled as such in every result.
 For the paper's scaling a network is summarised by two numbers: its bits ``b`` (the
 MAC-weighted ``sqrt(m*n)`` of its quantized layers, :func:`~hbnn.hw.profile.quantized_bits`)
 and its op ratio ``R = MACs / MACs_baseline`` to the platform's baseline network.
+
+Weight memory is reported twice: the paper's ``sum weights_l * wbits_l`` and, beside it,
+the map-aware figure that adds each binarized layer's bit map and scales
+(:mod:`hbnn.hw.maps`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, Sequence
 
 from hbnn.errors import ConfigError
 from hbnn.hw.dataflow import dataflow_estimate, luts_for_kfps
+from hbnn.hw.maps import DEFAULT_MAP_CODE, network_storage
 from hbnn.hw.platforms import Catalog, Platform, load_catalog
 from hbnn.hw.profile import LayerProfile, op_view, profile_model, quantized_bits
 from hbnn.hw.scaling import scale
@@ -26,18 +31,28 @@ __all__ = ["ESTIMATE_LABEL", "network_stats", "estimate_layers", "estimate_modul
 ESTIMATE_LABEL = "ESTIMATE from hbnn's hardware cost model (paper scaling + dataflow model); not a measurement"
 
 
-def network_stats(layers: Sequence[LayerProfile]) -> dict[str, Any]:
-    """Totals: MACs, weights, weight memory ``sum weights_l * wbits_l`` (bits), bits ``b``,
-    and the share of MACs in float (unquantized) layers."""
+def network_stats(
+    layers: Sequence[LayerProfile], structure: str | None = None, map_code: str = DEFAULT_MAP_CODE
+) -> dict[str, Any]:
+    """Totals: MACs, weights, weight memory ``sum weights_l * wbits_l`` (bits, the paper's),
+    bits ``b``, the share of MACs in float (unquantized) layers, and the map-aware weight
+    memory: ``weight_memory_map_aware_bits`` (the paper's + maps + scales) and
+    ``weight_storage`` (:func:`hbnn.hw.maps.network_storage` over binarized weights, None
+    when there are none; ``structure`` overrides each layer's own)."""
     if not layers:
         raise ConfigError("layers: the model has no nn.Conv2d or nn.Linear layer to cost")
     macs = sum(layer.macs for layer in layers)
     float_macs = sum(layer.macs for layer in layers if not layer.quantized)
+    paper = sum(layer.weight_bits for layer in layers)
+    storage, _ = network_storage(layers, structure, map_code)
+    extra = 0.0 if storage is None else storage["map_bits"] + storage["scale_bits"]
     return {
         "layers": len(layers),
         "macs": macs,
         "weights": sum(layer.weights for layer in layers),
-        "weight_memory_bits": sum(layer.weight_bits for layer in layers),
+        "weight_memory_bits": paper,
+        "weight_memory_map_aware_bits": paper + extra,
+        "weight_storage": storage,
         "bits": quantized_bits(layers),
         "float_mac_share": float_macs / macs,
     }
@@ -71,6 +86,8 @@ def estimate_layers(
     unfolding: float | None = None,
     lut_budget: float | None = None,
     per_layer: bool = False,
+    structure: str | None = None,
+    map_code: str = DEFAULT_MAP_CODE,
 ) -> dict[str, Any]:
     """Estimate a profiled network on ``platforms`` (default: all known).
 
@@ -81,7 +98,10 @@ def estimate_layers(
         unfolding: FPGA unfolding ``k`` of the paper's rule (capped at the device).
         lut_budget: dataflow LUT budget as a fraction of the device (default: the
             scaling model's occupancy, so both models spend the same LUTs).
-        per_layer: include per-layer profiles and op counts.
+        per_layer: include per-layer profiles, op counts and map-aware storage (``storage``).
+        structure: bit-map structure for every binarized layer (None: each layer's own from
+            its quant config, else ``entry``); see :mod:`hbnn.hw.maps`.
+        map_code: ``entropy``, ``fixed`` (default) or ``packed``.
 
     Returns:
         ``{"estimate": True, "label", "network", "ops", "notes", "platforms": [...]}`` where each
@@ -92,7 +112,7 @@ def estimate_layers(
         ConfigError: no quantized layer (nothing for the paper's bits-based rules to scale).
     """
     catalog = catalog or load_catalog()
-    stats = network_stats(layers)
+    stats = network_stats(layers, structure, map_code)
     if stats["bits"] is None:
         raise ConfigError(
             "model: no layer has both weight and activation quantizers; give --wbits/--abits "
@@ -105,7 +125,8 @@ def estimate_layers(
         ops.pop("layers")
     report = {"estimate": True, "label": ESTIMATE_LABEL, "network": stats, "ops": ops, "notes": []}
     if per_layer:
-        report["layers"] = [layer.to_dict() for layer in layers]
+        _, storage = network_storage(layers, structure, map_code)
+        report["layers"] = [{**layer.to_dict(), "storage": st} for layer, st in zip(layers, storage)]
     report["platforms"] = [_platform_estimate(p, layers, stats, unfolding, lut_budget) for p in chosen]
     return report
 

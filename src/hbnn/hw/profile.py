@@ -12,6 +12,8 @@ the way a dataflow accelerator sees it, as a ``rows x cols`` weight matrix appli
 so ``MACs = rows * cols * pixels`` and ``weights = rows * cols``. Bits come from hbnn
 layers (``weight_quantizer.realized_bits()`` / ``act_quantizer.realized_bits()``); a
 layer without a quantizer is float (:data:`~hbnn.hw.validate.FLOAT_BITS` = 32 bits).
+A weight quantizer's mix, bit-map structure and scale granularity are recorded too, for
+the map-aware weight memory of :mod:`hbnn.hw.maps`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from hbnn.errors import ConfigError
+from hbnn.hw.maps import check_structure
 from hbnn.hw.validate import FLOAT_BITS, check_bits
 
-__all__ = ["LayerProfile", "profile_model", "quantized_bits", "op_view"]
+__all__ = ["LayerProfile", "profile_model", "quantized_bits", "op_view", "spec_structure"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class LayerProfile:
         wbits, abits: average weight / input-activation bits (32.0 for float).
         quantized: True when both weights and input activations are binarized; only these
             layers define a network's "bits" in the paper's sense.
+        wmix: the weight's bit mix ``((bits, fraction), ...)`` when known (None: read from
+            ``wbits``, see :func:`hbnn.hw.maps.mix_levels`).
+        structure: the weight's bit-map structure from its quant config (``entry``,
+            ``channel``, ``block<k>``; None when the layer has no quant config).
+        per_channel: one weight scale per output channel (else per tensor).
     """
 
     name: str
@@ -48,6 +56,9 @@ class LayerProfile:
     wbits: float = FLOAT_BITS
     abits: float = FLOAT_BITS
     quantized: bool = False
+    wmix: tuple[tuple[int, float], ...] | None = None
+    structure: str | None = None
+    per_channel: bool = False
 
     @property
     def macs(self) -> int:
@@ -66,7 +77,9 @@ class LayerProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields plus ``macs`` and ``weights``."""
-        return {**dataclasses.asdict(self), "macs": self.macs, "weights": self.weights}
+        out = dataclasses.asdict(self)
+        out["wmix"] = None if self.wmix is None else [list(level) for level in self.wmix]
+        return {**out, "macs": self.macs, "weights": self.weights}
 
 
 def _realized(quantizer: Any, what: str, layer: str) -> float:
@@ -81,13 +94,53 @@ def _realized(quantizer: Any, what: str, layer: str) -> float:
     return check_bits(float(value), f"{layer}.{what}_bits")
 
 
-def _layer_bits(module: Any, name: str) -> tuple[float, float, bool]:
-    """``(wbits, abits, quantized)`` of a module; missing quantizers mean float."""
+def spec_structure(spec: Any, where: str = "weight") -> str | None:
+    """The bit-map structure of a ``QuantSpec``: its ``structure`` field when it has one,
+    else ``block<k>`` from ``block: k`` (``entry`` for ``k = 1``); None without a spec.
+
+    A ``structure`` left at ``entry`` while ``block > 1`` is read as ``block<k>``.
+    """
+    if spec is None:
+        return None
+    block = getattr(spec, "block", 1)
+    structure = getattr(spec, "structure", None)
+    if structure is None or (structure == "entry" and block != 1):
+        structure = "entry" if block == 1 else f"block{block}"
+    return check_structure(structure, f"{where}.structure")
+
+
+def _unit_levels(quantizer: Any, weight: Any) -> tuple[tuple[int, float], ...]:
+    """The mix's bitwidths with the realized fractions of a weight's units.
+
+    Error allocation (``allocate: error``) spreads bits by Eq. 5 error, so its units'
+    levels need not follow the mix's fractions (some may be absent, fraction 0); the map
+    still codes the mix's bitwidths, as the packed format and ``hbnn summary`` do.
+    """
+    import torch
+
+    bits = quantizer.unit_map(weight).bits.reshape(-1).long().cpu()
+    total = bits.numel()
+    return tuple((b, int(torch.count_nonzero(bits == b)) / total) for b in quantizer.mix.bits)
+
+
+def _layer_bits(module: Any, name: str) -> dict[str, Any]:
+    """Bits, quantized flag and weight-map fields of a module; missing quantizers mean float."""
     wq = getattr(module, "weight_quantizer", None)
     aq = getattr(module, "act_quantizer", None)
-    wbits = _realized(wq, "weight", name) if wq is not None else FLOAT_BITS
-    abits = _realized(aq, "act", name) if aq is not None else FLOAT_BITS
-    return wbits, abits, wq is not None and aq is not None
+    out: dict[str, Any] = {
+        "wbits": _realized(wq, "weight", name) if wq is not None else FLOAT_BITS,
+        "abits": _realized(aq, "act", name) if aq is not None else FLOAT_BITS,
+        "quantized": wq is not None and aq is not None,
+    }
+    mix = getattr(wq, "mix", None)
+    spec = getattr(wq, "spec", None)
+    if mix is not None and hasattr(mix, "bits") and hasattr(mix, "fractions"):
+        out["wmix"] = tuple(zip(mix.bits, mix.fractions))
+        if getattr(spec, "allocate", "key") != "key" and len(mix.bits) > 1:
+            out["wmix"] = _unit_levels(wq, module.weight)
+    out["structure"] = spec_structure(spec, f"{name}.weight")
+    out["per_channel"] = bool(getattr(spec, "per_channel", False))
+    return out
 
 
 def _shape_of(module: Any, output: Any) -> tuple[str, int, int, int]:
@@ -156,8 +209,7 @@ def _to_profiles(calls: list[tuple[Any, Any]], names: dict[int, str]) -> list[La
         seen[id(module)] = k + 1
         name = names.get(id(module), type(module).__name__) + (f"#{k}" if k else "")
         kind, rows, cols, pixels = _shape_of(module, output)
-        wbits, abits, quantized = _layer_bits(module, name)
-        profiles.append(LayerProfile(name, kind, rows, cols, pixels, wbits, abits, quantized))
+        profiles.append(LayerProfile(name, kind, rows, cols, pixels, **_layer_bits(module, name)))
     return profiles
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from hbnn.hw.platforms import Catalog
 
-__all__ = ["format_estimate", "format_compare", "format_platforms", "si"]
+__all__ = ["format_estimate", "format_compare", "format_platforms", "format_storage", "si"]
 
 
 def si(value: float, unit: str = "") -> str:
@@ -32,14 +32,33 @@ def _row(platform: str, model: str, entry: dict[str, Any]) -> str:
 
 
 def _layer_lines(report: dict[str, Any]) -> list[str]:
-    lines = [f"{'layer':<16} {'kind':<6} {'rows':>5} {'cols':>5} {'pixels':>6} {'MACs':>9} {'wbits':>5} {'abits':>5} {'passes':>6} {'speedup':>7}"]
+    lines = [
+        f"{'layer':<16} {'kind':<6} {'rows':>5} {'cols':>5} {'pixels':>6} {'MACs':>9} {'wbits':>5} {'abits':>5} "
+        f"{'passes':>6} {'speedup':>7}  {'map':<9} {'bits/w map-aware':>16}"
+    ]
     for layer, ops in zip(report["layers"], report["ops"]["layers"]):
         passes = "float" if ops["passes_per_mac"] is None else f"{ops['passes_per_mac']:.3g}"
+        st = layer.get("storage")
+        store = "-" if st is None else f"{st['structure']:<9} {st['bits_per_weight']['map_aware']:>16.4g}"
         lines.append(
             f"{layer['name']:<16} {layer['kind']:<6} {layer['rows']:>5} {layer['cols']:>5} {layer['pixels']:>6} "
-            f"{si(layer['macs']):>9} {layer['wbits']:>5.3g} {layer['abits']:>5.3g} {passes:>6} {ops['speedup']:>6.3g}x"
+            f"{si(layer['macs']):>9} {layer['wbits']:>5.3g} {layer['abits']:>5.3g} {passes:>6} {ops['speedup']:>6.3g}x  {store}"
         )
     return lines
+
+
+def _storage_line(net: dict[str, Any]) -> str:
+    """Bits per binarized weight, the paper's beside the map-aware (see hbnn.hw.maps)."""
+    st = net["weight_storage"]
+    if st is None:
+        return "weight memory, map-aware: no binarized weights (no bit map)"
+    bpw = st["bits_per_weight"]
+    return (
+        f"bits per binarized weight: paper {bpw['paper']:.4g}; map-aware {bpw['map_aware']:.4g} = "
+        f"{bpw['paper']:.4g} planes + {bpw['map']:.4g} map ({st['structure']} structure, {st['map_code']} code) + "
+        f"{bpw['scales']:.2g} scales; weight memory map-aware {si(net['weight_memory_map_aware_bits'], 'bit')} "
+        f"(paper {si(net['weight_memory_bits'], 'bit')}); as masked planes (CPU kernels) {bpw['masked_planes']:.4g}"
+    )
 
 
 def format_estimate(report: dict[str, Any], title: str = "") -> str:
@@ -51,6 +70,7 @@ def format_estimate(report: dict[str, Any], title: str = "") -> str:
         f"weight memory {si(net['weight_memory_bits'], 'bit')}, bits {net['bits']:.3g} "
         f"(float layers: {net['float_mac_share']:.1%} of MACs)"
     )
+    lines.append(_storage_line(net))
     lines.append(
         f"op count (paper §4.5): {si(ops['macs'])} MACs -> {si(ops['binary_passes'])} xnor-popcount passes "
         f"= {si(ops['word_ops'])} 64-bit word ops (float layers: {si(ops['float_macs'])} MACs); "
@@ -105,4 +125,35 @@ def format_platforms(catalog: Catalog) -> str:
     for w in sorted(catalog.workloads.values(), key=lambda w: w.name):
         occ = "" if w.fpga_occupancy is None else f", FPGA occupancy {w.fpga_occupancy:.1%}"
         lines.append(f"workload {w.name} ({w.label}): layers {w.layers}, op ratio {w.op_ratio:g}{occ}")
+    return "\n".join(lines)
+
+
+def _mix_label(mix: list[list[float]]) -> str:
+    """``[[1, 0.7], [2, 0.2], [3, 0.1]]`` -> ``"70/20/10 of 1/2/3"``."""
+    return "/".join(f"{p * 100:.4g}" for _, p in mix) + " of " + "/".join(f"{b:g}" for b, _ in mix)
+
+
+def format_storage(table: dict[str, Any]) -> str:
+    """Bits per weight of one layer: the paper's, map-aware under each code, masked planes."""
+    rows = table["rows"]
+    codes = list(rows[0]["bits_per_weight"]["map_aware"]) if rows else []
+    lines = [
+        f"weight {table['shape']} ({table['weights']} weights, {table['out_channels']} output rows of "
+        f"{table['inputs']}), scales {'per channel' if table['per_channel'] else 'per tensor'}: bits per weight",
+        f"{'weights':<24} {'structure':<9} {'units':>8} {'paper':>6} "
+        + " ".join(f"{'+map ' + c:>12}" for c in codes)
+        + f" {'masked planes':>13}",
+    ]
+    for r in rows:
+        bpw = r["bits_per_weight"]
+        label = f"W{r['wbits']:g}" + ("" if len(r["mix"]) == 1 else " (" + _mix_label(r["mix"]) + ")")
+        lines.append(
+            f"{label:<24} {r['structure']:<9} {r['map_units']:>8} {bpw['paper']:>6.4g} "
+            + " ".join(f"{bpw['map_aware'][c]:>12.4f}" for c in codes)
+            + f" {bpw['masked_planes']:>13.4f}"
+        )
+    lines.append(
+        "paper = planes only; +map CODE = planes + bit map + scales (hbnn.hw.maps); "
+        "masked planes = dense sign planes + masks of the non-full planes + scales, as the CPU kernels hold them"
+    )
     return "\n".join(lines)

@@ -6,6 +6,10 @@ A cell *agrees* when it is within :data:`TOLERANCE` (1 %) of the printed value, 
 our value rounded to the printed number of decimals equals it (row 7's 0.1368 W prints
 as 0.14). Two cells cannot agree under any single rule; :data:`PAPER_ROUNDING` explains
 each, and the tests check those explanations rather than bending the rules.
+
+Beside each row, the weight memory per weight of its network at its bits: the paper's
+``b`` and the map-aware ``planes + map + scales`` (:mod:`hbnn.hw.maps`), for a chosen
+bit-map structure and map code. The paper's cells are untouched by it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from typing import Any
 
+from hbnn.hw.maps import DEFAULT_MAP_CODE, DEFAULT_STRUCTURE, mix_levels, network_storage
 from hbnn.hw.platforms import Catalog, load_catalog
 from hbnn.hw.scaling import scale
+from hbnn.hw.workloads import workload_layers
 
 __all__ = ["TOLERANCE", "PAPER_ROUNDING", "Table2Row", "paper_table2", "reproduce_table2", "format_table2"]
 
@@ -87,7 +93,14 @@ def cell_status(row: int, column: str, ours: float, paper: float) -> str:
     return "paper_rounding" if (row, column) in PAPER_ROUNDING else "mismatch"
 
 
-def _reproduce_row(row: Table2Row, catalog: Catalog) -> dict[str, Any]:
+def _row_storage(row: Table2Row, layers_name: str, structure: str, map_code: str) -> dict[str, Any]:
+    """Map-aware weight storage of the row's network (every weight binarized at the row's mix)."""
+    layers = workload_layers(layers_name, row.bits, wmix=mix_levels(row.bits))
+    storage, _ = network_storage(layers, structure, map_code)
+    return storage
+
+
+def _reproduce_row(row: Table2Row, catalog: Catalog, structure: str, map_code: str) -> dict[str, Any]:
     platform = catalog.platform(row.platform)
     workload = catalog.workload(row.model)
     est = scale(
@@ -110,19 +123,27 @@ def _reproduce_row(row: Table2Row, catalog: Catalog) -> dict[str, Any]:
         "paper": {**paper, "top1": row.top1},
         "rel_error": {k: (ours[k] - paper[k]) / paper[k] for k in ours},
         "status": {k: cell_status(row.row, k, ours[k], paper[k]) for k in ours},
+        "weight_storage": _row_storage(row, workload.layers, structure, map_code),
     }
 
 
-def reproduce_table2(catalog: Catalog | None = None) -> list[dict[str, Any]]:
+def reproduce_table2(
+    catalog: Catalog | None = None, *, structure: str = DEFAULT_STRUCTURE, map_code: str = DEFAULT_MAP_CODE
+) -> list[dict[str, Any]]:
     """All 13 rows recomputed with the packaged platforms (or ``catalog``).
+
+    Args:
+        catalog: platforms and workloads (default: the packaged ones).
+        structure, map_code: bit-map structure and map code of the map-aware weight memory.
 
     Returns:
         Row dicts with keys ``row, platform, model, unfolding, bits, occupancy, kfps,
         watts, unit`` (``occupancy`` is a fraction for FPGA rows and mm^2 for ASIC rows,
-        as ``unit`` says) plus ``capped, estimate, notes, paper, rel_error, status``.
+        as ``unit`` says) plus ``capped, estimate, notes, paper, rel_error, status`` and
+        ``weight_storage`` (:func:`hbnn.hw.maps.network_storage` of the row's network).
     """
     catalog = catalog or load_catalog()
-    return [_reproduce_row(row, catalog) for row in paper_table2()]
+    return [_reproduce_row(row, catalog, structure, map_code) for row in paper_table2()]
 
 
 def _fmt_size(value: float, unit: str) -> str:
@@ -140,7 +161,10 @@ def _cell(text: str, paper: str, status: str) -> str:
 
 def format_table2(rows: list[dict[str, Any]]) -> str:
     """Text table: each value as ``ours (paper)``, marked ``~`` rounded / ``!`` paper rounding."""
-    head = f"{'#':>2}  {'platform':<11} {'model':<9} {'unfold':>6} {'bits':>4}  {'occupancy/area':<24} {'kFPS':<20} {'W':<18} top-1"
+    head = (
+        f"{'#':>2}  {'platform':<11} {'model':<9} {'unfold':>6} {'bits':>4}  {'occupancy/area':<24} {'kFPS':<20} "
+        f"{'W':<18} top-1  bits/weight paper -> map-aware"
+    )
     lines = ["Table 2 (Fromm et al. 2018) recomputed from the paper's scaling rules -- estimates: ours (paper)", head]
     for r in rows:
         p, s = r["paper"], r["status"]
@@ -148,8 +172,17 @@ def format_table2(rows: list[dict[str, Any]]) -> str:
         size = _cell(_fmt_size(r["occupancy"], r["unit"]), _fmt_size(p["occupancy"], r["unit"]), s["occupancy"])
         kfps = _cell(f"{r['kfps']:.4g}", _printed(p["kfps"]), s["kfps"])
         watts = _cell(f"{r['watts']:.4g}", _printed(p["watts"]), s["watts"])
+        bpw = r["weight_storage"]["bits_per_weight"]
         lines.append(
-            f"{r['row']:>2}  {r['platform']:<11} {r['model']:<9} {unfold:>6} {r['bits']:>4g}  {size:<24} {kfps:<20} {watts:<18} {p['top1']:.2f}"
+            f"{r['row']:>2}  {r['platform']:<11} {r['model']:<9} {unfold:>6} {r['bits']:>4g}  {size:<24} {kfps:<20} "
+            f"{watts:<18} {p['top1']:.2f}  {bpw['paper']:.3g} -> {bpw['map_aware']:.3g}"
+        )
+    mapped = [r["weight_storage"] for r in rows if r["weight_storage"]["structure"] != "none"]
+    if mapped:
+        st = mapped[0]
+        lines.append(
+            f"bits/weight: the paper's b; map-aware = planes + bit map ({st['structure']} structure, "
+            f"{st['map_code']} code; none for homogeneous rows) + scales, all weights binarized (docs/hardware.md)"
         )
     lines.append("~ equal at the paper's printed precision;  ! paper rounding (docs/hardware.md):")
     for (row, col), why in sorted(PAPER_ROUNDING.items()):

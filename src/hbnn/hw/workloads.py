@@ -70,12 +70,19 @@ WORKLOAD_LAYERS: dict[str, Callable[[], list[LayerProfile]]] = {
 }
 
 
-def workload_layers(name: str, wbits: float | None = None, abits: float | None = None) -> list[LayerProfile]:
+def workload_layers(
+    name: str,
+    wbits: float | None = None,
+    abits: float | None = None,
+    *,
+    wmix: tuple[tuple[int, float], ...] | None = None,
+) -> list[LayerProfile]:
     """Layer table ``name`` with ``wbits``-bit weights and ``abits``-bit activations.
 
     ``abits`` defaults to ``wbits``. The first layer keeps :data:`INPUT_BITS` activations
     (raw pixels) and is not counted as quantized, like FINN's CNV; ``wbits=None`` leaves
-    every layer float.
+    every layer float. ``wmix`` (``((bits, fraction), ...)``) records the weights' bit mix
+    for the map-aware weight memory (None: read from ``wbits``).
 
     Raises:
         ConfigError: unknown name (the message lists the known ones) or bits out of range.
@@ -87,6 +94,6 @@ def workload_layers(name: str, wbits: float | None = None, abits: float | None =
         return layers
     w = check_bits(wbits, "wbits")
     a = w if abits is None else check_bits(abits, "abits")
-    out = [dataclasses.replace(layers[0], wbits=w, abits=INPUT_BITS, quantized=False)]
-    out += [dataclasses.replace(layer, wbits=w, abits=a, quantized=True) for layer in layers[1:]]
+    out = [dataclasses.replace(layers[0], wbits=w, abits=INPUT_BITS, quantized=False, wmix=wmix)]
+    out += [dataclasses.replace(layer, wbits=w, abits=a, quantized=True, wmix=wmix) for layer in layers[1:]]
     return out
