@@ -14,7 +14,8 @@ When both the input and the weight are binarized (and ``groups == 1``) the layer
 ``hbnn.kernels.binary_conv2d``/``binary_linear``: the input is binarized and packed in one
 pass (:func:`hbnn.kernels.pack_activations`) and the output is
 ``sum_i sum_j (mu_w_i out_scale) mu_x_j popcount-dot_ij + bias`` (``out_scale`` is folded
-into the per-row weight scales). Otherwise (weights-only, activations-only or grouped
+into the per-row weight scales; the weight is packed and prepared for the kernels once, at
+load: :func:`hbnn.kernels.prepare_weight`). Otherwise (weights-only, activations-only or grouped
 layers) it runs ``F.conv2d``/``F.linear`` on ``Q_a(x)`` and the dequantized weight, which
 is the training-time computation.
 """
@@ -25,7 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hbnn.kernels import PackedPlanes, binary_conv2d, binary_linear, pack_activations, pack_conv_weight, pack_planes
+from hbnn.kernels import (
+    PackedPlanes,
+    PreparedWeight,
+    binary_conv2d,
+    binary_linear,
+    pack_activations,
+    pack_conv_weight,
+    pack_planes,
+    prepare_weight,
+)
 from hbnn.quant import ActQuantizer, QuantSpec
 
 __all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "make_act_quantizer", "optimize_chain"]
@@ -66,7 +76,7 @@ class PackedLayer(nn.Module):
         self.act = act
         self.planes = planes
         self.backend = backend
-        self.kernel_weight: PackedPlanes | None = None
+        self.kernel_weight: PreparedWeight | None = None
 
     @property
     def binary(self) -> bool:
@@ -145,7 +155,8 @@ class PackedConv2d(PackedLayer):
         self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
         if planes is not None and act is not None and groups == 1:
             signs, masks, _ = planes
-            self.kernel_weight = pack_conv_weight(signs, masks, self._kernel_scales(), backend=backend)
+            packed = pack_conv_weight(signs, masks, self._kernel_scales(), backend=backend)
+            self.kernel_weight = prepare_weight(packed, backend=backend)
 
     CHANNEL_SHAPE = (1, -1, 1, 1)
 
@@ -171,7 +182,8 @@ class PackedLinear(PackedLayer):
         super().__init__(weight, planes, act, bias, out_scale, backend)
         if planes is not None and act is not None:
             signs, masks, _ = planes
-            self.kernel_weight = pack_planes(signs, masks, self._kernel_scales(), backend=backend)
+            packed = pack_planes(signs, masks, self._kernel_scales(), backend=backend)
+            self.kernel_weight = prepare_weight(packed, backend=backend)
 
     def float_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``linear(x, weight, bias)``."""

@@ -9,8 +9,8 @@ whether C runs (``toolchain``). The same library carries the bit-map selection p
 (``selection``, ``csrc/select_body.c``) that :mod:`hbnn.quant.select_c` drives.
 
 Imports flow one way: ``layout`` and ``_build`` are leaves; ``_cbackend`` (ctypes
-bindings) reads both; then ``packing``, ``reference``, ``dispatch``, ``toolchain`` in that
-order; ``selection`` reads only ``_cbackend``; ``commands`` (the CLI) imports ``toolchain``
+bindings) reads both; then ``packing``, ``prepared``, ``reference``, ``dispatch``, ``toolchain``
+in that order; ``selection`` reads only ``_cbackend``; ``commands`` (the CLI) imports ``toolchain``
 in its handlers. Outside this package only the names here and ``selection`` are public.
 
 Example:
@@ -32,10 +32,13 @@ from hbnn.kernels.dispatch import (
 )
 from hbnn.kernels.layout import PackedPlanes
 from hbnn.kernels.packing import pack_activations, pack_conv_input, pack_conv_weight, pack_planes
+from hbnn.kernels.prepared import PreparedWeight, prepare_weight
 from hbnn.kernels.toolchain import build, status
 
 __all__ = [
     "PackedPlanes",
+    "PreparedWeight",
+    "prepare_weight",
     "pack_planes",
     "pack_conv_input",
     "pack_conv_weight",

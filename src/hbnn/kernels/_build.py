@@ -33,9 +33,9 @@ from hbnn.errors import ConfigError
 __all__ = ["ABI_VERSION", "ENV", "MODES", "mode", "cache_dir", "compiler", "load", "build_error", "library_path",
            "compiled_now", "cached_library"]
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 _SRC_DIR = Path(__file__).resolve().parent / "csrc"
-_SOURCES = ("hbnn_kernels.c", "gemm_body.c", "pack_body.c", "gemm_portable.c", "gemm_avx2.c", "gemm_avx512.c", "select_body.c")
+_SOURCES = ("hbnn_kernels.c", "gemm_body.c", "prep_body.c", "pack_body.c", "gemm_portable.c", "gemm_avx2.c", "gemm_avx512.c", "select_body.c")
 _FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=off", "-shared", "-fPIC")
 _LIB_NAME = "libhbnn_kernels.so"
 _FLAG_SETS = (("-fopenmp", *_FLAGS), _FLAGS)  # OpenMP first; a compiler without it still gets 1 thread

@@ -18,13 +18,15 @@ import torch
 from hbnn.kernels import _build
 from hbnn.kernels.layout import PackedPlanes
 
-__all__ = ["VARIANTS", "library", "variant_id", "supported_variants", "feature_flags", "gemm", "pack_u8", "pack_residual",
-           "ConvGeometry", "check"]
+__all__ = ["VARIANTS", "library", "variant_id", "supported_variants", "feature_flags", "gemm", "prepare",
+           "pack_u8", "pack_residual", "ConvGeometry", "check", "PANEL_ROWS"]
 
 VARIANTS = ("portable", "avx2", "avx512")
 _FEATURES = {"popcnt": 1, "avx2": 2, "avx512f": 4, "avx512bw": 8, "avx512vpopcntdq": 16}
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
+PANEL_ROWS = 16  # HBNN_LANES: weight rows per panel
+_PREPARED = ("ws", "wm", "popw", "wsc", "perm", "wst", "widx", "wn")
 
 
 class _GemmArgs(ctypes.Structure):
@@ -35,7 +37,7 @@ class _GemmArgs(ctypes.Structure):
     )] + [(name, _I) for name in (
         "nw", "nx", "O", "B", "H", "W", "C", "cw", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow",
         "w_scale_per_row", "x_scale_per_row", "nthreads",
-    )]
+    )] + [("p_" + name, _P) for name in _PREPARED] + [("p_permuted", _I)]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         return lib
     lib.hbnn_gemm.argtypes = [ctypes.c_int, ctypes.POINTER(_GemmArgs)]
     lib.hbnn_gemm.restype = ctypes.c_int
+    lib.hbnn_prepare_weight.argtypes = [ctypes.c_int, ctypes.POINTER(_GemmArgs)]
+    lib.hbnn_prepare_weight.restype = ctypes.c_int
     lib.hbnn_pack_u8.argtypes = [ctypes.c_int, _P, _I, _I, _I, _P, _I]
     lib.hbnn_pack_u8.restype = ctypes.c_int
     lib.hbnn_pack_residual.argtypes = [ctypes.c_int, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I]
@@ -128,28 +132,76 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _aligned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor whose data starts on a 64-byte boundary (aligned vector loads)."""
+    n = 1
+    for d in shape:
+        n *= d
+    item = torch.empty(0, dtype=dtype).element_size()
+    buf = torch.empty(n + 64 // item, dtype=dtype)
+    off = (-buf.data_ptr() % 64) // item
+    return buf[off:off + n].view(shape)
+
+
+def _weight_geometry(w: PackedPlanes) -> tuple[int, int, int, int]:
+    """``(kh, kw, C, cw)`` of a weight packed ``(O, K)`` (1 x 1 x K) or ``(O, kh, kw, C)``."""
+    kh, kw = (w.shape[1], w.shape[2]) if len(w.shape) == 4 else (1, 1)
+    return kh, kw, w.k, w.signs.shape[-1]
+
+
+def prepare(lib: ctypes.CDLL, w: PackedPlanes, variant: str | None = None) -> dict:
+    """Run ``hbnn_prepare_weight``: the panel tensors of :class:`~hbnn.kernels.prepared.PreparedWeight`.
+
+    Returns ``{"ws", "wm", "popw", "wsc", "perm", "wst", "widx", "wn", "permuted"}`` (see
+    csrc/hbnn_kernels.c ``hbnn_gemm_args``; ``wm``/``widx`` are None when every plane is full).
+    """
+    kh, kw, c, cw = _weight_geometry(w)
+    o, n, kwt = w.shape[0], w.n, kh * kw * cw
+    nq = (o + PANEL_ROWS - 1) // PANEL_ROWS
+    op = nq * PANEL_ROWS
+    masked = not all(w.full)
+    t = {
+        "ws": _aligned_empty((n, nq, kwt, PANEL_ROWS), torch.int64),
+        "wm": _aligned_empty((n, nq, kwt, PANEL_ROWS), torch.int64) if masked else None,
+        "popw": torch.empty(n, nq, PANEL_ROWS, dtype=torch.int32),
+        "wsc": torch.empty(n, op, dtype=torch.float32),
+        "perm": torch.empty(op, dtype=torch.int64),
+        "wst": torch.empty(n, nq, dtype=torch.uint8),
+        "widx": torch.empty(n, op, kwt, dtype=torch.int32) if masked else None,
+        "wn": torch.empty(n, op, dtype=torch.int32),
+    }
+    keep = [w.signs.contiguous(), None if w.masks is None else w.masks.contiguous(),
+            torch.tensor(w.full, dtype=torch.uint8), w.scales.contiguous()]
+    a = _GemmArgs(w_signs=_ptr(keep[0]), w_masks=_ptr(keep[1]), w_full=_ptr(keep[2]), w_scales=_ptr(keep[3]),
+                  nw=n, O=o, C=c, cw=cw, kh=kh, kw=kw, w_scale_per_row=int(w.per_row_scales),
+                  nthreads=torch.get_num_threads(), **{"p_" + k: _ptr(v) for k, v in t.items()})
+    rc = lib.hbnn_prepare_weight(variant_id(lib, variant), ctypes.byref(a))
+    if rc != 0:
+        raise RuntimeError(f"hbnn_prepare_weight failed with code {rc} (-2: out of memory, -3: bad arguments)")
+    t["permuted"] = bool(a.p_permuted)
+    return t
+
+
 def gemm(
-    lib: ctypes.CDLL, x: PackedPlanes, w: PackedPlanes, geom: ConvGeometry, channels: int,
+    lib: ctypes.CDLL, x: PackedPlanes, w: PackedPlanes, prepared: dict, geom: ConvGeometry, channels: int,
     *, want_y: bool, want_counts: bool, variant: str | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
-    """Run ``hbnn_gemm``: returns ``(y [R, O] float32, counts [nw, nx, R, O] int32, variant)``."""
+    """Run ``hbnn_gemm`` with ``w`` prepared by :func:`prepare`: ``(y [R, O] float32, counts [nw, nx, R, O] int32, variant)``."""
     vid = variant_id(lib, variant)
     oh, ow = geom.out_hw
     rows, o = geom.B * oh * ow, w.shape[0]
     y = torch.empty(rows, o, dtype=torch.float32) if want_y else None
     counts = torch.empty(w.n, x.n, rows, o, dtype=torch.int32) if want_counts else None
     keep = [x.signs.contiguous(), None if x.masks is None else x.masks.contiguous(),
-            torch.tensor(x.full, dtype=torch.uint8), x.scales.contiguous(),
-            w.signs.contiguous(), None if w.masks is None else w.masks.contiguous(),
-            torch.tensor(w.full, dtype=torch.uint8), w.scales.contiguous()]
+            torch.tensor(x.full, dtype=torch.uint8), x.scales.contiguous()]
     a = _GemmArgs(
-        w_signs=_ptr(keep[4]), w_masks=_ptr(keep[5]), w_full=_ptr(keep[6]), w_scales=_ptr(keep[7]),
         x_signs=_ptr(keep[0]), x_masks=_ptr(keep[1]), x_full=_ptr(keep[2]), x_scales=_ptr(keep[3]),
         y=_ptr(y), counts=_ptr(counts), nw=w.n, nx=x.n, O=o, B=geom.B, H=geom.H, W=geom.W,
         C=channels, cw=x.signs.shape[-1], kh=geom.kh, kw=geom.kw, sh=geom.sh, sw=geom.sw,
         ph=geom.ph, pw=geom.pw, dh=geom.dh, dw=geom.dw, oh=oh, ow=ow,
         w_scale_per_row=int(w.per_row_scales), x_scale_per_row=int(x.per_row_scales),
-        nthreads=torch.get_num_threads(),
+        nthreads=torch.get_num_threads(), p_permuted=int(prepared["permuted"]),
+        **{"p_" + k: _ptr(prepared[k]) for k in _PREPARED},
     )
     rc = lib.hbnn_gemm(vid, ctypes.byref(a))
     if rc != 0:

@@ -9,7 +9,9 @@
 ``"avx512"``; all variants and the reference give bit-identical counts and float outputs.
 
 Inputs are :class:`~hbnn.kernels.layout.PackedPlanes` or unpacked ``(signs, masks,
-scales)`` triples as returned by ``hbnn.quant.binarize_planes`` (packed on the fly).
+scales)`` triples as returned by ``hbnn.quant.binarize_planes`` (packed on the fly); the
+weight may also be a :class:`~hbnn.kernels.prepared.PreparedWeight` (panels built once by
+:func:`~hbnn.kernels.prepared.prepare_weight`; otherwise they are built on every call).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from hbnn.kernels import _build, _cbackend
 from hbnn.kernels import reference as ref
 from hbnn.kernels.layout import PackedPlanes
 from hbnn.kernels.packing import pack_conv_input, pack_conv_weight, pack_planes
+from hbnn.kernels.prepared import PreparedWeight, prepare_weight
 
 __all__ = [
     "binary_linear",
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 Planes = PackedPlanes | tuple
+Weight = PackedPlanes | PreparedWeight | tuple
 
 
 def _as_packed(p: Planes, packer, what: str, backend: str) -> PackedPlanes:
@@ -41,6 +45,20 @@ def _as_packed(p: Planes, packer, what: str, backend: str) -> PackedPlanes:
     raise TypeError(f"{what}: expected PackedPlanes or a (signs, masks, scales) tuple, got {type(p).__name__}")
 
 
+def _as_weight(w: Weight, packer, what: str, backend: str) -> PreparedWeight:
+    """The weight as a PreparedWeight (planes only when C is not used: the reference reads them)."""
+    if isinstance(w, PreparedWeight):
+        return w
+    return PreparedWeight(_as_packed(w, packer, what, backend), None)
+
+
+def _run(lib, x: PackedPlanes, pw: PreparedWeight, geom, channels: int, counts: bool, variant):
+    if pw.panels is None:  # planes given per call (or prepared without C): build the panels now
+        pw = prepare_weight(pw.planes, backend="c", variant=variant)
+    return _cbackend.gemm(lib, x, pw.planes, pw.panels, geom, channels, want_y=not counts, want_counts=counts,
+                          variant=variant)
+
+
 def _pair(v, name: str) -> tuple[int, int]:
     t = (v, v) if isinstance(v, int) else tuple(v)
     if len(t) != 2 or not all(isinstance(e, int) for e in t):
@@ -48,9 +66,10 @@ def _pair(v, name: str) -> tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
-def _linear(x: Planes, w: Planes, backend: str, variant: str | None, counts: bool) -> torch.Tensor:
+def _linear(x: Planes, w: Weight, backend: str, variant: str | None, counts: bool) -> torch.Tensor:
     x = _as_packed(x, pack_planes, "binary_linear: x", backend)
-    w = _as_packed(w, pack_planes, "binary_linear: w", backend)
+    pw = _as_weight(w, pack_planes, "binary_linear: w", backend)
+    w = pw.planes
     if len(w.shape) != 2:
         raise ValueError(f"binary_linear: w must be packed as (O, K), got shape {w.shape}")
     if x.k != w.k:
@@ -64,18 +83,19 @@ def _linear(x: Planes, w: Planes, backend: str, variant: str | None, counts: boo
     if x.per_row_scales and rows != x.shape[0]:
         x = PackedPlanes(x.signs, x.masks, x.full, x.scales.repeat_interleave(rows // x.shape[0], dim=1),
                          (rows, x.k))
-    y, c, _ = _cbackend.gemm(lib, x, w, geom, x.k, want_y=not counts, want_counts=counts, variant=variant)
+    y, c, _ = _run(lib, x, pw, geom, x.k, counts, variant)
     return c if counts else y.reshape(*lead, w.shape[0])
 
 
-def binary_linear(x: Planes, w: Planes, *, backend: str = "auto", variant: str | None = None) -> torch.Tensor:
+def binary_linear(x: Planes, w: Weight, *, backend: str = "auto", variant: str | None = None) -> torch.Tensor:
     """Binary linear layer ``y = x_hat @ w_hat.T`` by xnor/and-popcount over bit planes.
 
     ``y[b, o] = sum_i sum_j a_w_i[o] a_x_j[b] sum_k m_w_i m_x_j (+-1)`` (see :mod:`reference`).
 
     Args:
         x: activation planes, shape ``(..., K)``; scales ``[n]`` or ``[n, shape[0]]``.
-        w: weight planes, shape ``(O, K)``; scales ``[n]`` or ``[n, O]``.
+        w: weight planes, shape ``(O, K)``; scales ``[n]`` or ``[n, O]``; or a
+            :class:`~hbnn.kernels.prepared.PreparedWeight` of them.
         backend: ``"auto"``, ``"c"`` or ``"torch"``.
         variant: force a C variant (``"portable"``, ``"avx2"``, ``"avx512"``).
 
@@ -85,14 +105,15 @@ def binary_linear(x: Planes, w: Planes, *, backend: str = "auto", variant: str |
     return _linear(x, w, backend, variant, counts=False)
 
 
-def binary_linear_counts(x: Planes, w: Planes, *, backend: str = "auto", variant: str | None = None) -> torch.Tensor:
+def binary_linear_counts(x: Planes, w: Weight, *, backend: str = "auto", variant: str | None = None) -> torch.Tensor:
     """Integer dot counts ``c[i, j, b, o]`` of :func:`binary_linear`: int32 ``[nw, nx, R, O]``."""
     return _linear(x, w, backend, variant, counts=True)
 
 
 def _conv(x, w, stride, padding, dilation, backend, variant, counts):
     x = _as_packed(x, pack_conv_input, "binary_conv2d: x", backend)
-    w = _as_packed(w, pack_conv_weight, "binary_conv2d: w", backend)
+    pw = _as_weight(w, pack_conv_weight, "binary_conv2d: w", backend)
+    w = pw.planes
     stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
         raise ValueError(f"binary_conv2d: need stride >= 1, dilation >= 1, padding >= 0; got {stride}, {dilation}, {padding}")
@@ -107,12 +128,12 @@ def _conv(x, w, stride, padding, dilation, backend, variant, counts):
         f = ref.binary_conv2d_counts_ref if counts else ref.binary_conv2d_ref
         return f(x, w, stride, padding, dilation)
     geom = _cbackend.ConvGeometry(b, h, wd, kh, kw, *stride, *padding, *dilation)
-    y, cnt, _ = _cbackend.gemm(lib, x, w, geom, c, want_y=not counts, want_counts=counts, variant=variant)
+    y, cnt, _ = _run(lib, x, pw, geom, c, counts, variant)
     return cnt if counts else y.reshape(b, oh, ow, o).permute(0, 3, 1, 2)
 
 
 def binary_conv2d(
-    x: Planes, w: Planes, *, stride=1, padding=0, dilation=1, backend: str = "auto", variant: str | None = None
+    x: Planes, w: Weight, *, stride=1, padding=0, dilation=1, backend: str = "auto", variant: str | None = None
 ) -> torch.Tensor:
     """Binary 2-d convolution ``F.conv2d(x_hat, w_hat, stride, padding, dilation)``.
 
@@ -123,7 +144,8 @@ def binary_conv2d(
     Args:
         x: planes packed ``(B, H, W, C)`` (:func:`pack_conv_input`/:func:`pack_activations`)
             or an NCHW ``(signs, masks, scales)`` triple ``[n, B, C, H, W]``.
-        w: planes packed ``(O, kh, kw, C)`` (:func:`pack_conv_weight`) or an OIHW triple.
+        w: planes packed ``(O, kh, kw, C)`` (:func:`pack_conv_weight`), an OIHW triple, or a
+            :class:`~hbnn.kernels.prepared.PreparedWeight`.
         stride, padding, dilation: as ``F.conv2d`` (groups = 1).
 
     Returns:
@@ -133,7 +155,7 @@ def binary_conv2d(
 
 
 def binary_conv2d_counts(
-    x: Planes, w: Planes, *, stride=1, padding=0, dilation=1, backend: str = "auto", variant: str | None = None
+    x: Planes, w: Weight, *, stride=1, padding=0, dilation=1, backend: str = "auto", variant: str | None = None
 ) -> torch.Tensor:
     """Integer dot counts of :func:`binary_conv2d`: int32 ``[nw, nx, B*OH*OW, O]``, rows ``(b, oy, ox)``."""
     return _conv(x, w, stride, padding, dilation, backend, variant, counts=True)

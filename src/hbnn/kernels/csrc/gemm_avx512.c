@@ -139,11 +139,65 @@ static void uk_avx512(int mode, const uint64_t *ws, const uint64_t *wm, const ui
     }
 }
 
+/* Word-list kernel (gemm_body.c uks contract): the sparse word and mask are broadcast, the
+ * D = 16 (two zmm) or 12 (zmm + 4 lanes) dense words of word k loaded, ternlog + vpopcntq. */
+static inline __attribute__((always_inline)) void
+hbnn_uks512(const int D, const int MM, int64_t n, const int32_t *idx, const uint64_t *ss,
+            const uint64_t *sm, int64_t sst, const uint64_t *ds, const uint64_t *dm, int64_t dst,
+            int32_t *P, int32_t *T, int64_t pst) {
+    const __mmask8 hi = D == 16 ? 0xFF : 0x0F;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, t0 = a0, t1 = a0;
+    int64_t acc[16], tac[16], t;
+    int l;
+    for (t = 0; t < n; t++) {
+        const int64_t k = idx[t];
+        const __m512i sb = _mm512_set1_epi64((long long)ss[k * sst]);
+        const __m512i mb = _mm512_set1_epi64((long long)sm[k * sst]);
+        const uint64_t *d = ds + k * dst;
+        const __m512i d0 = _mm512_loadu_si512(d), d1 = _mm512_maskz_loadu_epi64(hi, d + 8);
+        if (MM) {
+            const uint64_t *e = dm + k * dst;
+            const __m512i e0 = _mm512_and_si512(mb, _mm512_loadu_si512(e));
+            const __m512i e1 = _mm512_and_si512(mb, _mm512_maskz_loadu_epi64(hi, e + 8));
+            a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d0, sb, e0, HBNN_XOR_AND)));
+            a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d1, sb, e1, HBNN_XOR_AND)));
+            t0 = _mm512_add_epi64(t0, _mm512_popcnt_epi64(e0));
+            t1 = _mm512_add_epi64(t1, _mm512_popcnt_epi64(e1));
+        } else {
+            a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d0, sb, mb, HBNN_XOR_AND)));
+            a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d1, sb, mb, HBNN_XOR_AND)));
+        }
+    }
+    _mm512_storeu_si512(acc, a0);
+    _mm512_storeu_si512(acc + 8, a1);
+    _mm512_storeu_si512(tac, t0);
+    _mm512_storeu_si512(tac + 8, t1);
+    for (l = 0; l < D; l++) {
+        P[l * pst] = (int32_t)acc[l];
+        if (MM) T[l * pst] = (int32_t)tac[l];
+    }
+}
+
+static void uks_avx512(int D, int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm,
+                       int64_t sst, const uint64_t *ds, const uint64_t *dm, int64_t dst, int32_t *P,
+                       int32_t *T, int64_t pst) {
+    if (D == 16) {
+        if (dm) hbnn_uks512(16, 1, n, idx, ss, sm, sst, ds, dm, dst, P, T, pst);
+        else hbnn_uks512(16, 0, n, idx, ss, sm, sst, ds, dm, dst, P, T, pst);
+    } else {
+        if (dm) hbnn_uks512(12, 1, n, idx, ss, sm, sst, ds, dm, dst, P, T, pst);
+        else hbnn_uks512(12, 0, n, idx, ss, sm, sst, ds, dm, dst, P, T, pst);
+    }
+}
+#define HBNN_HAVE_UKS 1
+
 #undef HBNN_CASES6
 #undef HBNN_CASES12
 #undef HBNN_XOR_AND
 
+#include "prep_body.c"
 #include "gemm_body.c"
+#undef HBNN_HAVE_UKS
 #include "pack_body.c"
 #define HBNN_SEL_ISA 2
 #include "select_body.c"

@@ -38,39 +38,9 @@
 #define HBNN_CAT(a, b) HBNN_CAT2(a, b)
 #define FN(name) HBNN_CAT(name, HBNN_SUFFIX)
 
-/* Weight panels: plane i, panel q (rows 16q..16q+15), word k, lane l at
- * ((i*nq + q)*kwt + k)*16 + l; rows >= O are zero.  popw[(i*nq + q)*16 + l] is the mask
- * popcount of a masked plane's row.  An orphaned `omp for`: serial when called outside a
- * parallel region. */
-static void FN(pack_w)(const hbnn_gemm_args *a, int64_t kwt, int64_t nq, uint64_t *ws,
-                       uint64_t *wm, int32_t *popw) {
-    int64_t t;
-#pragma omp for schedule(guided)
-    for (t = 0; t < a->nw * nq; t++) {
-        const int64_t i = t / nq, q = t % nq;
-        const int masked = !a->w_full[i];
-        int64_t l, k;
-        for (l = 0; l < HBNN_LANES; l++) {
-            const int64_t row = q * HBNN_LANES + l;
-            const int live = row < a->O;
-            const uint64_t *s = a->w_signs + (i * a->O + row) * kwt;
-            const uint64_t *m = masked ? a->w_masks + (i * a->O + row) * kwt : NULL;
-            int64_t pop = 0;
-            for (k = 0; k < kwt; k++) {
-                ws[(t * kwt + k) * HBNN_LANES + l] = live ? s[k] : 0;
-                if (masked) {
-                    const uint64_t mv = live ? m[k] : 0;
-                    wm[(t * kwt + k) * HBNN_LANES + l] = mv;
-                    pop += HBNN_POP(mv);
-                }
-            }
-            popw[t * HBNN_LANES + l] = (int32_t)pop;
-        }
-    }
-}
-
 /* One output row of the panel: its words (and masks) for every plane, gathered from the
- * input pixels it sees; out-of-image positions (border rows only) are zero words. */
+ * input pixels it sees; out-of-image positions (border rows only) are zero words.  For a
+ * plane treated as masked, also its mask popcount and its present (nonzero-mask) words. */
 static void FN(pack_row)(const hbnn_gemm_args *a, const hbnn_row *rw, int interior,
                          int64_t kwt, hbnn_chunk *ch, int64_t m, int64_t rr) {
     const int64_t cw = a->cw, rin = a->B * a->H * a->W, nm = ch->nm;
@@ -78,17 +48,18 @@ static void FN(pack_row)(const hbnn_gemm_args *a, const hbnn_row *rw, int interi
     int64_t ki, kj, j, c;
     for (j = 0; j < a->nx; j++) {
         const int64_t jm = j * nm + m, base = jm * kwt;
-        const int masked = ch->xmsk[jm], full = a->x_full[j];
+        const int masked = ch->xmsk[jm] != HBNN_ST_FULL, full = a->x_full[j];
         const uint64_t *xs = a->x_signs + j * rin * cw, *xm = full ? NULL : a->x_masks + j * rin * cw;
+        int32_t *idx = ch->xidx + (jm * HBNN_NR + rr) * kwt, ni = 0;
         int64_t pop = 0;
         for (ki = 0; ki < a->kh; ki++) {
             const int64_t iy = rw->y0 + ki * a->dh;
             for (kj = 0; kj < a->kw; kj++) {
-                const int64_t ix = rw->x0 + kj * a->dw;
+                const int64_t ix = rw->x0 + kj * a->dw, k0 = (ki * a->kw + kj) * cw;
                 const int inb = interior || (iy >= 0 && iy < a->H && ix >= 0 && ix < a->W);
                 const int64_t src = (pix0 + ki * a->dh * a->W + kj * a->dw) * cw;
-                uint64_t *dst = ch->xs + (base + (ki * a->kw + kj) * cw) * HBNN_NR + rr;
-                uint64_t *dstm = ch->xm + (base + (ki * a->kw + kj) * cw) * HBNN_NR + rr;
+                uint64_t *dst = ch->xs + (base + k0) * HBNN_NR + rr;
+                uint64_t *dstm = ch->xm + (base + k0) * HBNN_NR + rr;
                 if (!inb) {
                     for (c = 0; c < cw; c++) dst[c * HBNN_NR] = 0;
                     if (masked)
@@ -101,22 +72,42 @@ static void FN(pack_row)(const hbnn_gemm_args *a, const hbnn_row *rw, int interi
                     const uint64_t mv = full ? hbnn_valid_word(c, cw, a->C) : xm[src + c];
                     dstm[c * HBNN_NR] = mv;
                     pop += HBNN_POP(mv);
+                    idx[ni] = (int32_t)(k0 + c);
+                    ni += mv != 0;
                 }
             }
         }
         ch->popx[jm * HBNN_NR + rr] = (int32_t)pop;
+        ch->xn[jm * HBNN_NR + rr] = ni;
         ch->xsc[jm * HBNN_NR + rr] = a->x_scales[a->x_scale_per_row ? j * a->B + rw->b : j];
     }
 }
 
+/* Status of masked plane j on micro-panel m from its live rows first..last: ABSENT (no
+ * active entry), FULL (every entry active), SPARSE (present words few: HBNN_SP_PEN) or MASKED. */
+static void FN(x_status)(hbnn_chunk *ch, int64_t jm, int nlive, int64_t kwt, int32_t kfull) {
+    int r, nabs = 0, nfull = 0;
+    int64_t xsum = 0;
+    for (r = 0; r < nlive; r++) {
+        const int32_t pop = ch->popx[jm * HBNN_NR + r];
+        nabs += pop == 0;
+        nfull += pop == kfull;
+        xsum += ch->xn[jm * HBNN_NR + r];
+    }
+    ch->xsum[jm] = xsum;
+    ch->xmsk[jm] = (uint8_t)(nabs == nlive ? HBNN_ST_ABSENT : nfull == nlive ? HBNN_ST_FULL
+                             : xsum * HBNN_SP_PEN < HBNN_NR * kwt ? HBNN_ST_SPARSE : HBNN_ST_MASKED);
+}
+
 /* Activation micro-panels of output rows rows[r0..r1) into ch: plane j, micro-panel m,
- * word k, row r at ((j*nm + m)*kwt + k)*12 + r; missing rows are zero.  xmsk[j*nm + m]
- * says whether plane j is treated as masked on micro-panel m (masked plane, or a border
- * row in it); then xm holds its masks and popx[(j*nm + m)*12 + r] their popcounts.
- * xsc[(j*nm + m)*12 + r] is the row's scale of plane j. */
+ * word k, row r at ((j*nm + m)*kwt + k)*12 + r; missing rows are zero.  A plane is packed
+ * masked on micro-panel m when it is a masked plane or m holds a border row; then xm holds
+ * its masks, popx[(j*nm + m)*12 + r] their popcounts, xidx/xn the present words, and
+ * xmsk[j*nm + m] its status (x_status).  xsc[(j*nm + m)*12 + r] is the row's scale. */
 static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_int,
                        int64_t r0, int64_t r1, int64_t kwt, hbnn_chunk *ch) {
     const int64_t nm = (r1 - r0 + HBNN_NR - 1) / HBNN_NR;
+    const int32_t kfull = (int32_t)(a->kh * a->kw * a->C);
     int64_t m, rr, j, k;
     ch->nm = nm;
     ch->r0 = r0;
@@ -124,7 +115,8 @@ static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_
     for (m = 0; m < nm; m++) {
         const int64_t first = r0 + m * HBNN_NR, last = hbnn_min64(r1, first + HBNN_NR) - 1;
         const int border = last >= n_int;
-        for (j = 0; j < a->nx; j++) ch->xmsk[j * nm + m] = !a->x_full[j] || border;
+        for (j = 0; j < a->nx; j++)
+            ch->xmsk[j * nm + m] = !a->x_full[j] || border ? HBNN_ST_MASKED : HBNN_ST_FULL;
         for (rr = 0; rr < HBNN_NR; rr++) {
             const int64_t idx = first + rr;
             if (idx <= last) {
@@ -135,14 +127,49 @@ static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_
                 const int64_t jm = j * nm + m;
                 for (k = 0; k < kwt; k++) {
                     ch->xs[(jm * kwt + k) * HBNN_NR + rr] = 0;
-                    if (ch->xmsk[jm]) ch->xm[(jm * kwt + k) * HBNN_NR + rr] = 0;
+                    if (ch->xmsk[jm] != HBNN_ST_FULL) ch->xm[(jm * kwt + k) * HBNN_NR + rr] = 0;
                 }
                 ch->popx[jm * HBNN_NR + rr] = 0;
+                ch->xn[jm * HBNN_NR + rr] = 0;
                 ch->xsc[jm * HBNN_NR + rr] = 0.0f;
             }
         }
+        for (j = 0; j < a->nx; j++)
+            if (ch->xmsk[j * nm + m] != HBNN_ST_FULL) FN(x_status)(ch, j * nm + m, (int)(last - first + 1), kwt, kfull);
     }
 }
+
+#ifndef HBNN_HAVE_UKS
+/* Word-list micro-kernel (generic C; see the contract in the file comment). */
+static void FN(uks)(int D, int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm,
+                    int64_t sst, const uint64_t *ds, const uint64_t *dm, int64_t dst, int32_t *P,
+                    int32_t *T, int64_t pst) {
+    int64_t acc[HBNN_LANES], tac[HBNN_LANES], t;
+    int l;
+    memset(acc, 0, sizeof(acc));
+    memset(tac, 0, sizeof(tac));
+    if (dm) {
+        for (t = 0; t < n; t++) {
+            const int64_t k = idx[t];
+            const uint64_t s = ss[k * sst], mk = sm[k * sst], *d = ds + k * dst, *e = dm + k * dst;
+            for (l = 0; l < D; l++) {
+                acc[l] += HBNN_POP((d[l] ^ s) & mk & e[l]);
+                tac[l] += HBNN_POP(mk & e[l]);
+            }
+        }
+    } else {
+        for (t = 0; t < n; t++) {
+            const int64_t k = idx[t];
+            const uint64_t s = ss[k * sst], mk = sm[k * sst], *d = ds + k * dst;
+            for (l = 0; l < D; l++) acc[l] += HBNN_POP((d[l] ^ s) & mk);
+        }
+    }
+    for (l = 0; l < D; l++) {
+        P[l * pst] = (int32_t)acc[l];
+        if (dm) T[l * pst] = (int32_t)tac[l];
+    }
+}
+#endif
 
 /* c = base - 2 P for one (i, j) pair of a tile, with base = K, popcount(m_x), popcount(m_w)
  * or T by mode, written as c = bs + bv[l] - 2 p[l]; then y = (first ? 0 : y) + (a_w a_x) c.
@@ -177,74 +204,100 @@ static inline void FN(epilogue)(int mode, int nr, int32_t kfull, const int32_t *
     }
 }
 
-/* One tile: output rows rows[first..first+nr) (micro-panel m of ch) x weight rows
- * 16q..16q+15, all plane pairs in the order i (weights) outer, j (activations) inner. */
-static void FN(tile)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, int64_t kwt,
-                     int64_t nq, int64_t q, const uint64_t *ws, const uint64_t *wm,
-                     const int32_t *popw, const hbnn_chunk *ch, int64_t m) {
-    int32_t P[HBNN_NR * HBNN_LANES], T[HBNN_NR * HBNN_LANES], ct[HBNN_NR * HBNN_LANES];
-    float yt[HBNN_NR * HBNN_LANES], swl[HBNN_LANES];
+/* P (and T) of one (i, j) pair of a tile by the cheapest path for the two statuses (neither
+ * ABSENT); returns the epilogue mode (0 FF, 1 FM, 2 MF, 3 MM: which base c = base - 2P uses).
+ * Word lists: the weight side (SPARSE panel: each live lane's present words against the 12
+ * activation rows) or the activation side (SPARSE micro-panel: each row's present words
+ * against the 16 weight lanes), whichever lists fewer words per dense row. */
+static int FN(pair)(const hbnn_gemm_args *a, int wst, int xst, int64_t kwt, int64_t nq, int64_t i,
+                    int64_t q, const hbnn_chunk *ch, int64_t jm, int nr, int32_t *P, int32_t *T) {
+    const int64_t pan = (i * nq + q) * kwt * HBNN_LANES, xp = jm * kwt * HBNN_NR, Op = nq * HBNN_LANES;
     const int64_t o0 = q * HBNN_LANES, ov = hbnn_min64(HBNN_LANES, a->O - o0);
+    const int wm_on = wst >= HBNN_ST_MASKED, xm_on = xst >= HBNN_ST_MASKED;
+    const uint64_t *ws = a->p_ws + pan, *wm = wm_on ? a->p_wm + pan : NULL;
+    const uint64_t *xs = ch->xs + xp, *xm = xm_on ? ch->xm + xp : NULL;
+    int64_t wsum = 0, l;
+    int r;
+    if (wst == HBNN_ST_SPARSE)
+        for (l = 0; l < ov; l++) wsum += a->p_wn[i * Op + o0 + l];
+    if (wst == HBNN_ST_SPARSE && (xst != HBNN_ST_SPARSE || wsum * HBNN_NR <= ch->xsum[jm] * HBNN_LANES)) {
+        if (ov < HBNN_LANES) {
+            memset(P, 0, sizeof(int32_t) * HBNN_NR * HBNN_LANES);
+            memset(T, 0, sizeof(int32_t) * HBNN_NR * HBNN_LANES);
+        }
+        for (l = 0; l < ov; l++)
+            FN(uks)(HBNN_NR, a->p_wn[i * Op + o0 + l], a->p_widx + (i * Op + o0 + l) * kwt, ws + l, wm + l,
+                    HBNN_LANES, xs, xm, HBNN_NR, P + l, T + l, HBNN_LANES);
+        return xm_on ? 3 : 2;
+    }
+    if (xst == HBNN_ST_SPARSE) {
+        for (r = 0; r < nr; r++)
+            FN(uks)(HBNN_LANES, ch->xn[jm * HBNN_NR + r], ch->xidx + (jm * HBNN_NR + r) * kwt, xs + r, xm + r,
+                    HBNN_NR, ws, wm, HBNN_LANES, P + r * HBNN_LANES, T + r * HBNN_LANES, 1);
+        return wm_on ? 3 : 1;
+    }
+    FN(uk)(wm_on * 2 + xm_on, ws, wm, xs, xm, kwt, nr, P, T);
+    return wm_on * 2 + xm_on;
+}
+
+/* Row r of a tile (ov lanes) into the output row `dst` (float or int32 elements of `size`
+ * bytes), lane l going to column perm[l] when the weight rows are permuted. */
+static inline void FN(put_row)(void *dst, const void *src, int64_t ov, const int64_t *perm, size_t size) {
+    int64_t l;
+    if (!perm) {
+        memcpy(dst, src, (size_t)ov * size);
+        return;
+    }
+    for (l = 0; l < ov; l++) memcpy((char *)dst + perm[l] * size, (const char *)src + l * size, size);
+}
+
+/* One tile: output rows rows[first..first+nr) (micro-panel m of ch) x panel rows
+ * 16q..16q+15, all plane pairs in the order i (weights) outer, j (activations) inner.  A
+ * pair with an ABSENT side is skipped: its counts are 0 and y + (a_w a_x) * 0 == y exactly
+ * (y starts at +0.0 and round-to-nearest never makes it -0.0; scales are finite). */
+static void FN(tile)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, int64_t kwt,
+                     int64_t nq, int64_t q, const hbnn_chunk *ch, int64_t m) {
+    int32_t P[HBNN_NR * HBNN_LANES], T[HBNN_NR * HBNN_LANES], ct[HBNN_NR * HBNN_LANES];
+    float yt[HBNN_NR * HBNN_LANES];
+    const int64_t o0 = q * HBNN_LANES, ov = hbnn_min64(HBNN_LANES, a->O - o0), Op = nq * HBNN_LANES;
     const int64_t first = ch->r0 + m * HBNN_NR, nm = ch->nm;
     const int nr = (int)hbnn_min64(HBNN_NR, ch->r1 - first);
     const int32_t kfull = (int32_t)(a->kh * a->kw * a->C);
-    int64_t i, j, r, l;
+    const int64_t *perm = a->p_permuted ? a->p_perm + o0 : NULL;
+    int64_t i, j, r;
+    int yinit = 0;
     for (i = 0; i < a->nw; i++) {
-        const int64_t pan = (i * nq + q) * kwt * HBNN_LANES;
-        const int wmasked = !a->w_full[i];
-        for (l = 0; l < HBNN_LANES; l++)
-            swl[l] = l >= ov ? 0.0f : a->w_scales[a->w_scale_per_row ? i * a->O + o0 + l : i];
+        const int wst = a->p_wst[i * nq + q];
         for (j = 0; j < a->nx; j++) {
-            const int64_t jm = j * nm + m, xp = jm * kwt * HBNN_NR;
-            const int xmasked = ch->xmsk[jm], mode = wmasked * 2 + xmasked;
-            FN(uk)(mode, ws + pan, wmasked ? wm + pan : NULL, ch->xs + xp,
-                   xmasked ? ch->xm + xp : NULL, kwt, nr, P, T);
-            FN(epilogue)(mode, nr, kfull, P, T, ch->popx + jm * HBNN_NR,
-                         popw + (i * nq + q) * HBNN_LANES, swl, ch->xsc + jm * HBNN_NR,
-                         i == 0 && j == 0, a->y ? yt : NULL, a->counts ? ct : NULL);
-            if (a->counts) {
-                for (r = 0; r < nr; r++) {
-                    int32_t *dst = a->counts + ((i * a->nx + j) * R + rows[first + r].p) * a->O + o0;
-                    memcpy(dst, ct + r * HBNN_LANES, (size_t)ov * sizeof(int32_t));
-                }
+            const int64_t jm = j * nm + m;
+            const int xst = ch->xmsk[jm];
+            int mode;
+            if (wst == HBNN_ST_ABSENT || xst == HBNN_ST_ABSENT) {
+                if (a->counts)
+                    for (r = 0; r < nr; r++) {
+                        int32_t *dst = a->counts + ((i * a->nx + j) * R + rows[first + r].p) * a->O;
+                        int64_t l;
+                        for (l = 0; l < ov; l++) dst[perm ? perm[l] : o0 + l] = 0;
+                    }
+                continue;
             }
+            mode = FN(pair)(a, wst, xst, kwt, nq, i, q, ch, jm, nr, P, T);
+            FN(epilogue)(mode, nr, kfull, P, T, ch->popx + jm * HBNN_NR, a->p_popw + (i * nq + q) * HBNN_LANES,
+                         a->p_wsc + i * Op + o0, ch->xsc + jm * HBNN_NR, !yinit, a->y ? yt : NULL,
+                         a->counts ? ct : NULL);
+            yinit = 1;
+            if (a->counts)
+                for (r = 0; r < nr; r++)
+                    FN(put_row)(a->counts + ((i * a->nx + j) * R + rows[first + r].p) * a->O + (perm ? 0 : o0),
+                                ct + r * HBNN_LANES, ov, perm, sizeof(int32_t));
         }
     }
     if (a->y) {
+        if (!yinit) memset(yt, 0, sizeof(yt));
         for (r = 0; r < nr; r++)
-            memcpy(a->y + rows[first + r].p * a->O + o0, yt + r * HBNN_LANES,
-                   (size_t)ov * sizeof(float));
+            FN(put_row)(a->y + rows[first + r].p * a->O + (perm ? 0 : o0), yt + r * HBNN_LANES, ov, perm,
+                        sizeof(float));
     }
-}
-
-/* Output rows, interior pixels (every input position inside the image) first; each with
- * its sample b and the top-left input position (y0, x0) of its receptive field. */
-static int64_t FN(row_order)(const hbnn_gemm_args *a, hbnn_row *rows) {
-    int64_t b, oy, ox, n_int = 0, nb = 0, pass;
-    for (pass = 0; pass < 2; pass++) {
-        int64_t p = 0;
-        for (b = 0; b < a->B; b++) {
-            for (oy = 0; oy < a->oh; oy++) {
-                const int64_t y0 = oy * a->sh - a->ph;
-                const int yin = y0 >= 0 && y0 + (a->kh - 1) * a->dh < a->H;
-                for (ox = 0; ox < a->ow; ox++, p++) {
-                    const int64_t x0 = ox * a->sw - a->pw;
-                    const int in = yin && x0 >= 0 && x0 + (a->kw - 1) * a->dw < a->W;
-                    hbnn_row *rw;
-                    if (pass == 0) {
-                        n_int += in;
-                        continue;
-                    }
-                    rw = in ? rows + (p - nb) : rows + n_int + nb++;
-                    rw->p = p;
-                    rw->b = b;
-                    rw->y0 = y0;
-                    rw->x0 = x0;
-                }
-            }
-        }
-    }
-    return n_int;
 }
 
 static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
@@ -252,33 +305,21 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     const int64_t nq = (a->O + HBNN_LANES - 1) / HBNN_LANES;
     const int nt = a->nthreads > 0 ? (int)a->nthreads : 1;
     const int64_t chunk = hbnn_chunk_rows(kwt, a->nx, R, nt);
-    int64_t nch, og, n_int, i;
-    int any_wm = 0, failed = 0;
+    int64_t nch, og, n_int;
+    int failed = 0;
     hbnn_row *rows;
-    uint64_t *ws, *wm = NULL;
-    int32_t *popw;
     if (R == 0) return 0;
-    for (i = 0; i < a->nw; i++) any_wm |= !a->w_full[i];
     nch = (R + chunk - 1) / chunk;
     og = nch >= 2 * nt ? 1 : hbnn_min64(nq, nt);
     rows = (hbnn_row *)hbnn_alloc((size_t)R * sizeof(hbnn_row));
-    ws = (uint64_t *)hbnn_alloc((size_t)(a->nw * nq * kwt * HBNN_LANES) * 8);
-    if (any_wm) wm = (uint64_t *)hbnn_alloc((size_t)(a->nw * nq * kwt * HBNN_LANES) * 8);
-    popw = (int32_t *)hbnn_alloc((size_t)(a->nw * nq * HBNN_LANES) * 4);
-    if (!rows || !ws || (any_wm && !wm) || !popw) {
-        free(rows); free(ws); free(wm); free(popw);
+    if (!rows) return -2;
+    n_int = FN(row_order)(a, rows);
+    if (FN(x_sort)(a, rows, n_int, R) != 0) {
+        free(rows);
         return -2;
     }
-    n_int = FN(row_order)(a, rows);
-    /* Weight panels: serially unless large.  Every barrier waits for the slowest thread,
-     * and on a busy machine a descheduled thread costs a whole time slice, so the compute
-     * region below has no barrier but its end. */
-    if (a->nw * nq * kwt * HBNN_LANES * 8 * (any_wm ? 2 : 1) > (8 << 20)) {
-#pragma omp parallel num_threads(nt)
-        FN(pack_w)(a, kwt, nq, ws, wm, popw);
-    } else {
-        FN(pack_w)(a, kwt, nq, ws, wm, popw);
-    }
+    /* One parallel region with no barrier but its end: on a busy machine every barrier
+     * waits for a descheduled thread. */
 #pragma omp parallel num_threads(nt)
     {
         const int64_t nm_max = chunk / HBNN_NR;
@@ -288,10 +329,13 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         int bad;
         ch.xs = (uint64_t *)hbnn_alloc(panel);
         ch.xm = (uint64_t *)hbnn_alloc(panel);
+        ch.xidx = (int32_t *)hbnn_alloc(panel / 2);
         ch.popx = (int32_t *)hbnn_alloc((size_t)(a->nx * nm_max * HBNN_NR) * 4);
+        ch.xn = (int32_t *)hbnn_alloc((size_t)(a->nx * nm_max * HBNN_NR) * 4);
         ch.xsc = (float *)hbnn_alloc((size_t)(a->nx * nm_max * HBNN_NR) * 4);
+        ch.xsum = (int64_t *)hbnn_alloc((size_t)(a->nx * nm_max) * 8);
         ch.xmsk = (uint8_t *)hbnn_alloc((size_t)(a->nx * nm_max));
-        bad = !ch.xs || !ch.xm || !ch.popx || !ch.xsc || !ch.xmsk;
+        bad = !ch.xs || !ch.xm || !ch.xidx || !ch.popx || !ch.xn || !ch.xsc || !ch.xsum || !ch.xmsk;
         if (bad) {
 #pragma omp atomic write
             failed = 1;
@@ -304,11 +348,12 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
             if (bad) continue; /* reported through `failed` */
             FN(pack_x)(a, rows, n_int, r0, r1, kwt, &ch);
             for (q = g * nq / og; q < (g + 1) * nq / og; q++)
-                for (m = 0; m < ch.nm; m++) FN(tile)(a, rows, R, kwt, nq, q, ws, wm, popw, &ch, m);
+                for (m = 0; m < ch.nm; m++) FN(tile)(a, rows, R, kwt, nq, q, &ch, m);
         }
-        free(ch.xs); free(ch.xm); free(ch.popx); free(ch.xsc); free(ch.xmsk);
+        free(ch.xs); free(ch.xm); free(ch.xidx); free(ch.popx); free(ch.xn); free(ch.xsc); free(ch.xsum);
+        free(ch.xmsk);
     }
-    free(rows); free(ws); free(wm); free(popw);
+    free(rows);
     return failed ? -2 : 0;
 }
 

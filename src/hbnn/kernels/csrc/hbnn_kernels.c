@@ -24,10 +24,21 @@
 #include <immintrin.h>
 #endif
 
-#define HBNN_ABI_VERSION 5
+#define HBNN_ABI_VERSION 6
 #define HBNN_SEL_MAXCUTS 7 /* bit-map selection: at most 8 bitwidths in a mix */
 #define HBNN_NR 12     /* activation rows per micro-panel */
 #define HBNN_LANES 16  /* weight rows per panel */
+
+/* Status of a (weight plane, 16-row panel) or an (activation plane, 12-row micro-panel):
+ * ABSENT: every live row inactive (the pair contributes exactly 0 and is skipped);
+ * FULL: every live row fully active (no mask reads); MASKED: the dense masked path;
+ * SPARSE: masked, and few enough words present that the word-list kernel (uks) is cheaper. */
+enum { HBNN_ST_ABSENT = 0, HBNN_ST_FULL = 1, HBNN_ST_MASKED = 2, HBNN_ST_SPARSE = 3 };
+
+/* Cost model of the word-list kernel: one present word of one sparse row against a dense
+ * side of D rows costs about HBNN_SP_PEN/D of one dense k-step (16 x 12 popcounts), so a
+ * side is SPARSE when (present words over its rows) * HBNN_SP_PEN < D * kwt. */
+#define HBNN_SP_PEN 2
 
 /* Arguments of one bit-serial GEMM / implicit-GEMM convolution (linear = 1x1 conv on 1x1
  * images).  Mirrored field by field by the ctypes Structure in _cbackend.py. */
@@ -46,6 +57,17 @@ typedef struct {
     int64_t kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
     int64_t w_scale_per_row, x_scale_per_row;
     int64_t nthreads;
+    /* The prepared weight (written by hbnn_prepare_weight, read by hbnn_gemm); nq = ceil(O/16),
+     * Op = 16 nq, kwt = kh*kw*cw.  Panel rows are original rows p_perm[row] (-1: padding). */
+    uint64_t *p_ws;   /* [nw][nq][kwt][16] sign panels */
+    uint64_t *p_wm;   /* same, masks (NULL when every plane is full); undefined on FULL panels */
+    int32_t *p_popw;  /* [nw][nq][16] mask popcount of each panel row (kh*kw*C when full) */
+    float *p_wsc;     /* [nw][Op] scale of each panel row (0 on padding rows) */
+    int64_t *p_perm;  /* [Op] original row of each panel row, -1 for padding */
+    uint8_t *p_wst;   /* [nw][nq] panel status HBNN_ST_* */
+    int32_t *p_widx;  /* [nw][Op][kwt] present words of the rows of SPARSE panels (NULL: none masked) */
+    int32_t *p_wn;    /* [nw][Op] their number */
+    int64_t p_permuted; /* 1 when p_perm is not the identity */
 } hbnn_gemm_args;
 
 /* An output row (pixel p = (b, oy, ox)) and the top-left input position of its window. */
@@ -58,7 +80,10 @@ typedef struct {
     uint64_t *xs, *xm;   /* [nx][nm][kwt][HBNN_NR] signs / masks */
     int32_t *popx;       /* [nx][nm][HBNN_NR] mask popcounts */
     float *xsc;          /* [nx][nm][HBNN_NR] activation scales */
-    uint8_t *xmsk;       /* [nx][nm] plane treated as masked on this micro-panel */
+    uint8_t *xmsk;       /* [nx][nm] status HBNN_ST_* of plane j on micro-panel m */
+    int32_t *xidx;       /* [nx][nm][HBNN_NR][kwt] present (nonzero-mask) words of masked rows */
+    int32_t *xn;         /* [nx][nm][HBNN_NR] their number */
+    int64_t *xsum;       /* [nx][nm] sum of xn over the micro-panel */
     int64_t nm, r0, r1;  /* micro-panels in the chunk, its rows rows[r0..r1) */
 } hbnn_chunk;
 
@@ -241,13 +266,35 @@ int hbnn_max_threads(void) {
 #endif
 }
 
+static int hbnn_geometry_ok(const hbnn_gemm_args *a) {
+    if (a->nw < 1 || a->nx < 1 || a->O < 1 || a->cw < 1 || a->kh < 1 || a->kw < 1) return 0;
+    if (a->sh < 1 || a->sw < 1 || a->dh < 1 || a->dw < 1 || a->ph < 0 || a->pw < 0) return 0;
+    return 1;
+}
+
+/* Prepare the weight of a (the w_* fields, O, C, cw, kh, kw, nw, w_scale_per_row,
+ * nthreads) into the caller-allocated p_* buffers; sets p_permuted.
+ * Returns 0, -1 (variant unsupported), -2 (out of memory), -3 (bad arguments). */
+int hbnn_prepare_weight(int variant, hbnn_gemm_args *a) {
+    if (variant < 0) variant = hbnn_best_variant();
+    if (!hbnn_variant_supported(variant)) return -1;
+    if (a->nw < 1 || a->nw > 8 || a->O < 1 || a->cw < 1 || a->kh < 1 || a->kw < 1) return -3;
+    if (!a->p_ws || !a->p_popw || !a->p_wsc || !a->p_perm || !a->p_wst || !a->p_wn) return -3;
+    switch (variant) {
+#ifdef HBNN_X86
+    case HBNN_V_AVX512: return hbnn_prepare_w_avx512(a);
+    case HBNN_V_AVX2: return hbnn_prepare_w_avx2(a);
+#endif
+    default: return hbnn_prepare_w_portable(a);
+    }
+}
+
 /* Bit-serial GEMM / conv.  variant < 0 picks the best supported one.
  * Returns 0, or -1 (variant unsupported), -2 (out of memory), -3 (bad arguments). */
 int hbnn_gemm(int variant, const hbnn_gemm_args *a) {
     if (variant < 0) variant = hbnn_best_variant();
     if (!hbnn_variant_supported(variant)) return -1;
-    if (a->nw < 1 || a->nx < 1 || a->O < 1 || a->cw < 1 || a->kh < 1 || a->kw < 1) return -3;
-    if (a->sh < 1 || a->sw < 1 || a->dh < 1 || a->dw < 1 || a->ph < 0 || a->pw < 0) return -3;
+    if (!hbnn_geometry_ok(a) || a->nx > 8 || !a->p_ws || !a->p_wst || !a->p_wsc || !a->p_perm) return -3;
     switch (variant) {
 #ifdef HBNN_X86
     case HBNN_V_AVX512: return hbnn_gemm_avx512(a);

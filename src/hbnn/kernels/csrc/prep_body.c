@@ -1,0 +1,264 @@
+/* Prepared weights and the output-row order, compiled once per SIMD variant (included by
+ * gemm_<variant>.c before gemm_body.c, with HBNN_SUFFIX and HBNN_POP defined).
+ *
+ * Prepared weight (hbnn_prepare_weight): the 16-row panels the micro-kernels read, built once
+ * per weight instead of once per call, plus what lets the GEMM skip work:
+ *  - the state of every (plane i, row o): ABSENT (mask all zero), FULL (mask = valid pattern)
+ *    or MASKED, and its present words (nonzero mask words);
+ *  - a row permutation: when every row is ABSENT or FULL in every plane (one bitwidth per
+ *    output channel), rows are sorted stably by their set of present planes, so panels are
+ *    uniform (the GEMM writes panel row r to output column p_perm[r]);
+ *  - the status of every (plane, panel): ABSENT (skipped), FULL (no mask reads), MASKED
+ *    (dense masked micro-kernel) or SPARSE (per-row word lists, see HBNN_SP_PEN).
+ *
+ * Output-row order (row_order, x_sort): interior pixels first (no border masks), and within
+ * the interior and the border, rows sorted stably by their activation-plane states when at
+ * least half of the rows are uniform (every plane absent or full on every input pixel the row
+ * reads: per-sample bitwidths), so micro-panels are uniform too.
+ */
+#ifndef HBNN_SUFFIX
+#error "prep_body.c is included by gemm_<variant>.c"
+#endif
+
+#define HBNN_CAT2(a, b) a##_##b
+#define HBNN_CAT(a, b) HBNN_CAT2(a, b)
+#define FN(name) HBNN_CAT(name, HBNN_SUFFIX)
+
+/* State of row o of weight plane i; *present = its words with a nonzero mask. */
+static int FN(w_row_state)(const hbnn_gemm_args *a, int64_t i, int64_t o, int64_t kwt, int32_t *present) {
+    const uint64_t *m;
+    int64_t k, nz = 0;
+    int full = 1;
+    if (a->w_full[i]) {
+        *present = (int32_t)kwt;
+        return HBNN_ST_FULL;
+    }
+    m = a->w_masks + (i * a->O + o) * kwt;
+    for (k = 0; k < kwt; k++) {
+        nz += m[k] != 0;
+        full &= m[k] == hbnn_valid_word(k % a->cw, a->cw, a->C);
+    }
+    *present = (int32_t)nz;
+    return full ? HBNN_ST_FULL : nz ? HBNN_ST_MASKED : HBNN_ST_ABSENT;
+}
+
+/* perm[0..Op): rows sorted stably by present-plane set (most planes first) when every row is
+ * all-or-nothing in every plane and the sets differ; else the identity.  Returns 1 if sorted. */
+static int FN(w_perm)(const hbnn_gemm_args *a, const uint8_t *st, int64_t Op, int64_t *perm) {
+    int64_t start[257], o, i, first_key = -1;
+    int differ = 0, ok = 1;
+    for (o = 0; o < Op; o++) perm[o] = o < a->O ? o : -1;
+    memset(start, 0, sizeof(start));
+    for (o = 0; o < a->O && ok; o++) {
+        int64_t key = 0;
+        for (i = 0; i < a->nw; i++) {
+            const int s = st[i * a->O + o];
+            ok &= s != HBNN_ST_MASKED;
+            key |= (int64_t)(s == HBNN_ST_FULL) << i;
+        }
+        differ |= first_key >= 0 && key != first_key;
+        if (first_key < 0) first_key = key;
+        start[256 - key]++; /* bucket 255 - key, counted one slot up for the prefix sum */
+    }
+    if (!ok || !differ) return 0;
+    for (i = 1; i < 257; i++) start[i] += start[i - 1];
+    for (o = 0; o < a->O; o++) {
+        int64_t key = 0;
+        for (i = 0; i < a->nw; i++) key |= (int64_t)(st[i * a->O + o] == HBNN_ST_FULL) << i;
+        perm[start[255 - key]++] = o;
+    }
+    return 1;
+}
+
+/* Panel t = i*nq + q of the prepared weight: words, masks, popcounts, scales, status and
+ * (SPARSE) the rows' present-word lists. */
+static void FN(w_panel)(hbnn_gemm_args *a, const uint8_t *st, const int32_t *np, int64_t kwt,
+                        int64_t nq, int64_t t) {
+    const int64_t i = t / nq, q = t % nq, Op = nq * HBNN_LANES;
+    const int masked = !a->w_full[i];
+    const int32_t kfull = (int32_t)(a->kh * a->kw * a->C);
+    int64_t l, k, wsum = 0, nlive = 0, nabs = 0, nfull = 0;
+    int status;
+    for (l = 0; l < HBNN_LANES; l++) {
+        const int64_t row = q * HBNN_LANES + l, o = a->p_perm[row];
+        const uint64_t *s = o >= 0 ? a->w_signs + (i * a->O + o) * kwt : NULL;
+        const uint64_t *m = o >= 0 && masked ? a->w_masks + (i * a->O + o) * kwt : NULL;
+        int64_t pop = 0;
+        for (k = 0; k < kwt; k++) a->p_ws[(t * kwt + k) * HBNN_LANES + l] = s ? s[k] : 0;
+        if (masked) {
+            for (k = 0; k < kwt; k++) {
+                const uint64_t mv = m ? m[k] : 0;
+                a->p_wm[(t * kwt + k) * HBNN_LANES + l] = mv;
+                pop += HBNN_POP(mv);
+            }
+        }
+        a->p_popw[t * HBNN_LANES + l] = o < 0 ? 0 : masked ? (int32_t)pop : kfull;
+        a->p_wsc[i * Op + row] = o < 0 ? 0.0f : a->w_scales[a->w_scale_per_row ? i * a->O + o : i];
+        a->p_wn[i * Op + row] = 0;
+        if (o < 0) continue;
+        nlive++;
+        nabs += st[i * a->O + o] == HBNN_ST_ABSENT;
+        nfull += st[i * a->O + o] == HBNN_ST_FULL;
+        wsum += np[i * a->O + o];
+    }
+    status = nabs == nlive ? HBNN_ST_ABSENT : nfull == nlive ? HBNN_ST_FULL
+           : wsum * HBNN_SP_PEN < HBNN_LANES * kwt ? HBNN_ST_SPARSE : HBNN_ST_MASKED;
+    a->p_wst[t] = (uint8_t)status;
+    if (status != HBNN_ST_SPARSE) return;
+    for (l = 0; l < HBNN_LANES; l++) {
+        const int64_t row = q * HBNN_LANES + l;
+        int32_t *idx = a->p_widx + (i * Op + row) * kwt, n = 0;
+        for (k = 0; k < kwt; k++)
+            if (a->p_wm[(t * kwt + k) * HBNN_LANES + l]) idx[n++] = (int32_t)k;
+        a->p_wn[i * Op + row] = n;
+    }
+}
+
+static int FN(hbnn_prepare_w)(hbnn_gemm_args *a) {
+    const int64_t kwt = a->kh * a->kw * a->cw, nq = (a->O + HBNN_LANES - 1) / HBNN_LANES;
+    const int nt = a->nthreads > 0 ? (int)a->nthreads : 1;
+    int64_t i, o, t;
+    int any_masked = 0;
+    uint8_t *st = (uint8_t *)hbnn_alloc((size_t)(a->nw * a->O));
+    int32_t *np = (int32_t *)hbnn_alloc((size_t)(a->nw * a->O) * 4);
+    for (i = 0; i < a->nw; i++) any_masked |= !a->w_full[i];
+    if (!st || !np || (any_masked && (!a->w_masks || !a->p_wm || !a->p_widx))) {
+        free(st); free(np);
+        return st && np ? -3 : -2;
+    }
+    for (i = 0; i < a->nw; i++)
+        for (o = 0; o < a->O; o++) st[i * a->O + o] = (uint8_t)FN(w_row_state)(a, i, o, kwt, np + i * a->O + o);
+    a->p_permuted = FN(w_perm)(a, st, nq * HBNN_LANES, a->p_perm);
+#pragma omp parallel for schedule(guided) num_threads(nt) if (a->nw * nq * kwt > 65536)
+    for (t = 0; t < a->nw * nq; t++) FN(w_panel)(a, st, np, kwt, nq, t);
+    free(st);
+    free(np);
+    return 0;
+}
+
+/* Output rows, interior pixels (every input position inside the image) first; each with
+ * its sample b and the top-left input position (y0, x0) of its receptive field. */
+static int64_t FN(row_order)(const hbnn_gemm_args *a, hbnn_row *rows) {
+    int64_t b, oy, ox, n_int = 0, nb = 0, pass;
+    for (pass = 0; pass < 2; pass++) {
+        int64_t p = 0;
+        for (b = 0; b < a->B; b++) {
+            for (oy = 0; oy < a->oh; oy++) {
+                const int64_t y0 = oy * a->sh - a->ph;
+                const int yin = y0 >= 0 && y0 + (a->kh - 1) * a->dh < a->H;
+                for (ox = 0; ox < a->ow; ox++, p++) {
+                    const int64_t x0 = ox * a->sw - a->pw;
+                    const int in = yin && x0 >= 0 && x0 + (a->kw - 1) * a->dw < a->W;
+                    hbnn_row *rw;
+                    if (pass == 0) {
+                        n_int += in;
+                        continue;
+                    }
+                    rw = in ? rows + (p - nb) : rows + n_int + nb++;
+                    rw->p = p;
+                    rw->b = b;
+                    rw->y0 = y0;
+                    rw->x0 = x0;
+                }
+            }
+        }
+    }
+    return n_int;
+}
+
+/* State (ABSENT / FULL / MASKED) of every input pixel in each masked activation plane. */
+static void FN(pixel_states)(const hbnn_gemm_args *a, uint8_t *ps) {
+    const int64_t rin = a->B * a->H * a->W, cw = a->cw;
+    int64_t j, p, c;
+    for (j = 0; j < a->nx; j++) {
+        if (a->x_full[j]) continue;
+        for (p = 0; p < rin; p++) {
+            const uint64_t *m = a->x_masks + (j * rin + p) * cw;
+            int nz = 0, full = 1;
+            for (c = 0; c < cw; c++) {
+                nz |= m[c] != 0;
+                full &= m[c] == hbnn_valid_word(c, cw, a->C);
+            }
+            ps[j * rin + p] = (uint8_t)(full ? HBNN_ST_FULL : nz ? HBNN_ST_MASKED : HBNN_ST_ABSENT);
+        }
+    }
+}
+
+/* Key of an output row: sum_j 3^j (state of masked plane j over the in-image pixels the row
+ * reads: all ABSENT -> 0, all FULL -> 1, else 2); *uniform = no plane in state 2. */
+static int64_t FN(row_key)(const hbnn_gemm_args *a, const uint8_t *ps, const hbnn_row *rw, int *uniform) {
+    const int64_t rin = a->B * a->H * a->W;
+    int64_t j, ki, kj, key = 0, mult = 1;
+    *uniform = 1;
+    for (j = 0; j < a->nx; j++) {
+        int s = -1;
+        if (a->x_full[j]) continue;
+        for (ki = 0; ki < a->kh; ki++) {
+            const int64_t iy = rw->y0 + ki * a->dh;
+            for (kj = 0; kj < a->kw; kj++) {
+                const int64_t ix = rw->x0 + kj * a->dw;
+                int v;
+                if (iy < 0 || iy >= a->H || ix < 0 || ix >= a->W) continue;
+                v = ps[j * rin + (rw->b * a->H + iy) * a->W + ix];
+                v = v == HBNN_ST_ABSENT ? 0 : v == HBNN_ST_FULL ? 1 : 2;
+                s = s < 0 ? v : s == v ? s : 2;
+            }
+        }
+        s = s < 0 ? 0 : s;
+        *uniform &= s != 2;
+        key += s * mult;
+        mult *= 3;
+    }
+    return key;
+}
+
+/* Stable counting sort of rows[r0..r1) by key[] (keys < nkeys); tmp holds r1 - r0 rows. */
+static void FN(sort_range)(hbnn_row *rows, const int64_t *key, int64_t r0, int64_t r1, int64_t nkeys,
+                           int64_t *start, hbnn_row *tmp) {
+    int64_t r, k;
+    for (k = 0; k <= nkeys; k++) start[k] = 0;
+    for (r = r0; r < r1; r++) start[key[r] + 1]++;
+    for (k = 1; k <= nkeys; k++) start[k] += start[k - 1];
+    for (r = r0; r < r1; r++) tmp[start[key[r]]++] = rows[r];
+    memcpy(rows + r0, tmp, (size_t)(r1 - r0) * sizeof(hbnn_row));
+}
+
+/* Sort interior and border rows by row_key when at least half of the rows are uniform and
+ * the keys differ (see the file comment).  Returns 0 or -2 (out of memory). */
+static int FN(x_sort)(const hbnn_gemm_args *a, hbnn_row *rows, int64_t n_int, int64_t R) {
+    const int64_t rin = a->B * a->H * a->W;
+    int64_t j, r, nkeys = 1, nuni = 0;
+    int any = 0, differ = 0, uni;
+    uint8_t *ps;
+    int64_t *key, *start;
+    hbnn_row *tmp;
+    for (j = 0; j < a->nx; j++) {
+        any |= !a->x_full[j];
+        if (!a->x_full[j]) nkeys *= 3;
+    }
+    if (!any) return 0;
+    ps = (uint8_t *)hbnn_alloc((size_t)(a->nx * rin));
+    key = (int64_t *)hbnn_alloc((size_t)R * 8);
+    start = (int64_t *)hbnn_alloc((size_t)(nkeys + 1) * 8);
+    tmp = (hbnn_row *)hbnn_alloc((size_t)R * sizeof(hbnn_row));
+    if (!ps || !key || !start || !tmp) {
+        free(ps); free(key); free(start); free(tmp);
+        return -2;
+    }
+    FN(pixel_states)(a, ps);
+    for (r = 0; r < R; r++) {
+        key[r] = FN(row_key)(a, ps, rows + r, &uni);
+        nuni += uni;
+        differ |= key[r] != key[0];
+    }
+    if (differ && 2 * nuni >= R) {
+        FN(sort_range)(rows, key, 0, n_int, nkeys, start, tmp);
+        FN(sort_range)(rows, key, n_int, R, nkeys, start, tmp);
+    }
+    free(ps); free(key); free(start); free(tmp);
+    return 0;
+}
+
+#undef FN
+#undef HBNN_CAT
+#undef HBNN_CAT2
