@@ -210,7 +210,9 @@ def quantize_(model: nn.Module, config: QuantizeConfig | Mapping, *,
         A :class:`ConversionReport` covering every conv/linear-like module.
 
     Raises:
-        ConfigError: a bad ``config``, or ``filter_fn`` is neither callable nor None.
+        ConfigError: a bad ``config``, ``filter_fn`` is neither callable nor None, or a layer's
+            config does not fit it (e.g. ``structure: block64`` on rows of 27 inputs; the
+            message names the layer).
     """
     cfg = QuantizeConfig.from_dict(config)
     check(filter_fn is None or callable(filter_fn), "filter_fn", filter_fn, "a callable (module, fqn) -> bool, or None")
@@ -227,7 +229,10 @@ def quantize_(model: nn.Module, config: QuantizeConfig | Mapping, *,
             continue
         if position == "last" and cfg.last_output_scale and layer_cfg.weight is not None:
             layer_cfg = LayerQuant(layer_cfg.weight, layer_cfg.act, output_scale=True)
-        new = _SWAPS[type(layer)].from_float(layer, layer_cfg)
+        try:
+            new = _SWAPS[type(layer)].from_float(layer, layer_cfg)
+        except ConfigError as exc:  # a spec that does not fit this layer (hbnn.quant.structure.check_fit)
+            raise ConfigError(f"layer {name}: {exc}") from None
         new_params += _new_trainable(name, layer, new)
         _set_module(model, name, new)
         report.converted[name] = layer_cfg

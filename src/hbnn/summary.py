@@ -1,7 +1,8 @@
 """Model summary: per layer and for the model, parameters, realized bits and stored size.
 
 Stored size of a binarized weight of ``N`` entries with map ``M`` (``K`` bitwidths in its
-mix, ``B`` map units: ``N`` per entry, or the number of blocks)::
+mix, ``B`` map units: ``N`` per entry, else the number of units of its structure --
+blocks, channels; :mod:`hbnn.quant.structure`)::
 
     planes  = sum_j M_j                  (= average bits * N)
     map     = B * ceil(log2 K)           (0 for a homogeneous mix)
@@ -19,6 +20,10 @@ before that they are the mix's target average. Each layer says which in ``act_bi
 (``realized``, ``target``, or ``float`` for 32-bit inputs), the model in
 ``act_bits_kind`` (``target`` when any binarized input is), and the table marks target
 values with ``*``.
+
+Each layer also names its map structures (``weight_structure``, ``act_structure``: e.g.
+``block64``, ``pixel``; ``entry`` per entry, None for float; ``+error`` marks error
+allocation); the table shows them in a ``maps`` column when any layer is not per entry.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import math
 from torch import nn
 
 from hbnn.nn import HBLayerMixin
-from hbnn.quant.bitmap import block_view_shape
 
 __all__ = ["summarize", "format_summary"]
 
@@ -44,7 +48,7 @@ def _weight_storage(layer: HBLayerMixin) -> dict:
         return {"weight_bits": float(FLOAT_BITS), "stored_bits": FLOAT_BITS * n + extra, "map_bits": 0}
     mix, spec = wq.mix, wq.spec
     avg = wq.realized_bits(layer.weight)
-    units = n if spec.block == 1 else math.prod(block_view_shape(layer.weight.shape, spec.block)[:2])
+    units = wq.structure.n_units(layer.weight.shape)
     map_bits = 0 if mix.is_homogeneous else units * math.ceil(math.log2(len(mix.bits)))
     scale_count = mix.max_bits * (layer.weight.shape[0] if spec.per_channel else 1)
     planes = round(avg * n)
@@ -62,6 +66,13 @@ def _act_bits_kind(aq) -> str:
     return "realized" if int(aq.num_batches_tracked) > 0 else "target"
 
 
+def _structure_name(quantizer) -> str | None:
+    """``block64``, ``pixel``, ``entry`` (``+error`` for error allocation); None without a quantizer."""
+    if quantizer is None:
+        return None
+    return quantizer.structure.name + ("+error" if quantizer.spec.allocate == "error" else "")
+
+
 def _layer_record(name: str, layer: nn.Module) -> dict:
     params = sum(p.numel() for p in layer.parameters(recurse=False))
     record = {"name": name, "type": type(layer).__name__, "params": params}
@@ -72,9 +83,12 @@ def _layer_record(name: str, layer: nn.Module) -> dict:
         record["act_bits_kind"] = _act_bits_kind(aq)
         record["weight_mix"] = None if layer.weight_quantizer is None else str(layer.weight_quantizer.mix)
         record["act_mix"] = None if aq is None else str(aq.mix)
+        record["weight_structure"] = _structure_name(layer.weight_quantizer)
+        record["act_structure"] = _structure_name(aq)
     else:
         record.update(weight_bits=float(FLOAT_BITS), act_bits=float(FLOAT_BITS), act_bits_kind="float", map_bits=0)
         record.update(stored_bits=FLOAT_BITS * params, weight_mix=None, act_mix=None)
+        record.update(weight_structure=None, act_structure=None)
     return record
 
 
@@ -83,7 +97,7 @@ def summarize(model: nn.Module) -> dict:
 
     Returns:
         ``{"layers": [ {name, type, params, weight_bits, act_bits, act_bits_kind, weight_mix,
-        act_mix, map_bits, stored_bits} ... ], "model": {params, binarized_params,
+        act_mix, weight_structure, act_structure, map_bits, stored_bits} ... ], "model": {params, binarized_params,
         avg_weight_bits, avg_act_bits, act_bits_kind, stored_bits, stored_bytes, fp32_bytes,
         compression}}``; ``act_bits_kind`` is ``realized``, ``target`` or ``float`` (see the
         module docstring).
@@ -124,14 +138,23 @@ def _act_cell(record: dict) -> str:
     return f"{record['act_bits']:>7.3f}{mark}"
 
 
+def _maps_cell(record: dict) -> str:
+    """``block64/pixel``: the weight and activation map structures (``-`` for float)."""
+    return f"{record.get('weight_structure') or '-'}/{record.get('act_structure') or '-'}"
+
+
 def format_summary(summary: dict) -> str:
-    """A fixed-width text table of :func:`summarize`'s result (``*``: target act bits, not measured)."""
+    """A fixed-width text table of :func:`summarize`'s result (``*``: target act bits, not measured;
+    a ``maps`` column of weight/activation map structures when any is not per entry)."""
+    maps = any(r.get(k) not in (None, "entry") for r in summary["layers"]
+               for k in ("weight_structure", "act_structure"))
     head = f"{'layer':<28} {'type':<9} {'params':>9} {'w bits':>7} {'a bits':>7}  {'stored KiB':>11}"
+    head += "  maps (w/a)" if maps else ""
     lines = [head, "-" * len(head)]
     for r in summary["layers"]:
         lines.append(
             f"{r['name'][:28]:<28} {r['type'][:9]:<9} {r['params']:>9} {r['weight_bits']:>7.3f} "
-            f"{_act_cell(r)} {r['stored_bits'] / 8192:>11.2f}"
+            f"{_act_cell(r)} {r['stored_bits'] / 8192:>11.2f}" + (f"  {_maps_cell(r)}" if maps else "")
         )
     m = summary["model"]
     lines.append("-" * len(head))

@@ -20,6 +20,7 @@ from torch import nn
 from hbnn.errors import ConfigError
 from hbnn.quant.config import LayerQuant, QuantSpec
 from hbnn.quant.modules import ActQuantizer, WeightQuantizer
+from hbnn.quant.structure import check_fit
 
 __all__ = ["HBConv2d", "HBLinear", "HBLayerMixin"]
 
@@ -37,14 +38,26 @@ class HBLayerMixin:
         act_quant: QuantSpec | dict | float | int | None,
         output_scale: bool,
     ) -> None:
+        conv = isinstance(self, nn.Conv2d)
         self.weight_quantizer = None if weight_quant is None else WeightQuantizer(weight_quant, channel_dim=0)
-        self.act_quantizer = None if act_quant is None else ActQuantizer(act_quant)
+        self.act_quantizer = None if act_quant is None else ActQuantizer(act_quant, feature_dim=1 if conv else -1)
+        self._check_fit(conv)
         if output_scale:
             self.output_scale = nn.Parameter(torch.ones((), device=self.weight.device, dtype=self.weight.dtype))
         else:
             self.register_parameter("output_scale", None)
         if self.weight_quantizer is not None:
             self.weight_quantizer.realized.fill_(self.weight_quantizer.realized_bits(self.weight))
+
+    def _check_fit(self, conv: bool) -> None:
+        """Structured maps must fit the layer: a block no longer than a row, pixel on conv inputs,
+        a group no larger than the input's channels (:func:`hbnn.quant.structure.check_fit`)."""
+        layer = f"{type(self).__name__} with weight {list(self.weight.shape)}"
+        if self.weight_quantizer is not None:
+            check_fit(self.weight_quantizer.structure, "weight", layer, row_length=self.weight[0].numel())
+        if self.act_quantizer is not None:
+            channels = self.in_channels if conv else self.in_features
+            check_fit(self.act_quantizer.structure, "act", layer, channels=channels, conv=conv)
 
     @property
     def layer_quant(self) -> LayerQuant:

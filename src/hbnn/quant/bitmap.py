@@ -37,7 +37,10 @@ __all__ = [
     "map_from_thresholds",
     "sampled_thresholds",
     "block_view_shape",
+    "block_reduce",
     "expand_blocks",
+    "random_ranks",
+    "thresholds_from_sample",
     "unchecked_bitmap",
     "average_bits",
     "DEFAULT_SEED",
@@ -195,7 +198,13 @@ def sampled_thresholds(x: torch.Tensor, mix: BitMix, heuristic: str,
         flat = flat[torch.from_numpy(sample_index(n)).to(flat.device)]
     if heuristic == "middle_out" and mean_abs is None:
         mean_abs = mean_magnitude(x)
-    sample = heuristic_key(flat, heuristic, mean_abs).cpu().numpy()
+    return thresholds_from_sample(heuristic_key(flat, heuristic, mean_abs).cpu().numpy(), n, mix)
+
+
+def thresholds_from_sample(sample: np.ndarray, n: int, mix: BitMix) -> list[float]:
+    """Cut thresholds of ``n`` keys from the keys of their sample (:func:`sample_index` positions,
+    or all ``n`` keys when ``n <= 16384``): cut ``c_j`` is the sample's key at rank
+    :func:`hbnn.quant.select.sample_rank` ``(c_j, n)``; ``-inf``/``inf`` for empty/full slices."""
     thresholds = []
     for c in mix.cuts(n):
         if c == 0:
@@ -226,7 +235,8 @@ def average_bits(bitmap: torch.Tensor | None, mix: BitMix) -> float:
     return mix.average if bitmap is None else float(bitmap.float().mean())
 
 
-def _random_ranks(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def random_ranks(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """A seeded permutation of ``0..n-1`` (the ``random`` heuristic's ranking key)."""
     if generator is None:
         generator = torch.Generator().manual_seed(DEFAULT_SEED)
     return torch.randperm(n, generator=generator).to(device)
@@ -244,14 +254,20 @@ def block_view_shape(shape: torch.Size, block: int) -> tuple[int, int, int]:
     return rows, -(-k // block), k
 
 
-def _block_keys(key: torch.Tensor, shape: torch.Size, block: int) -> torch.Tensor:
-    """Mean key of each block: ``[rows * blocks]``."""
+def block_reduce(values: torch.Tensor, shape, block: int, mean: bool = True) -> torch.Tensor:
+    """Mean (or sum) of ``values`` over each block of :func:`block_view_shape` ``(shape, block)``.
+
+    ``values`` holds ``prod(shape)`` entries in row order; the result is ``[rows * blocks]``,
+    row-major (the last block of a row averages over its ``k - (blocks - 1) * block`` entries).
+    """
     rows, nb, k = block_view_shape(shape, block)
-    flat = key.reshape(rows, k)
+    flat = values.reshape(rows, k)
     pad = nb * block - k
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))
     sums = flat.reshape(rows, nb, block).sum(-1)
+    if not mean:
+        return sums.reshape(-1)
     sizes = torch.full((nb,), float(block), dtype=sums.dtype, device=sums.device)
     sizes[-1] = block - pad
     return (sums / sizes).reshape(-1)
@@ -313,12 +329,12 @@ def unchecked_bitmap(x: torch.Tensor, mix: BitMix, heuristic: str, generator: to
     if block > 1:
         n_units = int(np.prod(block_view_shape(x.shape, block)[:2]))
         if heuristic == "random":
-            key = _random_ranks(n_units, generator, x.device)
+            key = random_ranks(n_units, generator, x.device)
         else:
-            key = _block_keys(heuristic_key(x, heuristic), x.shape, block)
+            key = block_reduce(heuristic_key(x, heuristic), x.shape, block)
         block_map, _ = select_slices(key, mix)
         return expand_blocks(block_map, x.shape, block)
     if heuristic == "random":
-        bitmap, _ = select_slices(_random_ranks(x.numel(), generator, x.device), mix)
+        bitmap, _ = select_slices(random_ranks(x.numel(), generator, x.device), mix)
         return bitmap.reshape(x.shape)
     return keyed_bitmap(x, mix, heuristic)[0]

@@ -8,6 +8,11 @@ tensor). At inference:
   statistics — mean magnitude, the Algorithm 1 thresholds on the heuristic key, and the
   per-bit scales — so the map and the planes are an elementwise function of the input
   (no per-input selection). ``eval_mode="exact"`` recomputes everything per input instead.
+
+Structured maps (``QuantSpec.structure``, :mod:`hbnn.quant.structure`) give one bitwidth
+per unit; ``WeightQuantizer.unit_map`` and ``ActQuantizer.running_unit_map`` return the
+per-unit map (:class:`hbnn.quant.structure.UnitMap`) for exporters. For activations the
+selection and the running thresholds are on the unit key (the mean of the entries' keys).
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ from hbnn.quant.bitmap import (
     average_bits,
     keyed_bitmap,
     sampled_bitmap,
-    threshold_bitmap,
     unchecked_bitmap,
 )
 from hbnn.quant.config import QuantSpec
 from hbnn.quant.keys import mean_magnitude
 from hbnn.quant.functional import binarize_with_scales, residual_forward
 from hbnn.quant.ste import clipped_ste
+from hbnn.quant.structure import UnitMap, parse_structure, structure_of, threshold_unit_map, unit_bitmap, unit_select
 
 __all__ = ["WeightQuantizer", "ActQuantizer"]
 
@@ -39,13 +44,19 @@ class WeightQuantizer(nn.Module):
     """Binarizes a weight tensor with a bit mix (Eq. 5 + Algorithm 1) and the clipped STE.
 
     Args:
-        spec: the :class:`QuantSpec` (bits, heuristic, block, per_channel).
+        spec: the :class:`QuantSpec` (bits, heuristic, block, per_channel, structure, allocate).
         channel_dim: the output-channel dim for per-channel scales (0 for conv/linear).
+
+    Raises:
+        ConfigError: an activation-only structure (``pixel``, ``group<G>``).
     """
 
     def __init__(self, spec: QuantSpec | dict | float | int, channel_dim: int = 0):
         super().__init__()
         self.spec = QuantSpec.from_dict(spec)
+        self.spec.check_role("weight")
+        #: The map's units (:class:`hbnn.quant.structure.Structure`; the legacy ``block`` included).
+        self.structure = structure_of(self.spec)
         self.channel_dim = channel_dim
         self.register_buffer("realized", torch.tensor(float(self.spec.mix.average)))
         self._cache: tuple | None = None
@@ -56,11 +67,21 @@ class WeightQuantizer(nn.Module):
         return self.spec.mix
 
     def bitmap(self, weight: torch.Tensor) -> torch.Tensor:
-        """Algorithm 1 on ``weight``: an int8 map of its shape."""
+        """The bit map of ``weight`` (Algorithm 1 or error allocation on its units): int8, its shape."""
+        spec = self.spec
+        if self.structure.is_entry and spec.allocate == "key":
+            gen = _generator(spec.seed) if spec.heuristic == "random" else None
+            with torch.no_grad():
+                return unchecked_bitmap(weight.detach(), spec.mix, spec.heuristic, gen, 1)
+        return self.unit_map(weight).expand()
+
+    def unit_map(self, weight: torch.Tensor) -> UnitMap:
+        """The per-unit map of ``weight`` (``.bits`` ``[n_units]``, ``.levels(mix)``, ``.expand()``)."""
         spec = self.spec
         gen = _generator(spec.seed) if spec.heuristic == "random" else None
+        cdim = self.channel_dim if spec.per_channel else None
         with torch.no_grad():
-            return unchecked_bitmap(weight.detach(), spec.mix, spec.heuristic, gen, spec.block)
+            return unit_bitmap(weight.detach(), spec.mix, self.structure, spec.heuristic, spec.allocate, gen, cdim)
 
     def _current_bitmap(self, weight: torch.Tensor) -> torch.Tensor | None:
         if self.spec.mix.is_homogeneous:
@@ -90,7 +111,14 @@ class WeightQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         s = self.spec
-        return f"bits={s.mix}, heuristic={s.heuristic}, block={s.block}, per_channel={s.per_channel}"
+        return (f"bits={s.mix}, heuristic={s.heuristic}, block={s.block}, per_channel={s.per_channel}"
+                + _structure_repr(s))
+
+
+def _structure_repr(spec: QuantSpec) -> str:
+    """``, structure=..., allocate=...`` for non-default settings."""
+    extra = "" if spec.structure == "entry" else f", structure={spec.structure}"
+    return extra + ("" if spec.allocate == "key" else f", allocate={spec.allocate}")
 
 
 class ActQuantizer(nn.Module):
@@ -109,14 +137,30 @@ class ActQuantizer(nn.Module):
     cumulative average instead of the momentum EMA -- the ``k``-th batch (``k = 1, 2, ...``)
     is folded in with weight ``1 / k``, so after ``n`` batches ``r = (1/n) sum_k batch_k``
     (BatchNorm's ``momentum=None`` rule); the first batch replaces the previous estimates.
+
+    With a structured map (``pixel``, ``group<G>``) the training selection ranks units by
+    their mean key, ``running_thresholds`` are unit-key values and ``running_bits`` is the
+    entry-weighted average; inference compares each unit's key with the thresholds.
+
+    Args:
+        spec: the :class:`QuantSpec`.
+        feature_dim: the input's channel/feature dim for ``pixel``/``group<G>`` units: 1 for
+            conv inputs ``[B, C, H, W]`` (and ``[B, K]``), -1 for linear inputs ``[..., K]``.
+
+    Raises:
+        ConfigError: a weight-only structure or ``allocate: error``.
     """
 
     #: Batches folded in since :meth:`start_calibration`; None outside calibration (not saved).
     calibration_batches: int | None = None
 
-    def __init__(self, spec: QuantSpec | dict | float | int):
+    def __init__(self, spec: QuantSpec | dict | float | int, feature_dim: int = 1):
         super().__init__()
         self.spec = QuantSpec.from_dict(spec)
+        self.spec.check_role("act")
+        #: The map's units (:class:`hbnn.quant.structure.Structure`; ``block`` applies to weights only).
+        self.structure = parse_structure(self.spec.structure)
+        self.feature_dim = feature_dim
         mix = self.spec.mix
         self.register_buffer("running_mean_abs", torch.tensor(1.0))
         self.register_buffer("running_thresholds", torch.zeros(len(mix.bits) - 1))
@@ -159,6 +203,12 @@ class ActQuantizer(nn.Module):
 
     def _select(self, x: torch.Tensor):
         spec = self.spec
+        if not self.structure.is_entry:
+            mean_abs = mean_magnitude(x) if spec.heuristic == "middle_out" else None
+            gen = _generator(spec.seed) if spec.heuristic == "random" else None
+            units, thresholds = unit_select(x, spec.mix, self.structure, spec.heuristic, "key", gen, mean_abs,
+                                            feature_dim=self.feature_dim, sampled=spec.select == "sampled")
+            return units.expand(), thresholds, mean_abs
         if spec.heuristic == "random":
             return unchecked_bitmap(x, spec.mix, "random", _generator(spec.seed), 1), [], None
         mean_abs = mean_magnitude(x) if spec.heuristic == "middle_out" else None
@@ -206,16 +256,24 @@ class ActQuantizer(nn.Module):
         """The inference bit map: ``bits[0] + sum_j (bits[j+1] - bits[j]) * [key > t_j]``.
 
         :func:`hbnn.quant.bitmap.threshold_bitmap` at the running thresholds ``t_j`` and, for
-        middle-out, the running mean magnitude; ``None`` for a homogeneous mix. The packed
-        engine binarizes its inputs with this map too.
+        middle-out, the running mean magnitude; per unit (the unit's mean key, expanded to
+        its entries) for a structured map; ``None`` for a homogeneous mix. The packed engine
+        binarizes its inputs with this map too.
         """
+        units = self.running_unit_map(x)
+        return None if units is None else units.expand()
+
+    def running_unit_map(self, x: torch.Tensor) -> UnitMap | None:
+        """The inference map per unit (:func:`hbnn.quant.structure.threshold_unit_map`); None if homogeneous."""
         mix, spec = self.spec.mix, self.spec
         if mix.is_homogeneous:
             return None
+        x = x.detach()
         if spec.heuristic == "random":
-            return unchecked_bitmap(x.detach(), mix, "random", _generator(spec.seed), 1)
-        return threshold_bitmap(x.detach(), mix, spec.heuristic, self.running_thresholds.tolist(),
-                                self.running_mean_abs.to(x.device))
+            return unit_bitmap(x, mix, self.structure, "random", generator=_generator(spec.seed),
+                               feature_dim=self.feature_dim)
+        return threshold_unit_map(x, mix, spec.heuristic, self.running_thresholds.tolist(),
+                                  self.running_mean_abs.to(x.device), self.structure, self.feature_dim)
 
     def _forward_running(self, x: torch.Tensor) -> torch.Tensor:
         bitmap = self.running_bitmap(x)
@@ -233,6 +291,8 @@ class ActQuantizer(nn.Module):
             "bits": list(s.mix.bits),
             "fractions": list(s.mix.fractions),
             "heuristic": s.heuristic,
+            "structure": self.structure.name,
+            "feature_dim": self.feature_dim,
             "mean_abs": float(self.running_mean_abs),
             "thresholds": self.running_thresholds.tolist(),
             "scales": self.running_scales.tolist(),
@@ -240,4 +300,4 @@ class ActQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         s = self.spec
-        return f"bits={s.mix}, heuristic={s.heuristic}, eval_mode={s.eval_mode}"
+        return f"bits={s.mix}, heuristic={s.heuristic}, eval_mode={s.eval_mode}" + _structure_repr(s)
