@@ -29,6 +29,10 @@ CASES = [
     ("mobilenet_v1", 1, 28, {"width_mult": 0.25}),
     ("vgg8_cnv", 3, 32, {}),
     ("vgg8_cnv", 1, 32, {}),
+    ("resnet20", 3, 32, {"width_mult": 0.5}),
+    ("resnet20", 1, 28, {"width_mult": 0.5, "shortcut": "B"}),
+    ("resnet18", 3, 32, {"width_mult": 0.125}),
+    ("resnet18", 1, 28, {"width_mult": 0.125, "shortcut": "A"}),
 ]
 IDS = [f"{n}-{c}x{s}-{'_'.join(o) or 'default'}" for n, c, s, o in CASES]
 LEARNABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -113,7 +117,7 @@ def test_init_deterministic_under_seed(name, channels, size, options):
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 
 
-@pytest.mark.parametrize("name", ["cifar_fc4", "alexnet_bn", "mobilenet_v1", "vgg8_cnv"])
+@pytest.mark.parametrize("name", ["cifar_fc4", "alexnet_bn", "mobilenet_v1", "vgg8_cnv", "resnet20", "resnet18"])
 def test_invalid_activation(name):
     with pytest.raises(ConfigError, match=rf"{name}: unknown activation 'tanh'; allowed: relu, hardtanh"):
         build_model(name, activation="tanh")

@@ -23,7 +23,7 @@ class _Tiny(nn.Module):
 
 
 def test_all_architectures_registered():
-    assert list_models() == ["alexnet_bn", "cifar_fc4", "mobilenet_v1", "vgg8_cnv"]
+    assert list_models() == ["alexnet_bn", "cifar_fc4", "mobilenet_v1", "resnet18", "resnet20", "vgg8_cnv"]
 
 
 def test_register_and_build_passes_arguments(isolated_registry):
@@ -87,7 +87,7 @@ def test_option_of_other_model_rejected():
         build_model("vgg8_cnv", small_input=True)
 
 
-@pytest.mark.parametrize("name", ["cifar_fc4", "alexnet_bn", "mobilenet_v1", "vgg8_cnv"])
+@pytest.mark.parametrize("name", ["cifar_fc4", "alexnet_bn", "mobilenet_v1", "vgg8_cnv", "resnet20", "resnet18"])
 def test_options_documented_per_model(name):
     opts = model_options(name)
     assert opts["activation"] == "relu"
