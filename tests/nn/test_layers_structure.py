@@ -156,3 +156,25 @@ def test_recipe_and_set_overrides(tmp_path):
         load_config(recipe, ["quant.default.act={bits: 1.4, structure: block8}"])
     with pytest.raises(ConfigError, match=r"^quant.default.weight.structure: invalid value 'blocks'"):
         load_config(recipe, ["quant.default.weight.structure=blocks"])
+
+
+def test_packed_export_keeps_structured_weights_and_refuses_structured_acts(tmp_path):
+    from hbnn.export import export_model, load
+    from hbnn.errors import FormatError
+
+    def net(act):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(), nn.Conv2d(8, 8, 3, padding=1),
+                              nn.Hardtanh(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+        hbnn.quantize_(model, {"default": {"weight": {"bits": 1.4, "structure": "block8", "allocate": "error"},
+                                           "act": act}})
+        model.train()(torch.randn(16, 3, 6, 6))
+        return model.eval()
+
+    model = net(1.4)
+    export_model(model, tmp_path / "m.hbnn", input_shape=(3, 6, 6))
+    packed = load(tmp_path / "m.hbnn")
+    x = torch.randn(4, 3, 6, 6)
+    torch.testing.assert_close(packed(x), model(x), atol=1e-5, rtol=0)  # the block map travels as an entry map
+    with pytest.raises(FormatError, match=r"structure='pixel' \(the packed format stores per-entry activation"):
+        export_model(net({"bits": 1.4, "structure": "pixel"}), tmp_path / "p.hbnn", input_shape=(3, 6, 6))

@@ -124,6 +124,9 @@ def _act_record(layer: HBLayerMixin, name: str, out: dict, p: str) -> dict | Non
     if spec.eval_mode != "running" or spec.heuristic == "random":
         raise unsupported(f"activation quantizer of {name!r} with eval_mode={spec.eval_mode!r}, "
                           f"heuristic={spec.heuristic!r} (need running estimates and a key heuristic)")
+    if spec.structure != "entry":  # the format has no unit structure yet: refuse rather than mis-binarize
+        raise unsupported(f"activation quantizer of {name!r} with structure={spec.structure!r} (the packed "
+                          "format stores per-entry activation maps only)")
     if int(aq.num_batches_tracked) == 0:
         raise FormatError(f"activation quantizer of {name!r} was never calibrated (no training-mode "
                           "forward pass); run hbnn.calibrate(model, batches) (or hbnn calibrate RUN_DIR) "
