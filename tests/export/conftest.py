@@ -149,3 +149,31 @@ def rewrite_packed(path: Path, edit_header=None, edit_tensors=None, *, resum: bo
 def rewrite():
     """The :func:`rewrite_packed` helper."""
     return rewrite_packed
+
+
+def assert_refused(path, pattern: str, capsys) -> None:
+    """Every reader refuses ``path`` with one FormatError line naming it and matching ``pattern``;
+    ``hbnn infer`` and ``hbnn hw estimate --packed`` exit 2 with one stderr line."""
+    import re
+
+    from hbnn.cli import main
+    from hbnn.errors import FormatError
+    from hbnn.export import load, model_from_packed, read_packed, storage_report
+
+    for reader in (load, read_packed, storage_report, model_from_packed):
+        with pytest.raises(FormatError) as exc:
+            reader(path)
+        text = str(exc.value)
+        assert "\n" not in text and str(path) in text, text
+        assert re.search(pattern, text), (pattern, text)
+    for argv in (["infer", str(path)], ["hw", "estimate", "--packed", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hbnn: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert re.search(pattern, err), (pattern, err)
+
+
+@pytest.fixture
+def refused():
+    """The :func:`assert_refused` check."""
+    return assert_refused

@@ -56,11 +56,11 @@ def test_foreign_safetensors_file(tmp_path):
 
 def test_unknown_version_and_format(packed, rewrite):
     rewrite(packed, lambda h: h.update(version=99))
-    with pytest.raises(FormatError, match="unknown format version 99; this hbnn reads version 2; a newer hbnn"):
+    with pytest.raises(FormatError, match="unknown format version 99; this hbnn reads versions 2, 3; a newer hbnn"):
         load(packed)
-    for old in (1, True, 2.0, "2"):  # an older file says how to re-create it; True and 2.0 are not 1 and 2
+    for old in (1, True, 2.0, "2", 3.0):  # an older file says how to re-create it; True and 2.0 are not 1 and 2
         rewrite(packed, lambda h: h.update(version=old))
-        with pytest.raises(FormatError, match=f"unknown format version {old!r}; this hbnn reads version 2; ") as exc:
+        with pytest.raises(FormatError, match=f"unknown format version {old!r}; this hbnn reads versions 2, 3; ") as exc:
             load(packed)
         assert ("`hbnn export RUN --out FILE`" in _one_line(exc)) == (type(old) is int)
 

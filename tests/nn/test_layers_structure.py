@@ -158,9 +158,8 @@ def test_recipe_and_set_overrides(tmp_path):
         load_config(recipe, ["quant.default.weight.structure=blocks"])
 
 
-def test_packed_export_keeps_structured_weights_and_refuses_structured_acts(tmp_path):
+def test_packed_export_keeps_structured_weights_and_acts(tmp_path):
     from hbnn.export import export_model, load
-    from hbnn.errors import FormatError
 
     def net(act):
         torch.manual_seed(0)
@@ -175,6 +174,7 @@ def test_packed_export_keeps_structured_weights_and_refuses_structured_acts(tmp_
     export_model(model, tmp_path / "m.hbnn", input_shape=(3, 6, 6))
     packed = load(tmp_path / "m.hbnn")
     x = torch.randn(4, 3, 6, 6)
-    torch.testing.assert_close(packed(x), model(x), atol=1e-5, rtol=0)  # the block map travels as an entry map
-    with pytest.raises(FormatError, match=r"structure='pixel' \(the packed format stores per-entry activation"):
-        export_model(net({"bits": 1.4, "structure": "pixel"}), tmp_path / "p.hbnn", input_shape=(3, 6, 6))
+    torch.testing.assert_close(packed(x), model(x), atol=1e-5, rtol=0)  # the block map travels as unit codes
+    model = net({"bits": 1.4, "structure": "pixel"})  # packed format v3 records activation structures
+    export_model(model, tmp_path / "p.hbnn", input_shape=(3, 6, 6))
+    torch.testing.assert_close(load(tmp_path / "p.hbnn")(x), model(x), atol=1e-5, rtol=0)

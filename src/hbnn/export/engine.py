@@ -41,9 +41,12 @@ from hbnn.quant import ActQuantizer, QuantSpec
 __all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "make_act_quantizer", "optimize_chain"]
 
 
-def make_act_quantizer(bits, fractions, heuristic: str, scales, thresholds, mean_abs) -> ActQuantizer:
-    """An eval-mode :class:`ActQuantizer` holding calibrated running estimates."""
-    spec = QuantSpec(bits={int(b): float(f) for b, f in zip(bits, fractions)}, heuristic=heuristic)
+def make_act_quantizer(bits, fractions, heuristic: str, scales, thresholds, mean_abs,
+                       structure: str = "entry") -> ActQuantizer:
+    """An eval-mode :class:`ActQuantizer` holding calibrated running estimates (thresholds on the
+    key of each ``structure`` unit: an entry, a pixel's channels or a group of them)."""
+    spec = QuantSpec(bits={int(b): float(f) for b, f in zip(bits, fractions)}, heuristic=heuristic,
+                     structure=structure)
     q = ActQuantizer(spec)
     with torch.no_grad():
         q.running_scales.copy_(scales)

@@ -1,8 +1,8 @@
-"""The packed model file (``hbnn-packed``, version 2): write, read, load, size report.
+"""The packed model file (``hbnn-packed``, version 3): write, read, load, size report.
 
 One safetensors file. Its header metadata key ``"hbnn-packed"`` holds the JSON header::
 
-    {"format": "hbnn-packed", "version": 2, "hbnn_version", "torch_version",
+    {"format": "hbnn-packed", "version": 3, "hbnn_version", "torch_version",
      "model": {name, config?, quant?, num_classes?, in_channels?, image_size?},
      "meta": {data?: {name, data_dir, image_size}, source?: {checkpoint, sha256, epoch,
               step, metrics}, ...anything else the exporter passed...},
@@ -11,9 +11,14 @@ One safetensors file. Its header metadata key ``"hbnn-packed"`` holds the JSON h
      "payload_sha256": hbnn.io.tensors_sha256 of the tensors (name, dtype, shape, bytes),
      "header_sha256": hbnn.io.header_sha256 of every other field}
 
-Version 2 adds ``header_sha256`` (so one digest chain covers the whole file) and a
-reader that validates every field (:mod:`hbnn.export.validate`); files of version 1
-are refused with how to re-create them (``hbnn export RUN --out FILE``).
+Version 2 added ``header_sha256`` (so one digest chain covers the whole file) and a
+reader that validates every field (:mod:`hbnn.export.validate`). Version 3 adds a
+``structure`` to every binarized weight and activation record: a structured weight map
+(``block<K>``, ``channel``) is stored as one fixed-width code per unit
+(:mod:`hbnn.export.units`), a structured activation map (``pixel``, ``group<G>``) is
+rebuilt by the engine from the recorded structure and running thresholds. This reader
+reads versions 2 and 3 (:data:`READ_VERSIONS`; a version-2 record is a per-entry one);
+files of version 1 are refused with how to re-create them (``hbnn export RUN --out FILE``).
 
 Layer records and tensor names: :mod:`hbnn.export.records`; bit streams:
 :mod:`hbnn.export.encode`; the full specification: ``docs/deploy.md``.
@@ -42,14 +47,17 @@ from hbnn.export.engine import PackedModel, optimize_chain
 from hbnn.export.ops import trace_chain
 from hbnn.export.records import build_layer, can_fold, layer_record
 from hbnn.export.shapes import check_shapes
+from hbnn.export.units import weight_structure
 from hbnn.export.validate import RECREATE, check_header, check_tensors
 from hbnn.io import atomic_write_bytes, read_verified_safetensors, seal_header, tensors_sha256
 
-__all__ = ["FORMAT", "VERSION", "META_KEY", "pack_model", "export_model", "read_packed", "load", "storage_report",
-           "format_report"]
+__all__ = ["FORMAT", "VERSION", "READ_VERSIONS", "META_KEY", "pack_model", "export_model", "read_packed", "load",
+           "storage_report", "format_report"]
 
 FORMAT = "hbnn-packed"
-VERSION = 2
+VERSION = 3
+#: Versions this hbnn reads (it writes :data:`VERSION`).
+READ_VERSIONS = (2, 3)
 #: The safetensors metadata key that holds the JSON header.
 META_KEY = "hbnn-packed"
 
@@ -155,11 +163,11 @@ def _check_header(header: dict, where: Path) -> None:
         raise FormatError(f"{where} is not an hbnn packed model (format {header.get('format')!r}, "
                           f"expected {FORMAT!r})")
     version = header.get("version")
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or version not in READ_VERSIONS:
         how = ("not a version hbnn writes" if type(version) is not int else
-               RECREATE if version < VERSION else "a newer hbnn wrote it; upgrade hbnn to read it")
+               RECREATE if version < min(READ_VERSIONS) else "a newer hbnn wrote it; upgrade hbnn to read it")
         raise FormatError(f"packed model {where} has unknown format version {version!r}; "
-                          f"this hbnn reads version {VERSION}; {how}")
+                          f"this hbnn reads versions {', '.join(map(str, READ_VERSIONS))}; {how}")
     check_header(header, where)
 
 
@@ -250,7 +258,16 @@ def _layer_row(i: int, rec: dict, tensors: Mapping[str, torch.Tensor]) -> dict:
         row["bits_per_weight"] = (row["sign_bits"] + row["map_bits"] + row["scale_bits"]) / row["weights"]
         k = len(w["bits"])
         row["map_bits_fixed_width"] = 0 if k == 1 else w["units"] * math.ceil(math.log2(k))
+        row["structure"] = weight_structure(w).name
+        row["map_units"] = w["units"]
+        row["bits_per_weight_split"] = _split(row, row["weights"])
     return row
+
+
+def _split(bits: Mapping[str, int], weights: int) -> dict:
+    """``{planes, map, scales}``: stored sign, map and scale bits per binarized weight."""
+    return {"planes": bits["sign_bits"] / weights, "map": bits["map_bits"] / weights,
+            "scales": bits["scale_bits"] / weights}
 
 
 def _report(header: dict, tensors: Mapping[str, torch.Tensor], file_bytes: int) -> dict:
@@ -259,6 +276,7 @@ def _report(header: dict, tensors: Mapping[str, torch.Tensor], file_bytes: int) 
     params = int(header.get("source_params") or 0)
     binarized = [r for r in rows if r["binarized"]]
     nbin = sum(r["weights"] for r in binarized)
+    totals = {k: sum(r[k] for r in binarized) for k in ("sign_bits", "map_bits", "scale_bits")}
     return {"layers": rows, "model": {
         "file_bytes": file_bytes, "tensor_bytes": tensor_bits // 8, "header_bytes": file_bytes - tensor_bits // 8,
         "source_params": params, "fp32_bytes": 4 * params,
@@ -266,8 +284,8 @@ def _report(header: dict, tensors: Mapping[str, torch.Tensor], file_bytes: int) 
         "bits_per_param": tensor_bits / params if params else 0.0,
         "file_bits_per_param": 8 * file_bytes / params if params else 0.0,
         "binarized_weights": nbin,
-        "bits_per_binarized_weight": (sum(r["sign_bits"] + r["map_bits"] + r["scale_bits"] for r in binarized) / nbin
-                                      if nbin else None),
+        "bits_per_binarized_weight": sum(totals.values()) / nbin if nbin else None,
+        "bits_per_binarized_weight_split": _split(totals, nbin) if nbin else None,
     }}
 
 
@@ -283,27 +301,41 @@ def storage_report(path: str | os.PathLike) -> dict:
     ``tensor_bytes``, ``fp32_bytes`` (4 bytes per source parameter), ``compression``
     (fp32 / file), ``bits_per_param`` (tensor bits / source parameters),
     ``file_bits_per_param``, ``binarized_weights``, ``bits_per_binarized_weight``.
+    Binarized layers also give ``structure`` (the map's units: ``entry``, ``oihw_block<k>``,
+    ``block<K>``, ``channel``), ``map_units`` and ``bits_per_weight_split`` (``{planes, map,
+    scales}``: sign, map and scale bits per weight, summing to ``bits_per_weight``); the model
+    ``bits_per_binarized_weight_split`` likewise over every binarized weight.
     """
     header, tensors, size = read_packed(path)
     return _report(header, tensors, size)
 
 
+def _per_weight(r: Mapping[str, Any]) -> str:
+    """``planes map scales total`` bits per weight of a binarized row (``32`` / ``-`` otherwise)."""
+    split = r.get("bits_per_weight_split")
+    if split is None:
+        return f"{'':>20} {'32' if r['float_bits'] else '-':>7}"
+    return f"{split['planes']:>6.3f} {split['map']:>6.3f} {split['scales']:>6.3f} {r['bits_per_weight']:>7.3f}"
+
+
 def format_report(report: Mapping[str, Any]) -> str:
-    """A fixed-width text table of :func:`storage_report`."""
-    head = f"{'layer':<22} {'op':<10} {'weights':>8} {'signs':>8} {'map':>8} {'scales':>7} {'other':>8} {'bits/w':>7}"
+    """A fixed-width text table of :func:`storage_report`: stored bits per layer, then per weight
+    (planes, map, scales and their sum, the realized bits per binarized weight)."""
+    head = (f"{'layer':<20} {'op':<7} {'map units':<11} {'weights':>8} {'signs':>8} {'map':>7} {'scales':>6} "
+            f"{'other':>7} | {'planes':>6} {'map':>6} {'scales':>6} {'bits/w':>7}")
     lines = [head, "-" * len(head)]
     for r in report["layers"]:
         if r["op"] not in ("conv2d", "linear", "batch_norm"):
             continue
-        bpw = f"{r['bits_per_weight']:.3f}" if r.get("bits_per_weight") is not None else (
-            "32" if r["float_bits"] else "-")
-        lines.append(f"{str(r['name'])[:22]:<22} {r['op']:<10} {r['weights']:>8} {r['sign_bits']:>8} "
-                     f"{r['map_bits']:>8} {r['scale_bits']:>7} {r['float_bits'] + r['other_bits']:>8} {bpw:>7}")
+        lines.append(f"{str(r['name'])[:20]:<20} {r['op'][:7]:<7} {str(r.get('structure', ''))[:11]:<11} "
+                     f"{r['weights']:>8} {r['sign_bits']:>8} {r['map_bits']:>7} {r['scale_bits']:>6} "
+                     f"{r['float_bits'] + r['other_bits']:>7} | {_per_weight(r)}")
     m = report["model"]
     lines.append("-" * len(head))
-    per_bin = m["bits_per_binarized_weight"]
+    per_bin, split = m["bits_per_binarized_weight"], m.get("bits_per_binarized_weight_split")
     lines.append(
         f"file {m['file_bytes']} bytes (header {m['header_bytes']}) vs fp32 {m['fp32_bytes']} bytes: "
         f"{m['compression']:.2f}x smaller; {m['bits_per_param']:.3f} bits/parameter stored"
-        + (f", {per_bin:.3f} bits per binarized weight (planes + map + scales)" if per_bin is not None else ""))
+        + (f", {per_bin:.3f} bits per binarized weight ({split['planes']:.3f} planes + {split['map']:.3f} map + "
+           f"{split['scales']:.3f} scales)" if per_bin is not None else ""))
     return "\n".join(lines)

@@ -66,9 +66,16 @@ def _f32(v: float) -> np.ndarray:
     return np.array(v, dtype=np.float32)
 
 
-def _act_ops(g: _Graph, x: str, act) -> str:
-    """Elementwise binarization at the running estimates (see the module docstring)."""
+def _act_ops(g: _Graph, x: str, act, where: str) -> str:
+    """Elementwise binarization at the running estimates (see the module docstring).
+
+    Raises:
+        FormatError: a structured activation map (its unit keys have no ONNX form here).
+    """
     spec, bits = act.spec, list(act.mix.bits)
+    if not act.structure.is_entry and len(bits) > 1:
+        raise FormatError(f"{where}: activation map structure {act.structure.name} has no ONNX form here "
+                          "(per-entry maps only); run the packed file with hbnn.export.load")
     scales = act.running_scales.float()
     bitmap = None
     if len(bits) > 1:
@@ -103,9 +110,9 @@ def _scaled_weight(layer: PackedLayer) -> torch.Tensor:
     return w
 
 
-def _packed(g: _Graph, x: str, layer: PackedLayer) -> str:
+def _packed(g: _Graph, x: str, layer: PackedLayer, where: str) -> str:
     if layer.act is not None:
-        x = _act_ops(g, x, layer.act)
+        x = _act_ops(g, x, layer.act, where)
     inputs = [x, g.const(_scaled_weight(layer), "w")]
     if layer.bias is not None:
         inputs.append(g.const(layer.bias.float(), "b"))
@@ -181,7 +188,7 @@ def build_onnx(model: PackedModel, *, input_shape=None):
     x = "input"
     for i, (name, layer) in enumerate(model.named_layers()):
         where = f"layer {i} ({name})"
-        x = _packed(g, x, layer) if isinstance(layer, (PackedConv2d, PackedLinear)) else _float_op(g, x, layer, where)
+        x = _packed(g, x, layer, where) if isinstance(layer, (PackedConv2d, PackedLinear)) else _float_op(g, x, layer, where)
     g.nodes.append(helper.make_node("Identity", [x], ["logits"]))
     out_shape = list(model(torch.zeros(1, *shape)).shape[1:])
     graph = helper.make_graph(

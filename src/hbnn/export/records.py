@@ -6,13 +6,16 @@ Tensor names are ``"<layer index>.<field>"``. A conv/linear record is::
      "geometry": {...constructor arguments...},
      "weight": {"encoding": "float32"} | {"encoding": "planes", "bits", "fractions",
                 "heuristic", "block", "per_channel", "planes", "units", "plane_counts",
-                "sign_bits", "map_bits"},
-     "act": null | {"bits", "fractions", "heuristic"},
+                "sign_bits", "map_bits", "structure"},
+     "act": null | {"bits", "fractions", "heuristic", "structure"},
      "bias": bool, "out_scale": bool}
 
 with tensors ``weight`` (float32) or ``signs``/``map``/``scales`` (see
-:mod:`hbnn.export.encode`), ``bias`` ``[O]``, ``out_scale`` ``[O]`` and, for a binarized
-input, ``act.scales`` ``[n]``, ``act.thresholds`` ``[K-1]``, ``act.mean_abs`` ``[]``.
+:mod:`hbnn.export.encode`; a structured map -- ``structure`` ``block<K>`` or ``channel`` --
+is one fixed-width code per unit, :mod:`hbnn.export.units`), ``bias`` ``[O]``,
+``out_scale`` ``[O]`` and, for a binarized input, ``act.scales`` ``[n]``,
+``act.thresholds`` ``[K-1]`` (on the unit key of the activation ``structure``),
+``act.mean_abs`` ``[]``. Version-2 records have no ``structure`` (``entry``).
 A kept batch norm is ``{"op": "batch_norm", "dim", "num_features", "eps"}`` with
 ``weight``/``bias``/``running_mean``/``running_var``; stateless ops carry attributes only.
 
@@ -34,7 +37,7 @@ import torch
 from torch import nn
 
 from hbnn.errors import FormatError
-from hbnn.export import encode
+from hbnn.export import encode, units
 from hbnn.export.engine import PackedConv2d, PackedLinear, make_act_quantizer
 from hbnn.export.ops import build_simple, simple_record, unsupported
 from hbnn.nn import HBConv2d, HBLayerMixin, HBLinear
@@ -94,18 +97,37 @@ def mix_fields(mix) -> dict:
     return {"bits": list(mix.bits), "fractions": list(mix.fractions)}
 
 
+def _is_structured(structure) -> bool:
+    """True for maps stored as one fixed-width code per unit (``block<K>``, ``channel``)."""
+    return structure.kind in ("block", "channel")
+
+
+def _weight_map(wq, w: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``(entry bit map or None, unit levels, map bit stream)``: the map the quantizer uses in
+    eval (``WeightQuantizer.bitmap``, computed once); fixed-width unit codes for a structured
+    map (:mod:`hbnn.export.units`), else the nested-mask code of entries / legacy blocks."""
+    mix = wq.mix
+    if _is_structured(wq.structure):
+        unit_map = None if mix.is_homogeneous else wq.unit_map(w)
+        levels = (torch.zeros(wq.structure.n_units(w.shape), dtype=torch.int64) if unit_map is None
+                  else unit_map.levels(mix))
+        bitmap = None if unit_map is None else unit_map.expand()
+        return bitmap, levels, units.encode_codes(levels, len(mix.bits))
+    bitmap = None if mix.is_homogeneous else wq.bitmap(w)
+    full = torch.full(w.shape, mix.bits[0], dtype=torch.int8) if bitmap is None else bitmap
+    levels = encode.unit_levels(full, mix.bits, wq.spec.block)
+    return bitmap, levels, encode.encode_levels(levels, len(mix.bits))
+
+
 def _weight_planes(layer: HBLayerMixin, out: dict, p: str) -> dict:
-    """Binarize the weight as training does (Eq. 5 + Algorithm 1) and encode it."""
+    """Binarize the weight as training does (Eq. 5 + Algorithm 1 or the structured map) and encode it."""
     wq, w = layer.weight_quantizer, layer.weight.detach().float().cpu()
     mix, spec = wq.mix, wq.spec
-    bitmap = None if mix.is_homogeneous else wq.bitmap(w)
+    bitmap, levels, map_stream = _weight_map(wq, w)
     cdim = wq.channel_dim if spec.per_channel else None
     with torch.no_grad():
         _, scales, signs, masks = residual_forward(w, bitmap, mix.max_bits, cdim, keep_planes=True)
     sign_stream = encode.encode_signs(signs, masks)
-    full = torch.full(w.shape, mix.bits[0], dtype=torch.int8) if bitmap is None else bitmap
-    levels = encode.unit_levels(full, mix.bits, spec.block)
-    map_stream = encode.encode_levels(levels, len(mix.bits))
     out[f"{p}.signs"] = encode.pack_stream(sign_stream)
     out[f"{p}.scales"] = scales.detach().float().contiguous()
     if map_stream.numel():
@@ -113,7 +135,8 @@ def _weight_planes(layer: HBLayerMixin, out: dict, p: str) -> dict:
     return {"encoding": "planes", **mix_fields(mix), "heuristic": spec.heuristic, "block": spec.block,
             "per_channel": spec.per_channel, "planes": mix.max_bits, "units": int(levels.numel()),
             "plane_counts": _plane_counts(masks), "sign_bits": int(sign_stream.numel()),
-            "map_bits": int(map_stream.numel())}
+            "map_bits": int(map_stream.numel()),
+            "structure": wq.structure.name if _is_structured(wq.structure) else "entry"}
 
 
 def _act_record(layer: HBLayerMixin, name: str, out: dict, p: str) -> dict | None:
@@ -124,9 +147,6 @@ def _act_record(layer: HBLayerMixin, name: str, out: dict, p: str) -> dict | Non
     if spec.eval_mode != "running" or spec.heuristic == "random":
         raise unsupported(f"activation quantizer of {name!r} with eval_mode={spec.eval_mode!r}, "
                           f"heuristic={spec.heuristic!r} (need running estimates and a key heuristic)")
-    if spec.structure != "entry":  # the format has no unit structure yet: refuse rather than mis-binarize
-        raise unsupported(f"activation quantizer of {name!r} with structure={spec.structure!r} (the packed "
-                          "format stores per-entry activation maps only)")
     if int(aq.num_batches_tracked) == 0:
         raise FormatError(f"activation quantizer of {name!r} was never calibrated (no training-mode "
                           "forward pass); run hbnn.calibrate(model, batches) (or hbnn calibrate RUN_DIR) "
@@ -135,7 +155,7 @@ def _act_record(layer: HBLayerMixin, name: str, out: dict, p: str) -> dict | Non
     out[f"{p}.act.mean_abs"] = aq.running_mean_abs.detach().float().clone()
     if not aq.mix.is_homogeneous:
         out[f"{p}.act.thresholds"] = aq.running_thresholds.detach().float().clone()
-    return {**mix_fields(aq.mix), "heuristic": spec.heuristic}
+    return {**mix_fields(aq.mix), "heuristic": spec.heuristic, "structure": aq.structure.name}
 
 
 def _product(*factors):
@@ -226,16 +246,20 @@ def _weight_shape(op: str, g: dict) -> tuple[int, ...]:
 
 def _decode_planes(w: dict, shape: tuple[int, ...], tensors: dict, p: str, where: str):
     """``(signs, masks, scales)`` bool planes ``[n, *shape]`` from a ``planes`` weight record."""
-    bits, n, block, units = w["bits"], w["planes"], w["block"], w["units"]
-    levels = torch.zeros(units, dtype=torch.int64)
-    if len(bits) > 1:
-        stream = encode.unpack_stream(tensors[f"{p}.map"], w["map_bits"], where)
-        levels = encode.decode_levels(stream, units, len(bits), where)
-    bitmap = torch.tensor(bits)[expand_blocks(levels, shape, block)]
-    masks = torch.stack([bitmap > i for i in range(n)])
-    if _plane_counts(masks) != w["plane_counts"]:
-        raise FormatError(f"{where}: bit map gives plane sizes {_plane_counts(masks)}, "
-                          f"header says {w['plane_counts']}")
+    bits, n = w["bits"], w["planes"]
+    structure = units.weight_structure(w)
+    if _is_structured(structure):
+        masks = units.unit_masks(units.decode_unit_levels(w, tensors, p, shape, where), bits, structure, shape)
+    else:
+        levels = torch.zeros(w["units"], dtype=torch.int64)
+        if len(bits) > 1:
+            stream = encode.unpack_stream(tensors[f"{p}.map"], w["map_bits"], where)
+            levels = encode.decode_levels(stream, w["units"], len(bits), where)
+        bitmap = torch.tensor(bits)[expand_blocks(levels, shape, w["block"])]
+        masks = torch.stack([bitmap > i for i in range(n)])
+        if _plane_counts(masks) != w["plane_counts"]:
+            raise FormatError(f"{where}: bit map gives plane sizes {_plane_counts(masks)}, "
+                              f"header says {w['plane_counts']}")
     signs = encode.decode_signs(encode.unpack_stream(tensors[f"{p}.signs"], w["sign_bits"], where), masks, where)
     return signs, masks, tensors[f"{p}.scales"]
 
@@ -246,7 +270,7 @@ def _act(rec: dict | None, tensors: dict, p: str):
     bits = rec["bits"]
     thresholds = tensors[f"{p}.act.thresholds"] if len(bits) > 1 else torch.zeros(0)
     return make_act_quantizer(bits, rec["fractions"], rec["heuristic"], tensors[f"{p}.act.scales"], thresholds,
-                              tensors[f"{p}.act.mean_abs"])
+                              tensors[f"{p}.act.mean_abs"], structure=units.act_structure(rec).name)
 
 
 def _affine_module(rec: dict, tensors: dict, p: str, where: str, backend: str) -> nn.Module:

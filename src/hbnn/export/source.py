@@ -93,6 +93,7 @@ def model_from_packed(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
 def _record_problem(rec: dict, layer) -> str | None:
     """What differs between a conv/linear record and the rebuilt model's layer (None if nothing)."""
     from hbnn.export.records import layer_geometry, mix_fields
+    from hbnn.export.units import act_structure, weight_structure
 
     name, kind = rec["name"], torch.nn.Conv2d if rec["op"] == "conv2d" else torch.nn.Linear
     if not isinstance(layer, kind):
@@ -109,6 +110,11 @@ def _record_problem(rec: dict, layer) -> str | None:
         if quantizer is not None and {k: record[k] for k in ("bits", "fractions")} != mix_fields(quantizer.mix):
             return f"layer {name!r} has {what} bit mix {record['bits']}/{record['fractions']} in one and " \
                    f"{mix_fields(quantizer.mix)} in the other"
+        if quantizer is not None:
+            units = weight_structure(record) if what == "weight" else act_structure(record)
+            if units != quantizer.structure:
+                return f"layer {name!r} has {what} map structure {units.name} in one and " \
+                       f"{quantizer.structure.name} in the other"
     return None
 
 

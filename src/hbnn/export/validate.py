@@ -20,6 +20,12 @@ ever see well-typed, in-range values:
 * bit mixes are valid :class:`hbnn.quant.mix.BitMix` es (increasing bitwidths in
   ``1..8``, fractions > 0 summing to 1), plane counts and stream lengths agree with the
   weight's shape;
+* structures (version 3; version-2 records have none and are per entry): a weight's
+  ``entry``, ``block<K>`` (``K`` at most a row's inputs, no legacy ``block``) or
+  ``channel``, with ``units`` its unit count and ``map_bits`` exactly ``units * ceil(log2 K)``;
+  an activation's ``entry``, ``pixel`` (conv inputs) or ``group<G>`` (``G`` at most the
+  input's channels); a structured weight's unit codes are in range and give the record's
+  ``plane_counts`` (:mod:`hbnn.export.units`, checked with the tensors);
 * ``model``, ``meta`` and ``input_shape`` (required): :mod:`hbnn.export.provenance`
   (``model.config`` and ``model.quant`` valid for their schemas, ``meta.data`` /
   ``meta.source`` typed);
@@ -46,9 +52,11 @@ from hbnn.export._checks import MAX_INT, At, is_int, is_number, short
 from hbnn.export.ops import SIMPLE_OPS
 from hbnn.export.provenance import MAX_INPUT_ELEMENTS, check_input_shape, check_meta, check_model
 from hbnn.export.shapes import check_shapes
+from hbnn.export.units import code_width, decode_unit_levels, parse_record_structure, weight_structure
 from hbnn.quant.bitmap import block_view_shape
 from hbnn.quant.checks import HEURISTICS
 from hbnn.quant.mix import MAX_BITS, MIN_BITS, BitMix
+from hbnn.quant.structure import Structure
 
 __all__ = ["EXPORT_COMMAND", "RECREATE", "OPS", "MAX_INT", "MAX_INPUT_ELEMENTS", "MAX_SIDE", "ACT_HEURISTICS",
            "check_header", "check_tensors", "tensor_specs"]
@@ -68,8 +76,11 @@ _TOP_KEYS = ("format", "version", "hbnn_version", "torch_version", "model", "met
              "fold_bn", "layers", "payload_sha256", "header_sha256")
 _AFFINE_KEYS = ("op", "name", "folded", "geometry", "weight", "act", "bias", "out_scale")
 _CONV_KEYS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
-_PLANES_KEYS = ("encoding", "bits", "fractions", "heuristic", "block", "per_channel", "planes", "units",
-                "plane_counts", "sign_bits", "map_bits")
+_PLANES_KEYS_V2 = ("encoding", "bits", "fractions", "heuristic", "block", "per_channel", "planes", "units",
+                   "plane_counts", "sign_bits", "map_bits")
+_PLANES_KEYS = (*_PLANES_KEYS_V2, "structure")
+_ACT_KEYS_V2 = ("bits", "fractions", "heuristic")
+_ACT_KEYS = (*_ACT_KEYS_V2, "structure")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _FLOAT32_TINY = torch.finfo(torch.float32).tiny
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -108,14 +119,15 @@ def check_header(header: dict, where: Any) -> None:
         raise at.fail("layers", layers, "a list of layer records")
     if not layers:
         raise FormatError(f"{at.where} has no layers; {RECREATE}")
+    v2 = header.get("version") == 2  # the reader has checked the version; the writer writes the newest
     for i, rec in enumerate(layers):
-        _check_layer(i, rec, at.where)
+        _check_layer(i, rec, at.where, v2)
     check_shapes(header, at.where)
 
 
 # ----------------------------------------------------------------------------- layer records
 
-def _check_layer(i: int, rec: Any, where: str) -> None:
+def _check_layer(i: int, rec: Any, where: str, v2: bool = False) -> None:
     at = At(f"{where}: layer {i}")
     if not isinstance(rec, dict):
         raise at.fail("record", rec, "an object with an op and a name")
@@ -125,7 +137,7 @@ def _check_layer(i: int, rec: Any, where: str) -> None:
     if not isinstance(op, str) or op not in OPS:
         raise FormatError(f"{at.where}: unknown layer op {short(op)}; supported ops: {', '.join(OPS)}")
     if op in ("conv2d", "linear"):
-        _check_affine(at, rec)
+        _check_affine(at, rec, v2)
     elif op == "batch_norm":
         at.keys("", rec, ("op", "name", "dim", "num_features", "eps"))
         if at.int("dim", rec["dim"], 1) not in (1, 2):
@@ -139,16 +151,18 @@ def _check_layer(i: int, rec: Any, where: str) -> None:
         _ATTRS[op](at, rec["attrs"])
 
 
-def _check_affine(at: At, rec: dict) -> None:
+def _check_affine(at: At, rec: dict, v2: bool = False) -> None:
     at.keys("", rec, _AFFINE_KEYS)
     folded = rec["folded"]
     if not isinstance(folded, list) or not all(isinstance(n, str) and n.isprintable() for n in folded):
         raise at.fail("folded", folded, "a list of layer names")
     shape = _weight_shape(at, rec["op"], rec["geometry"])
-    binarized = _check_weight(at, rec["weight"], shape)
+    binarized = _check_weight(at, rec["weight"], shape, v2)
     if rec["act"] is not None:
-        at.keys("act.", rec["act"], ("bits", "fractions", "heuristic"))
+        at.keys("act.", rec["act"], _ACT_KEYS_V2 if v2 else _ACT_KEYS)
         _check_mix(at, "act", rec["act"], ACT_HEURISTICS)
+        if not v2:
+            _check_act_structure(at, rec["act"]["structure"], rec["op"], rec["geometry"])
     at.bool("bias", rec["bias"])
     at.bool("out_scale", rec["out_scale"])
     g = rec["geometry"]
@@ -212,34 +226,72 @@ def _check_mix(at: At, field: str, rec: dict, heuristics: tuple[str, ...]) -> li
     return bits
 
 
-def _check_weight(at: At, w: Any, shape: tuple[int, ...]) -> bool:
+def _check_weight(at: At, w: Any, shape: tuple[int, ...], v2: bool = False) -> bool:
     """Validate a weight record for ``shape``; True when it holds bit planes."""
     if not isinstance(w, dict):
         raise at.fail("weight", w, "an object with encoding float32 or planes")
     if at.choice("weight.encoding", w.get("encoding"), ("float32", "planes")) == "float32":
         at.keys("weight.", w, ("encoding",))
         return False
-    at.keys("weight.", w, _PLANES_KEYS)
+    at.keys("weight.", w, _PLANES_KEYS_V2 if v2 else _PLANES_KEYS)
     bits = _check_mix(at, "weight", w, HEURISTICS)
     block = at.int("weight.block", w["block"], 1)
     at.bool("weight.per_channel", w["per_channel"])
     n, entries = bits[-1], math.prod(shape)
     if at.int("weight.planes", w["planes"], 1) != n:
         raise at.fail("weight.planes", w["planes"], f"{n}, the largest of bits {bits}")
-    rows, blocks, _ = block_view_shape(torch.Size(shape), block)
-    units = entries if block == 1 else rows * blocks
+    structure = Structure() if v2 else _weight_structure(at, w["structure"], block, shape)
+    if structure.is_entry:
+        rows, blocks, _ = block_view_shape(torch.Size(shape), block)
+        units, what = (entries if block == 1 else rows * blocks), f"block {block}"
+    else:
+        units, what = structure.n_units(shape), f"structure {structure.name}"
     if at.int("weight.units", w["units"]) != units:
-        raise at.fail("weight.units", w["units"], f"{units} for a {list(shape)} weight with block {block}")
+        raise at.fail("weight.units", w["units"], f"{units} for a {list(shape)} weight with {what}")
     counts = w["plane_counts"]
     if (not isinstance(counts, list) or len(counts) != n or not all(is_int(c) and 0 <= c <= entries for c in counts)
             or counts[0] != entries or any(a < b for a, b in zip(counts, counts[1:]))):
         raise at.fail("weight.plane_counts", counts, f"{n} non-increasing counts, the first {entries} (every entry)")
     if at.int("weight.sign_bits", w["sign_bits"], 0, 2 ** 63 - 1) != sum(counts):
         raise at.fail("weight.sign_bits", w["sign_bits"], f"{sum(counts)}, the sum of plane_counts")
-    lo, hi = (0, 0) if len(bits) == 1 else (units, units * (len(bits) - 1))
+    if structure.is_entry:
+        lo, hi = (0, 0) if len(bits) == 1 else (units, units * (len(bits) - 1))
+    else:
+        lo = hi = units * code_width(len(bits))
     if not lo <= at.int("weight.map_bits", w["map_bits"], 0, 2 ** 63 - 1) <= hi:
-        raise at.fail("weight.map_bits", w["map_bits"], f"{lo}..{hi} for {units} units and {len(bits)} bitwidths")
+        code = "nested-mask" if structure.is_entry else f"{code_width(len(bits))}-bit"
+        raise at.fail("weight.map_bits", w["map_bits"], f"{lo}..{hi} for {units} units and {len(bits)} bitwidths "
+                                                        f"({code} code)")
     return True
+
+
+def _weight_structure(at: At, name: Any, block: int, shape: tuple[int, ...]) -> Structure:
+    """The validated ``weight.structure`` of a version-3 record (fits the weight's rows, no legacy block)."""
+    try:
+        structure = parse_record_structure(name, "weight")
+    except ValueError as exc:
+        raise at.fail("weight.structure", name, f"{exc} (weight structures)") from None
+    if not structure.is_entry and block != 1:
+        raise at.fail("weight.block", block, f"1 with structure {structure.name} (block is the legacy per-entry "
+                                             "map's OIHW runs)")
+    row = math.prod(shape[1:])
+    if structure.kind == "block" and structure.size > row:
+        raise at.fail("weight.structure", name, f"block<K> with K <= {row} (the inputs of one output row), "
+                                                "or channel")
+    return structure
+
+
+def _check_act_structure(at: At, name: Any, op: str, g: dict) -> None:
+    """``act.structure``: ``entry``, ``pixel`` (conv inputs) or ``group<G>`` with ``G`` <= the input's channels."""
+    try:
+        structure = parse_record_structure(name, "act")
+    except ValueError as exc:
+        raise at.fail("act.structure", name, f"{exc} (activation structures)") from None
+    channels = g["in_channels"] if op == "conv2d" else g["in_features"]
+    if structure.kind == "pixel" and op != "conv2d":
+        raise at.fail("act.structure", name, f"entry or group<G> with G <= {channels} (pixel applies to conv inputs)")
+    if structure.kind == "group" and structure.size > channels:
+        raise at.fail("act.structure", name, f"group<G> with G <= {channels}, the input's channels")
 
 
 # ----------------------------------------------------------------------------- stateless ops
@@ -338,6 +390,13 @@ def tensor_specs(index: int, rec: dict) -> dict[str, tuple[torch.dtype, tuple[in
     return out
 
 
+def _check_unit_codes(i: int, rec: dict, tensors: dict, layer: str) -> None:
+    """A structured weight's unit codes: in range, and their plane sizes are the record's (the sign stream's)."""
+    w = rec.get("weight") or {}
+    if w.get("encoding") == "planes" and weight_structure(w).kind in ("block", "channel"):
+        decode_unit_levels(w, tensors, str(i), _weight_shape(At(""), rec["op"], rec["geometry"]), layer)
+
+
 def check_tensors(header: dict, tensors: dict[str, torch.Tensor], where: Any) -> None:
     """Require exactly the tensors the (validated) records name, with their dtypes and shapes, all finite.
 
@@ -360,5 +419,6 @@ def check_tensors(header: dict, tensors: dict[str, torch.Tensor], where: Any) ->
                 raise FormatError(f"{layer}: tensor {key!r}: invalid values (NaN or inf); allowed: finite numbers")
             if key.endswith(".running_var") and bool((t < 0).any()):
                 raise FormatError(f"{layer}: tensor {key!r}: invalid values (negative); allowed: numbers >= 0")
+        _check_unit_codes(i, rec, tensors, layer)
     for key in sorted(set(tensors) - named):
         raise FormatError(f"packed model {where}: tensor {key!r} belongs to no layer record")
