@@ -115,7 +115,8 @@ def _normalise_run(run: Path) -> None:
 
 
 def _chain_model():
-    """A calibrated chain of every layer kind the packed format holds (input 1 x 28 x 28, 10 classes)."""
+    """A calibrated chain of every layer kind the packed format holds (input 1 x 28 x 28, 10 classes),
+    one binarized conv with a structured weight map (block8 unit codes) and a pixel input map."""
     import torch
     from torch import nn
 
@@ -126,7 +127,8 @@ def _chain_model():
         nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
         HBConv2d(4, 8, 3, padding=1, bias=True, weight_quant=1.4, act_quant=1.4, output_scale=True),
         nn.BatchNorm2d(8), nn.Hardtanh(), nn.MaxPool2d(2), nn.BatchNorm2d(8),
-        HBConv2d(8, 8, 3, stride=2, padding=1, weight_quant={"bits": 2, "per_channel": True}, act_quant=1),
+        HBConv2d(8, 8, 3, stride=2, padding=1, weight_quant={"bits": 1.4, "structure": "block8", "per_channel": True},
+                 act_quant={"bits": 1.4, "structure": "pixel"}),  # v3 unit codes and a structured input map
         nn.Hardtanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Dropout(0.1),
         HBLinear(72, 16, weight_quant=1, act_quant=2), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
     gen = torch.Generator().manual_seed(0)

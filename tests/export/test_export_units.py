@@ -351,6 +351,8 @@ def test_cli_export_and_infer_a_structured_run(structured_run, tmp_path, capsys,
     assert main(["infer", str(out), "--compare", str(structured_run), "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 64 and result["compare"]["mismatches"] == 0
+    assert main(["hw", "estimate", "--packed", str(out), "--json"]) == 0  # the source model's structures match
+    capsys.readouterr()
     real = units.encode_codes
     monkeypatch.setattr(units, "encode_codes", lambda levels, k: real(levels, k)[:-1])
     bad = tmp_path / "bad.hbnn"
