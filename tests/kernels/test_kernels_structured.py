@@ -145,12 +145,34 @@ def test_channel_weights_are_permuted_and_the_permutation_is_undone(c_variants, 
 
 
 def test_block_weights_use_sparse_panels(c_variants, gen):
-    o, k = 48, 64 * 20
+    # Long rows (48 words): the 10% plane is cheaper by per-row word lists (HBNN_SP_* cost model).
+    o, k = 40, 64 * 48
     w = pack_planes(*planes_from_bits(weight_bits("block", o, 1, k, gen).reshape(o, k), gen, per_row=False))
     pw = prepare_weight(w)
     assert not pw.permuted and pw.status_counts()["sparse"] > 0
     x = pack_planes(torch.rand(2, 30, k, generator=gen) > 0.5, None, torch.tensor([0.5, 0.25]))
     check_linear(x, w, c_variants)
+    # Masked activations too (weight-side word lists against masked micro-panels, or the
+    # activation side's lists when those are cheaper).
+    for xs in ("entry", "group", "pixel"):
+        x = pack_planes(*planes_from_bits(act_bits(xs, 30, 1, k, gen).reshape(30, k), gen, per_row=True))
+        check_linear(x, w, c_variants)
+
+
+@pytest.mark.parametrize("wstruct", ["channel", "entry", "block"])
+def test_pixel_activations_in_a_larger_conv(c_variants, gen, wstruct):
+    # Enough rows per chunk for the tap-compacted path (per-pixel bitwidths, 10% 3-bit pixels).
+    b, c, h, wd, o = 2, 96, 24, 23, 20
+    xb = act_bits("pixel", b, h * wd, c, gen)
+    wb = weight_bits(wstruct, o, 9, c, gen)
+    xt = planes_from_bits(xb.reshape(b, h, wd, c).permute(0, 3, 1, 2), gen, per_row=False)
+    wt = planes_from_bits(wb.reshape(o, 3, 3, c).permute(0, 3, 1, 2), gen, per_row=True)
+    x, w = pack_conv_input(*xt), pack_conv_weight(*wt)
+    for args in (dict(padding=1), dict(stride=2, padding=0, dilation=2)):
+        counts, y = ref.binary_conv2d_counts_ref(x, w, **args), ref.binary_conv2d_ref(x, w, **args)
+        for v in c_variants:
+            assert torch.equal(binary_conv2d_counts(x, w, backend="c", variant=v, **args), counts), v
+            assert torch.equal(binary_conv2d(x, w, backend="c", variant=v, **args), y), v
 
 
 def test_all_absent_planes_and_single_plane(c_variants, gen):

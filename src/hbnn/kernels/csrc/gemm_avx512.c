@@ -139,26 +139,21 @@ static void uk_avx512(int mode, const uint64_t *ws, const uint64_t *wm, const ui
     }
 }
 
-/* Word-list kernel (gemm_body.c uks contract): the sparse word and mask are broadcast, the
- * D = 16 (two zmm) or 12 (zmm + 4 lanes) dense words of word k loaded, ternlog + vpopcntq. */
+/* Word-list kernel, activation side (gemm_body.c uksx contract): the row's word and mask are
+ * broadcast against the two zmm of the 16-lane weight panel; one 64-byte store per output. */
 static inline __attribute__((always_inline)) void
-hbnn_uks512(const int D, const int MM, int64_t n, const int32_t *idx, const uint64_t *ss,
-            const uint64_t *sm, int64_t sst, const uint64_t *ds, const uint64_t *dm, int64_t dst,
-            int32_t *P, int32_t *T, int64_t pst) {
-    const __mmask8 hi = D == 16 ? 0xFF : 0x0F;
+hbnn_uksx512(const int MM, int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm, int64_t sst,
+             const uint64_t *ws, const uint64_t *wm, int32_t *P, int32_t *T) {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, t0 = a0, t1 = a0;
-    int64_t acc[16], tac[16], t;
-    int l;
+    int64_t t;
     for (t = 0; t < n; t++) {
         const int64_t k = idx[t];
         const __m512i sb = _mm512_set1_epi64((long long)ss[k * sst]);
         const __m512i mb = _mm512_set1_epi64((long long)sm[k * sst]);
-        const uint64_t *d = ds + k * dst;
-        const __m512i d0 = _mm512_loadu_si512(d), d1 = _mm512_maskz_loadu_epi64(hi, d + 8);
+        const __m512i d0 = _mm512_load_si512(ws + k * HBNN_LANES), d1 = _mm512_load_si512(ws + k * HBNN_LANES + 8);
         if (MM) {
-            const uint64_t *e = dm + k * dst;
-            const __m512i e0 = _mm512_and_si512(mb, _mm512_loadu_si512(e));
-            const __m512i e1 = _mm512_and_si512(mb, _mm512_maskz_loadu_epi64(hi, e + 8));
+            const __m512i e0 = _mm512_and_si512(mb, _mm512_load_si512(wm + k * HBNN_LANES));
+            const __m512i e1 = _mm512_and_si512(mb, _mm512_load_si512(wm + k * HBNN_LANES + 8));
             a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d0, sb, e0, HBNN_XOR_AND)));
             a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d1, sb, e1, HBNN_XOR_AND)));
             t0 = _mm512_add_epi64(t0, _mm512_popcnt_epi64(e0));
@@ -168,26 +163,69 @@ hbnn_uks512(const int D, const int MM, int64_t n, const int32_t *idx, const uint
             a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d1, sb, mb, HBNN_XOR_AND)));
         }
     }
-    _mm512_storeu_si512(acc, a0);
-    _mm512_storeu_si512(acc + 8, a1);
-    _mm512_storeu_si512(tac, t0);
-    _mm512_storeu_si512(tac + 8, t1);
-    for (l = 0; l < D; l++) {
-        P[l * pst] = (int32_t)acc[l];
-        if (MM) T[l * pst] = (int32_t)tac[l];
+    hbnn_store_rows512(&a0, &a1, P, 1);
+    if (MM) hbnn_store_rows512(&t0, &t1, T, 1);
+}
+
+static void uksx_avx512(int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm, int64_t sst,
+                        const uint64_t *ws, const uint64_t *wm, int32_t *P, int32_t *T) {
+    if (wm) hbnn_uksx512(1, n, idx, ss, sm, sst, ws, wm, P, T);
+    else hbnn_uksx512(0, n, idx, ss, sm, sst, ws, wm, P, T);
+}
+
+/* Word-list kernel, weight side (gemm_body.c uksw contract): the lane's word and mask are
+ * broadcast once per present word against G micro-panels of 12 rows (zmm + 4-lane load). */
+static inline __attribute__((always_inline)) void
+hbnn_uksw512(const int G, const int MM, int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm,
+             const uint64_t *const *xs, const uint64_t *const *xm, int32_t *const *P, int32_t *const *T) {
+    __m512i a0[4], a1[4], t0[4], t1[4];
+    int64_t t, acc[16];
+    int g, r;
+#pragma GCC unroll 4
+    for (g = 0; g < G; g++) a0[g] = a1[g] = t0[g] = t1[g] = _mm512_setzero_si512();
+    for (t = 0; t < n; t++) {
+        const int64_t k = idx[t];
+        const __m512i sb = _mm512_set1_epi64((long long)ss[k * HBNN_LANES]);
+        const __m512i mb = _mm512_set1_epi64((long long)sm[k * HBNN_LANES]);
+#pragma GCC unroll 4
+        for (g = 0; g < G; g++) {
+            const uint64_t *d = xs[g] + k * HBNN_NR;
+            const __m512i d0 = _mm512_loadu_si512(d), d1 = _mm512_maskz_loadu_epi64(0x0F, d + 8);
+            if (MM) {
+                const uint64_t *e = xm[g] + k * HBNN_NR;
+                const __m512i e0 = _mm512_and_si512(mb, _mm512_loadu_si512(e));
+                const __m512i e1 = _mm512_and_si512(mb, _mm512_maskz_loadu_epi64(0x0F, e + 8));
+                a0[g] = _mm512_add_epi64(a0[g], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d0, sb, e0, HBNN_XOR_AND)));
+                a1[g] = _mm512_add_epi64(a1[g], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d1, sb, e1, HBNN_XOR_AND)));
+                t0[g] = _mm512_add_epi64(t0[g], _mm512_popcnt_epi64(e0));
+                t1[g] = _mm512_add_epi64(t1[g], _mm512_popcnt_epi64(e1));
+            } else {
+                a0[g] = _mm512_add_epi64(a0[g], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d0, sb, mb, HBNN_XOR_AND)));
+                a1[g] = _mm512_add_epi64(a1[g], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d1, sb, mb, HBNN_XOR_AND)));
+            }
+        }
+    }
+    for (g = 0; g < G; g++) {
+        _mm512_storeu_si512(acc, a0[g]);
+        _mm512_storeu_si512(acc + 8, a1[g]);
+        for (r = 0; r < HBNN_NR; r++) P[g][r * HBNN_LANES] = (int32_t)acc[r];
+        if (!MM) continue;
+        _mm512_storeu_si512(acc, t0[g]);
+        _mm512_storeu_si512(acc + 8, t1[g]);
+        for (r = 0; r < HBNN_NR; r++) T[g][r * HBNN_LANES] = (int32_t)acc[r];
     }
 }
 
-static void uks_avx512(int D, int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm,
-                       int64_t sst, const uint64_t *ds, const uint64_t *dm, int64_t dst, int32_t *P,
-                       int32_t *T, int64_t pst) {
-    if (D == 16) {
-        if (dm) hbnn_uks512(16, 1, n, idx, ss, sm, sst, ds, dm, dst, P, T, pst);
-        else hbnn_uks512(16, 0, n, idx, ss, sm, sst, ds, dm, dst, P, T, pst);
-    } else {
-        if (dm) hbnn_uks512(12, 1, n, idx, ss, sm, sst, ds, dm, dst, P, T, pst);
-        else hbnn_uks512(12, 0, n, idx, ss, sm, sst, ds, dm, dst, P, T, pst);
+static void uksw_avx512(int G, int mm, int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm,
+                        const uint64_t *const *xs, const uint64_t *const *xm, int32_t *const *P, int32_t *const *T) {
+#define HBNN_CALL(N) (mm ? hbnn_uksw512(N, 1, n, idx, ss, sm, xs, xm, P, T) : hbnn_uksw512(N, 0, n, idx, ss, sm, xs, xm, P, T))
+    switch (G) {
+    case 1: HBNN_CALL(1); break;
+    case 2: HBNN_CALL(2); break;
+    case 3: HBNN_CALL(3); break;
+    default: HBNN_CALL(4); break;
     }
+#undef HBNN_CALL
 }
 #define HBNN_HAVE_UKS 1
 

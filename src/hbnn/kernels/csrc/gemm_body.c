@@ -84,7 +84,7 @@ static void FN(pack_row)(const hbnn_gemm_args *a, const hbnn_row *rw, int interi
 }
 
 /* Status of masked plane j on micro-panel m from its live rows first..last: ABSENT (no
- * active entry), FULL (every entry active), SPARSE (present words few: HBNN_SP_PEN) or MASKED. */
+ * active entry), FULL (every entry active), SPARSE (word lists cheaper: HBNN_SP_*) or MASKED. */
 static void FN(x_status)(hbnn_chunk *ch, int64_t jm, int nlive, int64_t kwt, int32_t kfull) {
     int r, nabs = 0, nfull = 0;
     int64_t xsum = 0;
@@ -96,7 +96,8 @@ static void FN(x_status)(hbnn_chunk *ch, int64_t jm, int nlive, int64_t kwt, int
     }
     ch->xsum[jm] = xsum;
     ch->xmsk[jm] = (uint8_t)(nabs == nlive ? HBNN_ST_ABSENT : nfull == nlive ? HBNN_ST_FULL
-                             : xsum * HBNN_SP_PEN < HBNN_NR * kwt ? HBNN_ST_SPARSE : HBNN_ST_MASKED);
+                             : HBNN_SP_FIX_X + xsum * HBNN_SP_WORD < HBNN_SP_UNIT * kwt ? HBNN_ST_SPARSE
+                                                                                        : HBNN_ST_MASKED);
 }
 
 /* Activation micro-panels of output rows rows[r0..r1) into ch: plane j, micro-panel m,
@@ -134,40 +135,167 @@ static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_
                 ch->xsc[jm * HBNN_NR + rr] = 0.0f;
             }
         }
+        for (j = 0; j < a->nx; j++) ch->xsum[j * nm + m] = 0;
         for (j = 0; j < a->nx; j++)
             if (ch->xmsk[j * nm + m] != HBNN_ST_FULL) FN(x_status)(ch, j * nm + m, (int)(last - first + 1), kwt, kfull);
     }
 }
 
+/* Tap path, lists: for each masked plane j and tap t, the chunk rows whose input pixel at tap
+ * t has plane j (a nonzero mask word), in order; the plane takes the tap path when its cost
+ * (HBNN_SP_FIX_T per compacted micro-panel and tap + the tap's words + HBNN_SP_WORD per row)
+ * is below that of the micro-panels' own paths; then ts/tm hold the rows' tap words packed
+ * 12 to a micro-panel (padding rows zero). */
+static void FN(tap_lists)(const hbnn_gemm_args *a, hbnn_chunk *ch, int64_t kwt) {
+    const int64_t taps = a->kh * a->kw, cw = a->cw, nm = ch->nm, nrow = ch->r1 - ch->r0, rp = ch->nmax * HBNN_NR;
+    int64_t j, t, rr, e, m, c;
+    for (j = 0; j < a->nx; j++) {
+        int64_t cost_t = 0, cost_m = 0;
+        ch->xtap[j] = 0;
+        if (a->x_full[j]) continue;
+        for (t = 0; t < taps; t++) ch->tcnt[j * taps + t] = 0;
+        for (rr = 0; rr < nrow; rr++) {
+            const int64_t row = (j * nm + rr / HBNN_NR) * HBNN_NR + rr % HBNN_NR;
+            const int32_t *idx = ch->xidx + row * kwt;
+            int64_t last = -1;
+            for (e = 0; e < ch->xn[row]; e++) {
+                t = idx[e] / cw;
+                if (t != last) ch->trow[(j * taps + t) * rp + ch->tcnt[j * taps + t]++] = (int32_t)rr;
+                last = t;
+            }
+        }
+        for (t = 0; t < taps; t++) {
+            const int64_t n = ch->tcnt[j * taps + t];
+            cost_t += (n + HBNN_NR - 1) / HBNN_NR * (HBNN_SP_FIX_T + HBNN_SP_UNIT * cw) + n * HBNN_SP_WORD;
+        }
+        for (m = 0; m < nm; m++) {
+            const int st = ch->xmsk[j * nm + m];
+            cost_m += st == HBNN_ST_ABSENT ? 0 : st == HBNN_ST_SPARSE ? HBNN_SP_FIX_X + ch->xsum[j * nm + m] * HBNN_SP_WORD
+                                                                       : HBNN_SP_UNIT * kwt;
+        }
+        if (cost_t >= cost_m) continue;
+        ch->xtap[j] = 1;
+        for (t = 0; t < taps; t++) {
+            const int64_t n = ch->tcnt[j * taps + t], np = (n + HBNN_NR - 1) / HBNN_NR * HBNN_NR;
+            uint64_t *ds = ch->ts + (j * taps + t) * ch->nmax * cw * HBNN_NR, *dm = ch->tm + (ds - ch->ts);
+            for (e = 0; e < np; e++) {
+                const int64_t dst0 = (e / HBNN_NR) * cw * HBNN_NR + e % HBNN_NR;
+                const int64_t r = e < n ? ch->trow[(j * taps + t) * rp + e] : -1;
+                const int64_t src0 = r < 0 ? 0 : ((j * nm + r / HBNN_NR) * kwt + t * cw) * HBNN_NR + r % HBNN_NR;
+                for (c = 0; c < cw; c++) {
+                    ds[dst0 + c * HBNN_NR] = r < 0 ? 0 : ch->xs[src0 + c * HBNN_NR];
+                    dm[dst0 + c * HBNN_NR] = r < 0 ? 0 : ch->xm[src0 + c * HBNN_NR];
+                }
+            }
+        }
+    }
+}
+
+/* d[l] += s[l] for the 16 lanes: one vector add (s was written by a 64-byte store, which a
+ * same-sized load forwards; scalar loads of it would stall). */
+static inline void FN(add16)(int32_t *restrict d, const int32_t *restrict s) {
+    typedef int32_t v16 __attribute__((vector_size(64)));
+    v16 dv, sv;
+    memcpy(&dv, d, sizeof(dv));
+    memcpy(&sv, s, sizeof(sv));
+    dv += sv;
+    memcpy(d, &dv, sizeof(dv));
+}
+
+/* Tap path, counts of weight panel q: for every pair (i, j) with j on the tap path, P (and T
+ * for a masked panel) of every chunk row summed over taps: the dense micro-kernel on tap t's
+ * cw words of the compacted micro-panels (modes FM / MM: their masks hold the exact active
+ * entries), scatter-added into the rows.  Integer sums, so the order is free. */
+static void FN(tap_counts)(const hbnn_gemm_args *a, hbnn_chunk *ch, int64_t kwt, int64_t nq, int64_t q) {
+    const int64_t taps = a->kh * a->kw, cw = a->cw, rp = ch->nmax * HBNN_NR, nrow = ch->nm * HBNN_NR;
+    int32_t P[HBNN_NR * HBNN_LANES], T[HBNN_NR * HBNN_LANES];
+    int64_t i, j, t, c, r;
+    for (i = 0; i < a->nw; i++) {
+        const int wst = a->p_wst[i * nq + q], wm_on = wst >= HBNN_ST_MASKED;
+        const int64_t pan = (i * nq + q) * kwt * HBNN_LANES;
+        if (wst == HBNN_ST_ABSENT) continue;
+        for (j = 0; j < a->nx; j++) {
+            int32_t *pa = ch->pacc + (i * a->nx + j) * rp * HBNN_LANES, *ta = ch->tacc + (pa - ch->pacc);
+            if (!ch->xtap[j]) continue;
+            memset(pa, 0, (size_t)nrow * HBNN_LANES * sizeof(int32_t));
+            if (wm_on) memset(ta, 0, (size_t)nrow * HBNN_LANES * sizeof(int32_t));
+            for (t = 0; t < taps; t++) {
+                const int64_t n = ch->tcnt[j * taps + t], woff = pan + t * cw * HBNN_LANES;
+                const int32_t *rows = ch->trow + (j * taps + t) * rp;
+                for (c = 0; c * HBNN_NR < n; c++) {
+                    const int nr = (int)hbnn_min64(HBNN_NR, n - c * HBNN_NR);
+                    const int64_t xoff = ((j * taps + t) * ch->nmax + c) * cw * HBNN_NR;
+                    FN(uk)(wm_on ? 3 : 1, a->p_ws + woff, wm_on ? a->p_wm + woff : NULL, ch->ts + xoff, ch->tm + xoff,
+                           cw, nr, P, T);
+                    for (r = 0; r < nr; r++) {
+                        FN(add16)(pa + rows[c * HBNN_NR + r] * HBNN_LANES, P + r * HBNN_LANES);
+                        if (wm_on) FN(add16)(ta + rows[c * HBNN_NR + r] * HBNN_LANES, T + r * HBNN_LANES);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #ifndef HBNN_HAVE_UKS
-/* Word-list micro-kernel (generic C; see the contract in the file comment). */
-static void FN(uks)(int D, int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm,
-                    int64_t sst, const uint64_t *ds, const uint64_t *dm, int64_t dst, int32_t *P,
-                    int32_t *T, int64_t pst) {
+/* Word-list kernel, activation side (generic C): P[l] = sum over the row's n present words
+ * k = idx[t] of popcount((ws[k*16+l] ^ s) & m (& wm[k*16+l])) with s = ss[k*sst], m = sm[k*sst];
+ * with wm also T[l] = popcount(m & wm[k*16+l]); l < 16. */
+static void FN(uksx)(int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm, int64_t sst,
+                     const uint64_t *ws, const uint64_t *wm, int32_t *P, int32_t *T) {
     int64_t acc[HBNN_LANES], tac[HBNN_LANES], t;
     int l;
     memset(acc, 0, sizeof(acc));
     memset(tac, 0, sizeof(tac));
-    if (dm) {
-        for (t = 0; t < n; t++) {
-            const int64_t k = idx[t];
-            const uint64_t s = ss[k * sst], mk = sm[k * sst], *d = ds + k * dst, *e = dm + k * dst;
-            for (l = 0; l < D; l++) {
+    for (t = 0; t < n; t++) {
+        const int64_t k = idx[t];
+        const uint64_t s = ss[k * sst], mk = sm[k * sst], *d = ws + k * HBNN_LANES;
+        if (wm) {
+            const uint64_t *e = wm + k * HBNN_LANES;
+            for (l = 0; l < HBNN_LANES; l++) {
                 acc[l] += HBNN_POP((d[l] ^ s) & mk & e[l]);
                 tac[l] += HBNN_POP(mk & e[l]);
             }
-        }
-    } else {
-        for (t = 0; t < n; t++) {
-            const int64_t k = idx[t];
-            const uint64_t s = ss[k * sst], mk = sm[k * sst], *d = ds + k * dst;
-            for (l = 0; l < D; l++) acc[l] += HBNN_POP((d[l] ^ s) & mk);
+        } else {
+            for (l = 0; l < HBNN_LANES; l++) acc[l] += HBNN_POP((d[l] ^ s) & mk);
         }
     }
-    for (l = 0; l < D; l++) {
-        P[l * pst] = (int32_t)acc[l];
-        if (dm) T[l * pst] = (int32_t)tac[l];
+    for (l = 0; l < HBNN_LANES; l++) {
+        P[l] = (int32_t)acc[l];
+        if (wm) T[l] = (int32_t)tac[l];
     }
+}
+
+/* Word-list kernel, weight side (generic C): one weight lane's n present words against G <= 4
+ * activation micro-panels xs[g] (masks xm[g] when mm): P[g][r*16] = sum_t popcount((xs[g][k*12+r]
+ * ^ s) & m (& xm[g][k*12+r])), T[g][r*16] = popcount(m & xm[g][k*12+r]) (mm), r < 12. */
+static void FN(uksw)(int G, int mm, int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm,
+                     const uint64_t *const *xs, const uint64_t *const *xm, int32_t *const *P, int32_t *const *T) {
+    int64_t acc[4][HBNN_NR], tac[4][HBNN_NR], t;
+    int g, r;
+    memset(acc, 0, sizeof(acc));
+    memset(tac, 0, sizeof(tac));
+    for (t = 0; t < n; t++) {
+        const int64_t k = idx[t];
+        const uint64_t s = ss[k * HBNN_LANES], mk = sm[k * HBNN_LANES];
+        for (g = 0; g < G; g++) {
+            const uint64_t *d = xs[g] + k * HBNN_NR;
+            if (mm) {
+                const uint64_t *e = xm[g] + k * HBNN_NR;
+                for (r = 0; r < HBNN_NR; r++) {
+                    acc[g][r] += HBNN_POP((d[r] ^ s) & mk & e[r]);
+                    tac[g][r] += HBNN_POP(mk & e[r]);
+                }
+            } else {
+                for (r = 0; r < HBNN_NR; r++) acc[g][r] += HBNN_POP((d[r] ^ s) & mk);
+            }
+        }
+    }
+    for (g = 0; g < G; g++)
+        for (r = 0; r < HBNN_NR; r++) {
+            P[g][r * HBNN_LANES] = (int32_t)acc[g][r];
+            if (mm) T[g][r * HBNN_LANES] = (int32_t)tac[g][r];
+        }
 }
 #endif
 
@@ -204,40 +332,54 @@ static inline void FN(epilogue)(int mode, int nr, int32_t kfull, const int32_t *
     }
 }
 
-/* P (and T) of one (i, j) pair of a tile by the cheapest path for the two statuses (neither
- * ABSENT); returns the epilogue mode (0 FF, 1 FM, 2 MF, 3 MM: which base c = base - 2P uses).
- * Word lists: the weight side (SPARSE panel: each live lane's present words against the 12
- * activation rows) or the activation side (SPARSE micro-panel: each row's present words
- * against the 16 weight lanes), whichever lists fewer words per dense row. */
-static int FN(pair)(const hbnn_gemm_args *a, int wst, int xst, int64_t kwt, int64_t nq, int64_t i,
-                    int64_t q, const hbnn_chunk *ch, int64_t jm, int nr, int32_t *P, int32_t *T) {
-    const int64_t pan = (i * nq + q) * kwt * HBNN_LANES, xp = jm * kwt * HBNN_NR, Op = nq * HBNN_LANES;
-    const int64_t o0 = q * HBNN_LANES, ov = hbnn_min64(HBNN_LANES, a->O - o0);
+#define HBNN_G 4 /* activation micro-panels per tile group (weight-side word lists share them) */
+
+/* P (and T) of pair (i, j) on micro-panel jm by the dense micro-kernel or the activation-side
+ * word lists; returns the epilogue mode (0 FF, 1 FM, 2 MF, 3 MM: the base of c = base - 2P). */
+static int FN(pair)(const hbnn_gemm_args *a, int wst, int xst, int path, int64_t kwt, int64_t pan,
+                    const hbnn_chunk *ch, int64_t jm, int nr, int32_t *P, int32_t *T) {
+    const int64_t xp = jm * kwt * HBNN_NR;
     const int wm_on = wst >= HBNN_ST_MASKED, xm_on = xst >= HBNN_ST_MASKED;
     const uint64_t *ws = a->p_ws + pan, *wm = wm_on ? a->p_wm + pan : NULL;
     const uint64_t *xs = ch->xs + xp, *xm = xm_on ? ch->xm + xp : NULL;
-    int64_t wsum = 0, l;
     int r;
-    if (wst == HBNN_ST_SPARSE)
-        for (l = 0; l < ov; l++) wsum += a->p_wn[i * Op + o0 + l];
-    if (wst == HBNN_ST_SPARSE && (xst != HBNN_ST_SPARSE || wsum * HBNN_NR <= ch->xsum[jm] * HBNN_LANES)) {
-        if (ov < HBNN_LANES) {
-            memset(P, 0, sizeof(int32_t) * HBNN_NR * HBNN_LANES);
-            memset(T, 0, sizeof(int32_t) * HBNN_NR * HBNN_LANES);
-        }
-        for (l = 0; l < ov; l++)
-            FN(uks)(HBNN_NR, a->p_wn[i * Op + o0 + l], a->p_widx + (i * Op + o0 + l) * kwt, ws + l, wm + l,
-                    HBNN_LANES, xs, xm, HBNN_NR, P + l, T + l, HBNN_LANES);
-        return xm_on ? 3 : 2;
-    }
-    if (xst == HBNN_ST_SPARSE) {
+    if (path == HBNN_PATH_XLIST) {
         for (r = 0; r < nr; r++)
-            FN(uks)(HBNN_LANES, ch->xn[jm * HBNN_NR + r], ch->xidx + (jm * HBNN_NR + r) * kwt, xs + r, xm + r,
-                    HBNN_NR, ws, wm, HBNN_LANES, P + r * HBNN_LANES, T + r * HBNN_LANES, 1);
+            FN(uksx)(ch->xn[jm * HBNN_NR + r], ch->xidx + (jm * HBNN_NR + r) * kwt, xs + r, xm + r, HBNN_NR, ws, wm,
+                     P + r * HBNN_LANES, T + r * HBNN_LANES);
         return wm_on ? 3 : 1;
     }
     FN(uk)(wm_on * 2 + xm_on, ws, wm, xs, xm, kwt, nr, P, T);
     return wm_on * 2 + xm_on;
+}
+
+/* Weight-side word lists of pair (i, j) for the g micro-panels list[0..g) of a group, all
+ * full (mm = 0) or all masked (mm = 1): each live lane's present words against them. */
+static void FN(wlist)(const hbnn_gemm_args *a, int64_t kwt, int64_t pan, int64_t lane0, int64_t ov,
+                      const hbnn_chunk *ch, int64_t j, int64_t m0, const int *list, int g, int mm,
+                      int32_t (*P)[HBNN_NR * HBNN_LANES], int32_t (*T)[HBNN_NR * HBNN_LANES]) {
+    const uint64_t *xs[HBNN_G], *xm[HBNN_G];
+    int32_t *pp[HBNN_G], *tp[HBNN_G];
+    int64_t l;
+    int e;
+    if (g == 0) return;
+    for (e = 0; e < g; e++) {
+        const int64_t xp = (j * ch->nm + m0 + list[e]) * kwt * HBNN_NR;
+        xs[e] = ch->xs + xp;
+        xm[e] = ch->xm + xp;
+        if (ov < HBNN_LANES) {
+            memset(P[list[e]], 0, sizeof(P[0]));
+            memset(T[list[e]], 0, sizeof(T[0]));
+        }
+    }
+    for (l = 0; l < ov; l++) {
+        for (e = 0; e < g; e++) {
+            pp[e] = P[list[e]] + l;
+            tp[e] = T[list[e]] + l;
+        }
+        FN(uksw)(g, mm, a->p_wn[lane0 + l], a->p_widx + (lane0 + l) * kwt, a->p_ws + pan + l, a->p_wm + pan + l,
+                 xs, xm, pp, tp);
+    }
 }
 
 /* Row r of a tile (ov lanes) into the output row `dst` (float or int32 elements of `size`
@@ -251,51 +393,84 @@ static inline void FN(put_row)(void *dst, const void *src, int64_t ov, const int
     for (l = 0; l < ov; l++) memcpy((char *)dst + perm[l] * size, (const char *)src + l * size, size);
 }
 
-/* One tile: output rows rows[first..first+nr) (micro-panel m of ch) x panel rows
- * 16q..16q+15, all plane pairs in the order i (weights) outer, j (activations) inner.  A
- * pair with an ABSENT side is skipped: its counts are 0 and y + (a_w a_x) * 0 == y exactly
- * (y starts at +0.0 and round-to-nearest never makes it -0.0; scales are finite). */
-static void FN(tile)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, int64_t kwt,
-                     int64_t nq, int64_t q, const hbnn_chunk *ch, int64_t m) {
-    int32_t P[HBNN_NR * HBNN_LANES], T[HBNN_NR * HBNN_LANES], ct[HBNN_NR * HBNN_LANES];
-    float yt[HBNN_NR * HBNN_LANES];
+/* Tiles of panel q (panel rows 16q..16q+15) x micro-panels m0..m0+gn-1 (gn <= HBNN_G) of ch,
+ * all plane pairs in the order i (weights) outer, j (activations) inner for every output
+ * element.  A pair with an ABSENT side is skipped: its counts are 0 and y + (a_w a_x) * 0 == y
+ * exactly (y starts at +0.0 and round-to-nearest never makes it -0.0; scales are finite). */
+static void FN(tiles)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, int64_t kwt,
+                      int64_t nq, int64_t q, const hbnn_chunk *ch, int64_t m0, int gn) {
+    int32_t P[HBNN_G][HBNN_NR * HBNN_LANES], T[HBNN_G][HBNN_NR * HBNN_LANES], ct[HBNN_NR * HBNN_LANES];
+    float yt[HBNN_G][HBNN_NR * HBNN_LANES];
     const int64_t o0 = q * HBNN_LANES, ov = hbnn_min64(HBNN_LANES, a->O - o0), Op = nq * HBNN_LANES;
-    const int64_t first = ch->r0 + m * HBNN_NR, nm = ch->nm;
-    const int nr = (int)hbnn_min64(HBNN_NR, ch->r1 - first);
+    const int64_t nm = ch->nm;
     const int32_t kfull = (int32_t)(a->kh * a->kw * a->C);
     const int64_t *perm = a->p_permuted ? a->p_perm + o0 : NULL;
+    int nr[HBNN_G], yinit[HBNN_G], mode[HBNN_G], lf[HBNN_G], lm[HBNN_G];
+    const int32_t *pp[HBNN_G], *tp[HBNN_G]; /* P / T of micro-panel e: P[e] or the tap sums */
     int64_t i, j, r;
-    int yinit = 0;
+    int e;
+    for (e = 0; e < gn; e++) {
+        nr[e] = (int)hbnn_min64(HBNN_NR, ch->r1 - (ch->r0 + (m0 + e) * HBNN_NR));
+        yinit[e] = 0;
+    }
     for (i = 0; i < a->nw; i++) {
         const int wst = a->p_wst[i * nq + q];
+        const int64_t pan = (i * nq + q) * kwt * HBNN_LANES;
+        int64_t wsum = 0, l;
+        if (wst == HBNN_ST_SPARSE)
+            for (l = 0; l < ov; l++) wsum += a->p_wn[i * Op + o0 + l];
         for (j = 0; j < a->nx; j++) {
-            const int64_t jm = j * nm + m;
-            const int xst = ch->xmsk[jm];
-            int mode;
-            if (wst == HBNN_ST_ABSENT || xst == HBNN_ST_ABSENT) {
-                if (a->counts)
-                    for (r = 0; r < nr; r++) {
-                        int32_t *dst = a->counts + ((i * a->nx + j) * R + rows[first + r].p) * a->O;
-                        int64_t l;
-                        for (l = 0; l < ov; l++) dst[perm ? perm[l] : o0 + l] = 0;
-                    }
-                continue;
+            int nf = 0, nmk = 0;
+            for (e = 0; e < gn; e++) {
+                const int64_t jm = j * nm + m0 + e;
+                const int xst = ch->xmsk[jm];
+                int path;
+                mode[e] = -1;
+                pp[e] = P[e];
+                tp[e] = T[e];
+                if (wst == HBNN_ST_ABSENT || xst == HBNN_ST_ABSENT) continue;
+                if (ch->xtap[j] && xst != HBNN_ST_FULL) { /* summed over taps by tap_counts */
+                    const int64_t off = ((i * a->nx + j) * ch->nmax * HBNN_NR + (m0 + e) * HBNN_NR) * HBNN_LANES;
+                    pp[e] = ch->pacc + off;
+                    tp[e] = ch->tacc + off;
+                    mode[e] = wst >= HBNN_ST_MASKED ? 3 : 1;
+                    continue;
+                }
+                path = hbnn_path(wst, xst, wsum, ch->xsum[jm]);
+                if (path == HBNN_PATH_WLIST) {
+                    const int masked = xst >= HBNN_ST_MASKED;
+                    if (masked) lm[nmk++] = e;
+                    else lf[nf++] = e;
+                    mode[e] = masked ? 3 : 2;
+                    continue;
+                }
+                mode[e] = FN(pair)(a, wst, xst, path, kwt, pan, ch, jm, nr[e], P[e], T[e]);
             }
-            mode = FN(pair)(a, wst, xst, kwt, nq, i, q, ch, jm, nr, P, T);
-            FN(epilogue)(mode, nr, kfull, P, T, ch->popx + jm * HBNN_NR, a->p_popw + (i * nq + q) * HBNN_LANES,
-                         a->p_wsc + i * Op + o0, ch->xsc + jm * HBNN_NR, !yinit, a->y ? yt : NULL,
-                         a->counts ? ct : NULL);
-            yinit = 1;
-            if (a->counts)
-                for (r = 0; r < nr; r++)
-                    FN(put_row)(a->counts + ((i * a->nx + j) * R + rows[first + r].p) * a->O + (perm ? 0 : o0),
-                                ct + r * HBNN_LANES, ov, perm, sizeof(int32_t));
+            FN(wlist)(a, kwt, pan, i * Op + o0, ov, ch, j, m0, lf, nf, 0, P, T);
+            FN(wlist)(a, kwt, pan, i * Op + o0, ov, ch, j, m0, lm, nmk, 1, P, T);
+            for (e = 0; e < gn; e++) {
+                const int64_t jm = j * nm + m0 + e, first = ch->r0 + (m0 + e) * HBNN_NR;
+                if (mode[e] < 0) {
+                    if (a->counts) memset(ct, 0, sizeof(ct));
+                } else {
+                    FN(epilogue)(mode[e], nr[e], kfull, pp[e], tp[e], ch->popx + jm * HBNN_NR,
+                                 a->p_popw + (i * nq + q) * HBNN_LANES, a->p_wsc + i * Op + o0, ch->xsc + jm * HBNN_NR,
+                                 !yinit[e], a->y ? yt[e] : NULL, a->counts ? ct : NULL);
+                    yinit[e] = 1;
+                }
+                if (a->counts)
+                    for (r = 0; r < nr[e]; r++)
+                        FN(put_row)(a->counts + ((i * a->nx + j) * R + rows[first + r].p) * a->O + (perm ? 0 : o0),
+                                    ct + r * HBNN_LANES, ov, perm, sizeof(int32_t));
+            }
         }
     }
-    if (a->y) {
-        if (!yinit) memset(yt, 0, sizeof(yt));
-        for (r = 0; r < nr; r++)
-            FN(put_row)(a->y + rows[first + r].p * a->O + (perm ? 0 : o0), yt + r * HBNN_LANES, ov, perm,
+    if (!a->y) return;
+    for (e = 0; e < gn; e++) {
+        const int64_t first = ch->r0 + (m0 + e) * HBNN_NR;
+        if (!yinit[e]) memset(yt[e], 0, sizeof(yt[e]));
+        for (r = 0; r < nr[e]; r++)
+            FN(put_row)(a->y + rows[first + r].p * a->O + (perm ? 0 : o0), yt[e] + r * HBNN_LANES, ov, perm,
                         sizeof(float));
     }
 }
@@ -335,7 +510,16 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         ch.xsc = (float *)hbnn_alloc((size_t)(a->nx * nm_max * HBNN_NR) * 4);
         ch.xsum = (int64_t *)hbnn_alloc((size_t)(a->nx * nm_max) * 8);
         ch.xmsk = (uint8_t *)hbnn_alloc((size_t)(a->nx * nm_max));
-        bad = !ch.xs || !ch.xm || !ch.xidx || !ch.popx || !ch.xn || !ch.xsc || !ch.xsum || !ch.xmsk;
+        ch.nmax = nm_max;
+        ch.xtap = (uint8_t *)hbnn_alloc((size_t)a->nx);
+        ch.trow = (int32_t *)hbnn_alloc((size_t)(a->nx * a->kh * a->kw * nm_max * HBNN_NR) * 4);
+        ch.tcnt = (int32_t *)hbnn_alloc((size_t)(a->nx * a->kh * a->kw) * 4);
+        ch.ts = (uint64_t *)hbnn_alloc(panel); /* kwt = taps * cw words per row, as xs */
+        ch.tm = (uint64_t *)hbnn_alloc(panel);
+        ch.pacc = (int32_t *)hbnn_alloc((size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
+        ch.tacc = (int32_t *)hbnn_alloc((size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
+        bad = !ch.xs || !ch.xm || !ch.xidx || !ch.popx || !ch.xn || !ch.xsc || !ch.xsum || !ch.xmsk || !ch.xtap ||
+              !ch.trow || !ch.tcnt || !ch.ts || !ch.tm || !ch.pacc || !ch.tacc;
         if (bad) {
 #pragma omp atomic write
             failed = 1;
@@ -344,19 +528,27 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         for (item = 0; item < nch * og; item++) {
             const int64_t c = item / og, g = item % og;
             const int64_t r0 = c * chunk, r1 = hbnn_min64(R, r0 + chunk);
-            int64_t q, m;
+            int64_t q, m, j;
+            int any_tap = 0;
             if (bad) continue; /* reported through `failed` */
             FN(pack_x)(a, rows, n_int, r0, r1, kwt, &ch);
-            for (q = g * nq / og; q < (g + 1) * nq / og; q++)
-                for (m = 0; m < ch.nm; m++) FN(tile)(a, rows, R, kwt, nq, q, &ch, m);
+            FN(tap_lists)(a, &ch, kwt);
+            for (j = 0; j < a->nx; j++) any_tap |= ch.xtap[j];
+            for (q = g * nq / og; q < (g + 1) * nq / og; q++) {
+                if (any_tap) FN(tap_counts)(a, &ch, kwt, nq, q);
+                for (m = 0; m < ch.nm; m += HBNN_G)
+                    FN(tiles)(a, rows, R, kwt, nq, q, &ch, m, (int)hbnn_min64(HBNN_G, ch.nm - m));
+            }
         }
         free(ch.xs); free(ch.xm); free(ch.xidx); free(ch.popx); free(ch.xn); free(ch.xsc); free(ch.xsum);
-        free(ch.xmsk);
+        free(ch.xmsk); free(ch.xtap); free(ch.trow); free(ch.tcnt); free(ch.ts); free(ch.tm); free(ch.pacc);
+        free(ch.tacc);
     }
     free(rows);
     return failed ? -2 : 0;
 }
 
+#undef HBNN_G
 #undef FN
 #undef HBNN_CAT
 #undef HBNN_CAT2

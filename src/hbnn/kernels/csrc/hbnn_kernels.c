@@ -35,10 +35,29 @@
  * SPARSE: masked, and few enough words present that the word-list kernel (uks) is cheaper. */
 enum { HBNN_ST_ABSENT = 0, HBNN_ST_FULL = 1, HBNN_ST_MASKED = 2, HBNN_ST_SPARSE = 3 };
 
-/* Cost model of the word-list kernel: one present word of one sparse row against a dense
- * side of D rows costs about HBNN_SP_PEN/D of one dense k-step (16 x 12 popcounts), so a
- * side is SPARSE when (present words over its rows) * HBNN_SP_PEN < D * kwt. */
-#define HBNN_SP_PEN 2
+/* Cost model of the paths, in 1/64 of a dense k-step (one word of a 16 x 12 tile, 24
+ * vector popcounts), fitted on AVX-512 (Zen 4): the dense micro-kernel costs 64 per word of a
+ * (pair, micro-panel); the word-list kernels a fixed HBNN_SP_FIX_X (activation side, per
+ * micro-panel) or HBNN_SP_FIX_W (weight side) plus HBNN_SP_WORD per listed word of one row;
+ * the tap-compacted path HBNN_SP_FIX_T per compacted micro-panel and tap plus 64 per word and
+ * HBNN_SP_WORD per (row, tap) scatter-add.  A side or path is used only when cheaper. */
+#define HBNN_SP_UNIT 64
+#define HBNN_SP_FIX_X 640
+#define HBNN_SP_FIX_W 1408
+#define HBNN_SP_FIX_T 256
+#define HBNN_SP_WORD 10
+
+/* Which path a pair (weight status wst, activation status xst, neither ABSENT) takes: the
+ * weight-side word lists (SPARSE panel) unless the activation side is SPARSE with fewer
+ * cost (HBNN_SP_*); then activation-side word lists; else dense. */
+enum { HBNN_PATH_DENSE = 0, HBNN_PATH_WLIST = 1, HBNN_PATH_XLIST = 2 };
+
+static inline int hbnn_path(int wst, int xst, int64_t wsum, int64_t xsum) {
+    if (wst == HBNN_ST_SPARSE && (xst != HBNN_ST_SPARSE || HBNN_SP_FIX_W + wsum * HBNN_SP_WORD <= HBNN_SP_FIX_X + xsum * HBNN_SP_WORD))
+        return HBNN_PATH_WLIST;
+    return xst == HBNN_ST_SPARSE ? HBNN_PATH_XLIST : HBNN_PATH_DENSE;
+}
+
 
 /* Arguments of one bit-serial GEMM / implicit-GEMM convolution (linear = 1x1 conv on 1x1
  * images).  Mirrored field by field by the ctypes Structure in _cbackend.py. */
@@ -84,7 +103,14 @@ typedef struct {
     int32_t *xidx;       /* [nx][nm][HBNN_NR][kwt] present (nonzero-mask) words of masked rows */
     int32_t *xn;         /* [nx][nm][HBNN_NR] their number */
     int64_t *xsum;       /* [nx][nm] sum of xn over the micro-panel */
+    /* Tap-compacted path (gemm_body.c tap_lists / tap_counts); nmax = micro-panels per chunk. */
+    uint8_t *xtap;       /* [nx] plane j takes the tap path in this chunk */
+    int32_t *trow;       /* [nx][taps][12 nmax] chunk rows whose input pixel at tap t has plane j */
+    int32_t *tcnt;       /* [nx][taps] their number */
+    uint64_t *ts, *tm;   /* [nx][taps][nmax][cw][HBNN_NR] those rows' tap words, 12 per micro-panel */
+    int32_t *pacc, *tacc;/* [nw][nx][12 nmax][HBNN_LANES] P / T of a weight panel summed over taps */
     int64_t nm, r0, r1;  /* micro-panels in the chunk, its rows rows[r0..r1) */
+    int64_t nmax;        /* micro-panels the buffers hold */
 } hbnn_chunk;
 
 static inline int64_t hbnn_min64(int64_t a, int64_t b) { return a < b ? a : b; }

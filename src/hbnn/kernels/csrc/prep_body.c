@@ -9,7 +9,7 @@
  *    output channel), rows are sorted stably by their set of present planes, so panels are
  *    uniform (the GEMM writes panel row r to output column p_perm[r]);
  *  - the status of every (plane, panel): ABSENT (skipped), FULL (no mask reads), MASKED
- *    (dense masked micro-kernel) or SPARSE (per-row word lists, see HBNN_SP_PEN).
+ *    (dense masked micro-kernel) or SPARSE (per-row word lists, when cheaper by HBNN_SP_*).
  *
  * Output-row order (row_order, x_sort): interior pixels first (no border masks), and within
  * the interior and the border, rows sorted stably by their activation-plane states when at
@@ -62,12 +62,15 @@ static int FN(w_perm)(const hbnn_gemm_args *a, const uint8_t *st, int64_t Op, in
     }
     if (!ok || !differ) return 0;
     for (i = 1; i < 257; i++) start[i] += start[i - 1];
+    differ = 0;
     for (o = 0; o < a->O; o++) {
-        int64_t key = 0;
+        int64_t key = 0, r;
         for (i = 0; i < a->nw; i++) key |= (int64_t)(st[i * a->O + o] == HBNN_ST_FULL) << i;
-        perm[start[255 - key]++] = o;
+        r = start[255 - key]++;
+        perm[r] = o;
+        differ |= r != o;
     }
-    return 1;
+    return differ; /* already in order: the identity */
 }
 
 /* Panel t = i*nq + q of the prepared weight: words, masks, popcounts, scales, status and
@@ -102,7 +105,7 @@ static void FN(w_panel)(hbnn_gemm_args *a, const uint8_t *st, const int32_t *np,
         wsum += np[i * a->O + o];
     }
     status = nabs == nlive ? HBNN_ST_ABSENT : nfull == nlive ? HBNN_ST_FULL
-           : wsum * HBNN_SP_PEN < HBNN_LANES * kwt ? HBNN_ST_SPARSE : HBNN_ST_MASKED;
+           : HBNN_SP_FIX_W + wsum * HBNN_SP_WORD < HBNN_SP_UNIT * kwt ? HBNN_ST_SPARSE : HBNN_ST_MASKED;
     a->p_wst[t] = (uint8_t)status;
     if (status != HBNN_ST_SPARSE) return;
     for (l = 0; l < HBNN_LANES; l++) {
@@ -224,7 +227,8 @@ static void FN(sort_range)(hbnn_row *rows, const int64_t *key, int64_t r0, int64
 }
 
 /* Sort interior and border rows by row_key when at least half of the rows are uniform and
- * the keys differ (see the file comment).  Returns 0 or -2 (out of memory). */
+ * the keys differ (see the file comment; a 64-row sample with under a quarter uniform rows
+ * stops early).  Returns 0 or -2 (out of memory). */
 static int FN(x_sort)(const hbnn_gemm_args *a, hbnn_row *rows, int64_t n_int, int64_t R) {
     const int64_t rin = a->B * a->H * a->W;
     int64_t j, r, nkeys = 1, nuni = 0;
@@ -246,6 +250,17 @@ static int FN(x_sort)(const hbnn_gemm_args *a, hbnn_row *rows, int64_t n_int, in
         return -2;
     }
     FN(pixel_states)(a, ps);
+    if (R >= 256) { /* a sample of 64 rows first: most inputs (per-entry maps) stop here */
+        int64_t nu = 0;
+        for (r = 0; r < 64; r++) {
+            FN(row_key)(a, ps, rows + r * (R / 64), &uni);
+            nu += uni;
+        }
+        if (4 * nu < 64) {
+            free(ps); free(key); free(start); free(tmp);
+            return 0;
+        }
+    }
     for (r = 0; r < R; r++) {
         key[r] = FN(row_key)(a, ps, rows + r, &uni);
         nuni += uni;
