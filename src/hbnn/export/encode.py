@@ -17,6 +17,9 @@ A binarized weight ``W`` of ``N`` entries (PyTorch order, e.g. OIHW) with bit ma
   and 0 for a homogeneous one.
 * **scales** -- float32 ``[n]`` (per tensor) or ``[n, O]`` (per output channel).
 
+Structured maps (``block<K>``, ``channel``; format version 3) store one fixed-width code
+per unit instead of the nested masks: :mod:`hbnn.export.units`.
+
 Decoding rebuilds bool planes ``[n, *shape]``; the engine packs them into the kernels'
 layout (:func:`hbnn.kernels.pack_conv_weight` / :func:`hbnn.kernels.pack_planes`).
 """
