@@ -12,7 +12,8 @@ Stored as planes (signs ``s_i > 0``, masks ``1{A_i}``, scales ``mu_i``), :func:`
 rebuilds ``x_hat`` with the same per-plane term and summation order as the loop.
 Per-channel scales take the mean over ``A_i`` within each slice of ``channel_dim``.
 Gradients use the clipped straight-through estimator ``d x_hat / d x = 1{|x| <= 1}``
-with the scales treated as constants (:class:`hbnn.quant.ste.ClippedSTE`).
+with the scales treated as constants (:class:`hbnn.quant.ste.ClippedSTE`: ``x_hat`` is computed
+on ``x.detach()`` and joined to ``x``; only tensors cross, so every binarizer traces).
 
 Numerics (finite in, finite out). The loop runs in ``x``'s precision (float16/bfloat16 in
 float32) on ``x * 2^-k``, with the power of two from :func:`range_scale` such that
@@ -46,7 +47,7 @@ import torch
 
 from hbnn.quant.checks import check_bitmap, check_float_tensor
 from hbnn.quant.mix import MAX_BITS, MIN_BITS, BitMix
-from hbnn.quant.ste import ClippedSTE
+from hbnn.quant.ste import clipped_ste
 
 __all__ = [
     "residual_binarize",
@@ -169,10 +170,26 @@ def range_scale(magnitude: torch.Tensor, count: int) -> tuple[torch.Tensor, torc
         ``(down, up)``, 0-dim tensors of ``magnitude``'s dtype and device.
     """
     limit = math.frexp(torch.finfo(magnitude.dtype).max)[1] - 3
+    bits = (max(count, 1) - 1).bit_length()
+    if torch.jit.is_tracing():  # frexp and ldexp have no ONNX operators; powers of two are exact in pow
+        k = _counted_excess(magnitude, bits, limit).to(magnitude.dtype)
+        two = torch.full((), 2.0, dtype=magnitude.dtype, device=magnitude.device)
+        return two.pow(-k), two.pow(k)
     _, exponent = torch.frexp(magnitude)
-    k = (exponent + (max(count, 1) - 1).bit_length() - limit).clamp_min(0)
+    k = (exponent + bits - limit).clamp_min(0)
     one = torch.ones((), dtype=magnitude.dtype, device=magnitude.device)
     return torch.ldexp(one, -k), torch.ldexp(one, k)
+
+
+def _counted_excess(magnitude: torch.Tensor, p: int, limit: int) -> torch.Tensor:
+    """``k = max(0, e + p - L)`` without ``frexp`` (which has no ONNX operator), for ``torch.jit.trace``.
+
+    ``e >= t`` exactly when ``magnitude >= 2^(t - 1)``, so ``k = #{j = 1..p + 3 : magnitude >=
+    2^(L - p + j - 1)}`` (a finite magnitude has ``e <= L + 3``): the same int32 ``k``.
+    """
+    edges = torch.tensor([2.0 ** (limit - p + j - 1) for j in range(1, p + 4)], dtype=magnitude.dtype,
+                         device=magnitude.device)
+    return (magnitude >= edges).sum(dtype=torch.int32)
 
 
 def plane_term(sign: torch.Tensor, mask: torch.Tensor | None, mu: torch.Tensor) -> torch.Tensor:
@@ -249,7 +266,7 @@ def residual_binarize(x: torch.Tensor, bits: int, channel_dim: int | None = None
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits: expected an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
     channel_dim = _check_channel_dim(x, channel_dim)
-    return ClippedSTE.apply(x, lambda t: residual_forward(t, None, bits, channel_dim)[0])
+    return clipped_ste(x, residual_forward(x.detach(), None, bits, channel_dim)[0])
 
 
 def hetero_binarize(
@@ -276,7 +293,7 @@ def hetero_binarize(
     channel_dim = _check_channel_dim(x, channel_dim)
     bitmap = bitmap.to(x.device)
     n_bits = int(bitmap.max())
-    return ClippedSTE.apply(x, lambda t: residual_forward(t, bitmap, n_bits, channel_dim)[0])
+    return clipped_ste(x, residual_forward(x.detach(), bitmap, n_bits, channel_dim)[0])
 
 
 def binarize_planes(x: torch.Tensor, bitmap: torch.Tensor, channel_dim: int | None = None):
@@ -306,5 +323,5 @@ def binarize_with_scales(
     Same loop as :func:`hetero_binarize` but ``mu_i = scales[i]``, so the result is an
     elementwise function of ``x`` (no reduction over the batch). Differentiable with the STE.
     """
-    n_bits = scales.shape[0]
-    return ClippedSTE.apply(x, lambda t: residual_forward(t, bitmap, n_bits, channel_dim, scales=scales)[0])
+    n_bits = int(scales.shape[0])  # a Python int also under torch.jit.trace (sizes trace as tensors)
+    return clipped_ste(x, residual_forward(x.detach(), bitmap, n_bits, channel_dim, scales=scales.detach())[0])

@@ -13,6 +13,15 @@ Structured maps (``QuantSpec.structure``, :mod:`hbnn.quant.structure`) give one 
 per unit; ``WeightQuantizer.unit_map`` and ``ActQuantizer.running_unit_map`` return the
 per-unit map (:class:`hbnn.quant.structure.UnitMap`) for exporters. For activations the
 selection and the running thresholds are on the unit key (the mean of the entries' keys).
+
+Tracing and compiling: the forward passes call the selection through the ``hbnn`` custom
+ops (:mod:`hbnn.quant.ops`) and join ``x_hat`` to ``x`` with the tensor-only
+:func:`hbnn.quant.ste.clipped_ste`, so ``torch.compile`` and ``torch.export`` see one graph.
+Python-side state is left out of traced graphs: the eval weight-map cache (a compiled or
+exported graph recomputes the map, the same map) and the eval branch on
+``num_batches_tracked == 0`` (a ``torch.cond`` on the buffer under compile/export; under
+``torch.jit.trace`` the current state and the weight maps are constants, and activation
+maps use :func:`hbnn.quant.ops.threshold_map_torch`, plain torch ops).
 """
 
 from __future__ import annotations
@@ -20,24 +29,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hbnn.quant.bitmap import (
-    DEFAULT_SEED,
-    average_bits,
-    keyed_bitmap,
-    sampled_bitmap,
-    unchecked_bitmap,
-)
+from hbnn.quant import ops
+from hbnn.quant.bitmap import average_bits
 from hbnn.quant.config import QuantSpec
-from hbnn.quant.keys import mean_magnitude
 from hbnn.quant.functional import binarize_with_scales, residual_forward
 from hbnn.quant.ste import clipped_ste
-from hbnn.quant.structure import UnitMap, parse_structure, structure_of, threshold_unit_map, unit_bitmap, unit_select
+from hbnn.quant.structure import UnitMap, parse_structure, structure_of, threshold_unit_map, unit_bitmap
 
 __all__ = ["WeightQuantizer", "ActQuantizer"]
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(DEFAULT_SEED + seed)
 
 
 class WeightQuantizer(nn.Module):
@@ -69,16 +68,14 @@ class WeightQuantizer(nn.Module):
     def bitmap(self, weight: torch.Tensor) -> torch.Tensor:
         """The bit map of ``weight`` (Algorithm 1 or error allocation on its units): int8, its shape."""
         spec = self.spec
-        if self.structure.is_entry and spec.allocate == "key":
-            gen = _generator(spec.seed) if spec.heuristic == "random" else None
-            with torch.no_grad():
-                return unchecked_bitmap(weight.detach(), spec.mix, spec.heuristic, gen, 1)
-        return self.unit_map(weight).expand()
+        cdim = self.channel_dim if spec.per_channel else None
+        return ops.weight_map(weight.detach(), spec.heuristic, *ops.mix_args(spec.mix),
+                              *ops.structure_args(self.structure), spec.allocate, spec.seed, cdim)
 
     def unit_map(self, weight: torch.Tensor) -> UnitMap:
         """The per-unit map of ``weight`` (``.bits`` ``[n_units]``, ``.levels(mix)``, ``.expand()``)."""
         spec = self.spec
-        gen = _generator(spec.seed) if spec.heuristic == "random" else None
+        gen = ops.seeded_generator(spec.seed) if spec.heuristic == "random" else None
         cdim = self.channel_dim if spec.per_channel else None
         with torch.no_grad():
             return unit_bitmap(weight.detach(), spec.mix, self.structure, spec.heuristic, spec.allocate, gen, cdim)
@@ -89,19 +86,29 @@ class WeightQuantizer(nn.Module):
         if self.training:
             self._cache = None
             return self.bitmap(weight)
+        if torch.compiler.is_compiling():  # no Python cache inside a graph: the op recomputes the map
+            return self.bitmap(weight)
         key = (weight.data_ptr(), weight._version, weight.shape, weight.device)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.bitmap(weight))
         return self._cache[1]
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        """``w_hat`` (Eq. 5) with the STE gradient ``grad * 1{|w| <= 1}``."""
+        """``w_hat`` (Eq. 5) with the STE gradient ``grad * 1{|w| <= 1}``.
+
+        Under ``torch.jit.trace`` in eval mode ``w_hat`` is computed outside the trace: the
+        traced graph (and an ONNX file) holds the binarized weight as a constant.
+        """
+        if torch.jit.is_tracing() and not self.training:
+            return ops.untraced(self._w_hat, weight.detach())
+        return clipped_ste(weight, self._w_hat(weight.detach()))
+
+    def _w_hat(self, weight: torch.Tensor) -> torch.Tensor:
         bitmap = self._current_bitmap(weight)
         if bitmap is not None:
-            self.realized.fill_(average_bits(bitmap, self.mix))
+            self.realized.copy_(bitmap.float().mean())  # average_bits, kept as a tensor
         cdim = self.channel_dim if self.spec.per_channel else None
-        n_bits = self.spec.mix.max_bits
-        return clipped_ste(weight, lambda w: residual_forward(w, bitmap, n_bits, cdim)[0])
+        return residual_forward(weight, bitmap, self.spec.mix.max_bits, cdim)[0]
 
     def realized_bits(self, weight: torch.Tensor | None = None) -> float:
         """Mean of the bit map of ``weight`` (default: as of the last forward pass)."""
@@ -175,48 +182,38 @@ class ActQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x_hat`` with the clipped STE; batch statistics in training, running ones in eval."""
-        if self.training or self.spec.eval_mode == "exact" or int(self.num_batches_tracked) == 0:
+        if self.training or self.spec.eval_mode == "exact":
+            return self._forward_batch(x)
+        if torch.compiler.is_compiling():  # the buffer's value is data: branch inside the graph
+            return torch.cond(self.num_batches_tracked > 0, self._forward_running, self._forward_batch, (x,))
+        if ops.untraced(int, self.num_batches_tracked) == 0:
             return self._forward_batch(x)
         return self._forward_running(x)
 
     # ---------------------------------------------------------------- training
     def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        mix, spec = self.spec.mix, self.spec
-        bitmap, thresholds, mean_abs = None, [], None
+        mix = self.spec.mix
+        bitmap = thresholds = mean_abs = None
         if not mix.is_homogeneous:
-            with torch.no_grad():
-                bitmap, thresholds, mean_abs = self._select(x.detach())
-        scales_out: list[torch.Tensor] = []
-
-        def fn(t: torch.Tensor) -> torch.Tensor:
-            x_hat, scales = residual_forward(t, bitmap, mix.max_bits)
-            scales_out.append(scales)
-            return x_hat
-
-        out = clipped_ste(x, fn)
+            bitmap, thresholds, mean_abs = self._select_batch(x.detach())
+        elif self.training and self.spec.heuristic == "middle_out":
+            mean_abs = ops.mean_abs(x.detach())  # tracked for a later heterogeneous use of the estimates
+        x_hat, scales = residual_forward(x.detach(), bitmap, mix.max_bits)
+        out = clipped_ste(x, x_hat)
         if self.training:
-            with torch.no_grad():
-                if mean_abs is None and spec.heuristic == "middle_out":
-                    mean_abs = mean_magnitude(x.detach())
-                self._update(scales_out[0], thresholds, mean_abs, bitmap)
+            self._update(scales, thresholds, mean_abs if self.spec.heuristic == "middle_out" else None, bitmap)
         return out
 
-    def _select(self, x: torch.Tensor):
+    def _select_batch(self, x: torch.Tensor):
+        """``(int8 map, float64 [J] cut thresholds, mean |x|)`` of a batch (``hbnn::act_select``)."""
         spec = self.spec
-        if not self.structure.is_entry:
-            mean_abs = mean_magnitude(x) if spec.heuristic == "middle_out" else None
-            gen = _generator(spec.seed) if spec.heuristic == "random" else None
-            units, thresholds = unit_select(x, spec.mix, self.structure, spec.heuristic, "key", gen, mean_abs,
-                                            feature_dim=self.feature_dim, sampled=spec.select == "sampled")
-            return units.expand(), thresholds, mean_abs
-        if spec.heuristic == "random":
-            return unchecked_bitmap(x, spec.mix, "random", _generator(spec.seed), 1), [], None
-        mean_abs = mean_magnitude(x) if spec.heuristic == "middle_out" else None
-        if spec.select == "sampled":
-            bitmap, thresholds = sampled_bitmap(x, spec.mix, spec.heuristic, mean_abs)
-        else:
-            bitmap, thresholds = keyed_bitmap(x, spec.mix, spec.heuristic, mean_abs)
-        return bitmap, thresholds, mean_abs
+        return ops.act_select(x, spec.heuristic, *ops.mix_args(spec.mix), *ops.structure_args(self.structure),
+                              self.feature_dim, spec.select == "sampled", spec.seed)
+
+    def _select(self, x: torch.Tensor):
+        """The batch selection as Python values, for inspection: ``(map, thresholds list, mean |x| or None)``."""
+        bitmap, thresholds, mean_abs = self._select_batch(x)
+        return bitmap, thresholds.tolist(), mean_abs if self.spec.heuristic == "middle_out" else None
 
     def start_calibration(self) -> None:
         """Make the next training-mode batches set the estimates to their cumulative average."""
@@ -231,24 +228,27 @@ class ActQuantizer(nn.Module):
         if self.calibration_batches is not None:
             self.calibration_batches += 1
             m = 1.0 / self.calibration_batches
-        else:
-            first = int(self.num_batches_tracked) == 0
-            m = 1.0 if first else self.spec.momentum
+        else:  # 1 for the first batch, else the momentum: a float64 0-dim tensor (no host read)
+            count = self.num_batches_tracked
+            one, momentum = (torch.tensor(v, dtype=torch.float64, device=count.device) for v in (1.0, self.spec.momentum))
+            m = torch.where(count == 0, one, momentum)
 
         def ema(buf: torch.Tensor, value) -> None:
             # Saturate to the buffer's finite range (a float64 input's statistics may exceed
             # float32's); a no-op for every value that fits, so in-range updates are unchanged.
+            # A tensor m is cast to the buffer's dtype first, as a Python float is (a float64
+            # 0-dim m would otherwise make 0-dim buffers compute in float64).
             cap = torch.finfo(buf.dtype).max
             value = torch.as_tensor(value, dtype=buf.dtype, device=buf.device).clamp(-cap, cap)
-            buf.mul_(1 - m).add_(value * m).clamp_(-cap, cap)
+            keep, new = (1 - m, m) if not torch.is_tensor(m) else ((1 - m).to(buf.dtype), m.to(buf.dtype))
+            buf.mul_(keep).add_(value * new).clamp_(-cap, cap)
 
         ema(self.running_scales, scales.float())
-        if thresholds:
-            finite = torch.tensor(thresholds, dtype=torch.float64).clamp(-1e30, 1e30)
-            ema(self.running_thresholds, finite)
+        if thresholds is not None and thresholds.numel():
+            ema(self.running_thresholds, thresholds.clamp(-1e30, 1e30))  # float64, as the cuts came
         if mean_abs is not None:
             ema(self.running_mean_abs, mean_abs.float())
-        ema(self.running_bits, average_bits(bitmap, self.spec.mix))
+        ema(self.running_bits, self.spec.mix.average if bitmap is None else bitmap.float().mean())
         self.num_batches_tracked += 1
 
     # --------------------------------------------------------------- inference
@@ -270,15 +270,26 @@ class ActQuantizer(nn.Module):
             return None
         x = x.detach()
         if spec.heuristic == "random":
-            return unit_bitmap(x, mix, self.structure, "random", generator=_generator(spec.seed),
+            return unit_bitmap(x, mix, self.structure, "random", generator=ops.seeded_generator(spec.seed),
                                feature_dim=self.feature_dim)
         return threshold_unit_map(x, mix, spec.heuristic, self.running_thresholds.tolist(),
                                   self.running_mean_abs.to(x.device), self.structure, self.feature_dim)
 
     def _forward_running(self, x: torch.Tensor) -> torch.Tensor:
-        bitmap = self.running_bitmap(x)
-        scales = self.running_scales.to(x.device)
-        return binarize_with_scales(x, bitmap, scales)
+        return binarize_with_scales(x, self._running_map(x), self.running_scales.to(x.device))
+
+    def _running_map(self, x: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`running_bitmap` as the forward pass computes it: ``hbnn::act_threshold_map``,
+        or under ``torch.jit.trace`` plain torch ops (``random``: a constant)."""
+        mix, spec = self.spec.mix, self.spec
+        if mix.is_homogeneous:
+            return None
+        if torch.jit.is_tracing() and spec.heuristic != "random":
+            return ops.threshold_map_torch(x, self.running_thresholds, self.running_mean_abs, spec.heuristic, mix,
+                                           self.structure, self.feature_dim)
+        args = (x.detach(), self.running_thresholds, self.running_mean_abs, spec.heuristic, *ops.mix_args(mix),
+                *ops.structure_args(self.structure), self.feature_dim, spec.seed)
+        return ops.untraced(ops.act_threshold_map, *args) if torch.jit.is_tracing() else ops.act_threshold_map(*args)
 
     def realized_bits(self) -> float:
         """Average activation bits: the running estimate gathered in training."""
