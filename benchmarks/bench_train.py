@@ -14,18 +14,28 @@ the same seed on the same CIFAR-shaped batch:
 The variants run interleaved (round-robin, ``--rounds`` rounds of ``--steps`` steps each)
 so machine noise hits them alike; the reported step time is the median. The bit-map
 selection share is the time spent inside Algorithm 1 (``WeightQuantizer.bitmap`` and the
-activation quantizer's per-batch selection), timed by wrapping those methods on the
+activation quantizer's per-batch selection, ``_select_batch``), timed by wrapping those methods on the
 model's own quantizer instances during separate timed steps, divided by those steps' time.
 
 Targets (issue 3): ``w1.4`` <= 1.15x float, ``w1.4a1.4`` <= 1.5x float, selection <= 2 %.
 
 On a shared machine prefer ``--threads 1``: with more OpenMP threads than free cores every
 parallel op waits for its threads to be scheduled, which swamps the differences measured.
+
+``--compile`` measures ``torch.compile`` instead (:func:`compile_run`), for the showcase
+settings ``fp``, ``w1a1``, ``w2a2``, ``w1.4a1.4`` on ``cifar_fc4`` with widths 16-32-64 and a
+Fashion-MNIST-size input (1x28x28; ``--image-size``/``--channels`` change it): per setting,
+the graph breaks of the model's forward in eval (no grad) and in training
+(``torch._dynamo.explain``), the graphs compiled at each training step (steps 3.. are
+recompiles), the first compiled step's time (compilation included), and eager vs compiled
+step time measured interleaved. Targets (issue 11): 0 breaks in eval, at most 1 per
+binarized layer in training, no recompiles after step 2, compiled step <= eager step.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -39,6 +49,7 @@ import torch.nn.functional as F
 
 from hbnn.convert import quantize_
 from hbnn.models import build_model
+from hbnn.nn import HBLayerMixin
 from hbnn.quant.modules import ActQuantizer, WeightQuantizer
 from hbnn.train.config import OptimConfig
 from hbnn.train.loop import build_optimizer
@@ -54,21 +65,38 @@ VARIANTS = {
 }
 TARGETS = {"w1.4_vs_float": 1.15, "w1.4a1.4_vs_float": 1.5, "bitmap_share": 0.02}
 
+# --compile: the showcase settings (first and last layer float, as in the paper).
+COMPILE_SETTINGS = {
+    "fp": (None, "relu"),
+    "w1a1": ({"default": {"weight": {"bits": 1}, "act": {"bits": 1}}}, "hardtanh"),
+    "w2a2": ({"default": {"weight": {"bits": 2}, "act": {"bits": 2}}}, "hardtanh"),
+    "w1.4a1.4": ({"default": {"weight": {"bits": 1.4}, "act": {"bits": 1.4}}}, "hardtanh"),
+}
+COMPILE_WIDTHS = (16, 32, 64)
 
-def make_step(name: str, batch: tuple[torch.Tensor, torch.Tensor], seed: int = 0) -> tuple[Callable, torch.nn.Module]:
-    """A closure running one training step of variant ``name`` on ``batch``, and its model."""
-    quant, activation = VARIANTS[name]
+
+def make_step(name: str, batch: tuple[torch.Tensor, torch.Tensor], seed: int = 0, settings: dict = VARIANTS,
+              widths: tuple[int, int, int] | None = None, compile_backend: str | None = None,
+              ) -> tuple[Callable, torch.nn.Module]:
+    """A closure running one training step of ``settings[name]`` on ``batch``, and its model.
+
+    With ``compile_backend`` the model's forward runs through ``torch.compile`` (the backward
+    through the compiled graph's autograd); the returned model is the uncompiled module.
+    """
+    quant, activation = settings[name]
     x, y = batch
     torch.manual_seed(seed)
+    extra = {} if widths is None else {"widths": widths}
     model = build_model("cifar_fc4", num_classes=10, in_channels=x.shape[1], image_size=x.shape[2],
-                        activation=activation)
+                        activation=activation, **extra)
     if quant is not None:
         quantize_(model, quant)
     model.train()
     opt = build_optimizer(model.parameters(), OptimConfig())
+    forward = model if compile_backend is None else torch.compile(model, backend=compile_backend)
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(forward(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -87,7 +115,7 @@ class SelectionTimer:
             if isinstance(module, WeightQuantizer):
                 self._wrap(module, "bitmap")
             elif isinstance(module, ActQuantizer):
-                self._wrap(module, "_select")
+                self._wrap(module, "_select_batch")
 
     def _wrap(self, module: torch.nn.Module, attr: str) -> None:
         inner = getattr(module, attr)
@@ -173,6 +201,83 @@ def run(batch_size: int = 128, rounds: int = 7, steps: int = 5, warmup: int = 3,
     }
 
 
+def graph_breaks(model: torch.nn.Module, x: torch.Tensor, training: bool) -> dict:
+    """``torch._dynamo.explain`` of ``model``'s forward on ``x`` (a copy of the model, so running
+    estimates are untouched): graphs, breaks and the distinct break reasons."""
+    probe = copy.deepcopy(model).train(training)
+    torch._dynamo.reset()
+    with torch.set_grad_enabled(training):
+        explained = torch._dynamo.explain(probe)(x)
+    reasons = sorted({r.reason.splitlines()[0][:160] for r in explained.break_reasons})
+    return {"graphs": explained.graph_count, "breaks": explained.graph_break_count, "reasons": reasons}
+
+
+def _graphs_compiled() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def compile_one(name: str, batch: tuple[torch.Tensor, torch.Tensor], steps: int, rounds: int, backend: str) -> dict:
+    """One :data:`COMPILE_SETTINGS` entry: breaks, compiles per step, first-call time, step times."""
+    eager, model = make_step(name, batch, settings=COMPILE_SETTINGS, widths=COMPILE_WIDTHS)
+    binarized = sum(1 for m in model.modules() if isinstance(m, HBLayerMixin))
+    result = {"binarized_layers": binarized,
+              "breaks_eval": graph_breaks(model, batch[0], training=False),
+              "breaks_train": graph_breaks(model, batch[0], training=True)}
+    torch._dynamo.reset()
+    compiled, _ = make_step(name, batch, settings=COMPILE_SETTINGS, widths=COMPILE_WIDTHS, compile_backend=backend)
+    per_step, first_s = [], 0.0
+    for i in range(3):  # step 1 compiles; step 2 may compile once more; later steps must not
+        before, t0 = _graphs_compiled(), time.perf_counter()
+        compiled()
+        if i == 0:
+            first_s = time.perf_counter() - t0
+        per_step.append(_graphs_compiled() - before)
+    after_three = _graphs_compiled()
+    _time(eager, 3)
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(rounds):  # interleaved, so machine noise hits both alike
+        times["eager"] += _time(eager, steps)
+        times["compiled"] += _time(compiled, steps)
+    eager_ms, compiled_ms = (1000 * statistics.median(times[k]) for k in ("eager", "compiled"))
+    result.update({
+        "graphs_compiled_per_step": per_step,
+        "recompiles_after_step_2": per_step[2] + _graphs_compiled() - after_three,
+        "first_call_s": first_s,
+        "step_ms_median": {"eager": eager_ms, "compiled": compiled_ms},
+        "compiled_vs_eager": compiled_ms / eager_ms,
+    })
+    return result
+
+
+def compile_run(batch_size: int = 128, rounds: int = 5, steps: int = 5, image_size: int = 28, channels: int = 1,
+                backend: str = "inductor", names: list[str] | None = None) -> dict:
+    """``--compile``: every :data:`COMPILE_SETTINGS` entry (or ``names``), JSON-ready."""
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(batch_size, channels, image_size, image_size, generator=g),
+             torch.randint(0, 10, (batch_size,), generator=g))
+    settings = {name: compile_one(name, batch, steps, rounds, backend) for name in (names or COMPILE_SETTINGS)}
+    meets = {name: {"eval_breaks_0": r["breaks_eval"]["breaks"] == 0,
+                    "train_breaks_per_binarized_layer_le_1": r["breaks_train"]["breaks"] <= r["binarized_layers"],
+                    "no_recompiles_after_step_2": r["recompiles_after_step_2"] == 0,
+                    "compiled_not_slower": r["compiled_vs_eager"] <= 1.0}
+             for name, r in settings.items()}
+    return {
+        "benchmark": "train_step_compile",
+        "model": "cifar_fc4",
+        "widths": list(COMPILE_WIDTHS),
+        "input": [batch_size, channels, image_size, image_size],
+        "backend": backend,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "settings": settings,
+        "meets_targets": meets,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: parse arguments, run, print JSON (and write it with ``--out``)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.splitlines()[0])
@@ -180,14 +285,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--image-size", type=int, help="default 32 (28 with --compile)")
+    p.add_argument("--channels", type=int, help="default 3 (1 with --compile)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", help="also write the JSON to this file")
+    p.add_argument("--compile", action="store_true", help="measure torch.compile on the showcase settings instead")
+    p.add_argument("--backend", default="inductor", help="--compile: the torch.compile backend")
+    p.add_argument("--settings", nargs="+", choices=sorted(COMPILE_SETTINGS), help="--compile: only these settings")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run(args.batch_size, args.rounds, args.steps, args.warmup, args.image_size, args.channels)
+    if args.compile:
+        size = 28 if args.image_size is None else args.image_size
+        channels = 1 if args.channels is None else args.channels
+        emit(compile_run(args.batch_size, args.rounds, args.steps, size, channels, args.backend, args.settings),
+             args.out)
+        return 0
+    result = run(args.batch_size, args.rounds, args.steps, args.warmup, args.image_size or 32, args.channels or 3)
     emit(result, args.out)
     return 0
 
