@@ -140,7 +140,7 @@ def _case(op, x, wshape, bits, structure, reps, gen, fp32, kernel, packer, ops) 
     times = _timed_pair(fp32, lambda: kernel(xp, pw), reps)
     e2e_ms = _timed_pair(lambda: None, lambda: kernel(pack_activations(x, ascales, abm), pw), reps)["new"]
     label = "uniform" if wmix == amix and wmix in ("1", "2") else f"{wst}/{ast}"
-    row = {"op": op, "bits": f"W{wmix}A{amix}", "structure": label,
+    row = {"op": op, "bits": f"W{wmix}A{amix}", "structure": label, "config": f"W{wmix}A{amix} {label}",
            "w_structure": wst if wmix == "1.4" else "uniform", "a_structure": ast if amix == "1.4" else "uniform",
            "planes": f"{wp.n}x{xp.n}", "masked_planes": f"w{sum(not f for f in wp.full)} x{sum(not f for f in xp.full)}",
            "weight_panels": pw.status_counts(), "weight_rows_permuted": pw.permuted, "prepare_ms": round(prep_ms, 3)}

@@ -234,6 +234,7 @@ static void uksw_avx512(int G, int mm, int64_t n, const int32_t *idx, const uint
 #undef HBNN_XOR_AND
 
 #include "prep_body.c"
+#include "tap_body.c"
 #include "gemm_body.c"
 #undef HBNN_HAVE_UKS
 #include "pack_body.c"

@@ -44,6 +44,7 @@ static void uk_portable(int mode, const uint64_t *ws, const uint64_t *wm, const 
 }
 
 #include "prep_body.c"
+#include "tap_body.c"
 #include "gemm_body.c"
 #include "pack_body.c"
 #define HBNN_SEL_ISA 0

@@ -3,8 +3,8 @@
  * One translation unit, built on first use by hbnn/kernels/_build.py with
  *     cc -O3 -fopenmp -ffp-contract=off -shared -fPIC hbnn_kernels.c
  * It #includes gemm_portable.c, gemm_avx2.c and gemm_avx512.c; each of those compiles the
- * shared driver gemm_body.c and the packers pack_body.c with its own micro-kernel and its
- * own target attributes, so
+ * weight preparation prep_body.c, the tap path tap_body.c, the shared driver gemm_body.c and
+ * the packers pack_body.c with its own micro-kernels and its own target attributes, so
  * no -march flag is needed and the variant is picked at run time (__builtin_cpu_supports).
  * -ffp-contract=off keeps every float operation a separately rounded IEEE operation, so
  * all variants and the pure-torch reference produce bit-identical float outputs.
