@@ -140,9 +140,10 @@ def test_every_fashion_mnist_run_builds_and_runs_forward(path, monkeypatch):
     monkeypatch.chdir(REPO)
     seen = set()
     for run in expand(load_experiment(path)):
-        if run.sha in seen:
+        key = config_sha({**run.config, "train": {**run.config["train"], "seed": 0}})  # seeds build alike
+        if key in seen:
             continue
-        seen.add(run.sha)
+        seen.add(key)
         cfg = config_from_dict(run.config)
         model, report = build_model_for(cfg.model, config_shape(run.config["data"]), cfg.quant)
         assert report is None or not report.unmatched_rules, run.name

@@ -8,8 +8,8 @@ shared fragments). Keys (all optional except ``points`` for training experiments
     description: "..."           # one line, shown by --dry-run and in result lines
     kind: train                  # train (default) or fig2a (no training, see hbnn.experiments.fig2a);
                                  #   what each kind does is the table in hbnn.experiments.kinds
-    figure: fig2b                # plot style: fig2a, fig2b, fig3a, fig3b, mix, table1, block, pilot
-                                 #   (default: the experiment name)
+    figure: fig2b                # plot style: fig2a, fig2b, fig3a, fig3b, mix, table1, block, pilot,
+                                 #   structure (default: the experiment name)
     recipe: [../_base/fashion_mnist.yaml, _scale.yaml, {model: {activation: hardtanh}}]
                                  # training recipes merged in order: paths (relative to this
                                  #   file or its folder, else found by hbnn.configs) or mappings
@@ -27,7 +27,10 @@ shared fragments). Keys (all optional except ``points`` for training experiments
         weight: 1.4              # weight bits: 2, 1.4 (paper mix), "80/0/20", {1: 0.7, ...}; absent/null = float
         act: null                # activation bits, same forms; absent/null = float
         heuristic: middle_out    # weight bit-map heuristic (activations: act_heuristic)
-        block: 1                 # bit-map block granularity of the weights
+        block: 1                 # bit-map block granularity of the weights (legacy, OIHW runs)
+        structure: entry         # weight bit-map units: entry | block<K> | channel (QuantSpec.structure)
+        allocate: key            # weight allocation: key (Algorithm 1 on units) | error (greedy Eq. 5)
+        act_structure: entry     # activation bit-map units: entry | pixel | group<G>
         layer_bits: 1.4          # layer-level mixing: whole layers at layer_choices bits whose
         layer_choices: [1, 2, 3] #   parameter-weighted average is as close as possible to this
                                  #   (the plan and its average are recorded in the spec)
@@ -82,7 +85,7 @@ __all__ = [
 
 #: The kinds an experiment may name (their behaviour: :data:`hbnn.experiments.kinds.KIND_TABLE`).
 KINDS = ("train", "fig2a")
-FIGURES = ("fig2a", "fig2b", "fig3a", "fig3b", "mix", "table1", "block", "pilot")
+FIGURES = ("fig2a", "fig2b", "fig3a", "fig3b", "mix", "table1", "block", "pilot", "structure")
 #: Config keys that do not change a run's numbers (where files go, logging, the device
 #: choice, data location); they are left out of the config hash.
 HASH_EXCLUDE = ("run", "dist", "data.data_dir", "data.num_workers", "train.device",
@@ -142,7 +145,10 @@ class Point(Schema):
     """One grid point (see the module docstring for the keys).
 
     ``seeds`` is None when the experiment's seeds apply; :meth:`spec` is the point as
-    written, recorded with every run.
+    written, recorded with every run. ``structure``/``allocate`` (weights) and
+    ``act_structure`` become :class:`~hbnn.quant.config.QuantSpec` ``structure``/``allocate``;
+    at their defaults (``entry``, ``key``, ``entry``) the quant section, and so the config
+    hash, is the one of a point written without them.
     """
 
     name: str
@@ -152,6 +158,9 @@ class Point(Schema):
     heuristic: str = "middle_out"
     act_heuristic: str = "middle_out"
     block: int = 1
+    structure: str = "entry"
+    allocate: str = "key"
+    act_structure: str = "entry"
     layer_bits: float | None = None
     layer_choices: list[int] = field(default_factory=lambda: [1, 2, 3])
     seeds: Any = None
@@ -164,6 +173,13 @@ class Point(Schema):
               "either weight (per-parameter) or layer_bits (layer-level), not both")
         if self.seeds is not None:
             self.seeds = _check_seeds(self.seeds, "seeds")
+        plain = self.weight is None  # float weights, or a layer-level plan of homogeneous layers
+        check(not plain or self.structure == "entry", "structure", self.structure,
+              "entry for a point without per-parameter binarized weights")
+        check(not plain or self.allocate == "key", "allocate", self.allocate,
+              "key for a point without per-parameter binarized weights")
+        check(self.act is not None or self.act_structure == "entry", "act_structure", self.act_structure,
+              "entry for a point without binarized activations")
 
     def spec(self) -> dict:
         """The point's mapping as written, without ``set`` and ``seeds``."""
@@ -310,9 +326,12 @@ def load_experiment(source: str | Path | Mapping[str, Any], name: str | None = N
 
 # ----------------------------------------------------------------------------- resolution
 
-def _quant_spec(bits: Any, heuristic: str, block: int, seed: int) -> QuantSpec:
-    # the random heuristic's permutation varies with the run seed
-    return QuantSpec(bits=bits, heuristic=heuristic, block=block, seed=seed if heuristic == "random" else 0)
+def _quant_spec(bits: Any, heuristic: str, block: int, seed: int, structure: str = "entry",
+                allocate: str = "key") -> QuantSpec:
+    # the random heuristic's permutation varies with the run seed; structure/allocate at their
+    # defaults leave QuantSpec.to_dict (and so the config hash) as it was before they existed
+    return QuantSpec(bits=bits, heuristic=heuristic, block=block, seed=seed if heuristic == "random" else 0,
+                     structure=structure, allocate=allocate)
 
 
 def point_quant(point: Point, layout: Layout, seed: int,
@@ -320,7 +339,9 @@ def point_quant(point: Point, layout: Layout, seed: int,
     """The ``quant`` section of one point.
 
     Args:
-        point: the grid point (weight, act, heuristic, act_heuristic, block).
+        point: the grid point (weight, act, heuristic, act_heuristic, block, structure,
+            allocate, act_structure; a layer-level plan's homogeneous weights take none of
+            the weight map keys).
         layout: the experiment's layout.
         seed: the run seed (seeds the random heuristic).
         layer_plan: ``{layer name: bits}`` for a layer-level point (from
@@ -332,7 +353,7 @@ def point_quant(point: Point, layout: Layout, seed: int,
     if point.weight is None and point.act is None and layer_plan is None:
         return None
     lay = layout.for_point(point.act is not None)
-    a = None if point.act is None else _quant_spec(point.act, point.act_heuristic, 1, seed)
+    a = None if point.act is None else _quant_spec(point.act, point.act_heuristic, 1, seed, point.act_structure)
     rules: dict[str, Any] = dict(lay.rules)
     if layer_plan is not None:
         for name, bits in layer_plan.items():
@@ -340,7 +361,8 @@ def point_quant(point: Point, layout: Layout, seed: int,
             rules[f"^{re.escape(name)}$"] = LayerQuant(weight=QuantSpec(bits=int(bits)), act=None if plain else a)
         default = None
     else:
-        w = None if point.weight is None else _quant_spec(point.weight, point.heuristic, point.block, seed)
+        w = None if point.weight is None else _quant_spec(point.weight, point.heuristic, point.block, seed,
+                                                          point.structure, point.allocate)
         for pattern in lay.float_input:
             rules.setdefault(pattern, LayerQuant(weight=w, act=None))
         default = LayerQuant(weight=w, act=a)
