@@ -183,11 +183,14 @@ def test_per_entry_map_keeps_the_nested_code(tmp_path):
 # ----------------------------------------------------------------------------- version 2
 
 def _as_version_3(src: Path, dest: Path) -> None:
-    """``src`` (a v2 file) re-written as v3: the same tensors, every record marked ``entry``."""
+    """``src`` (a v2 file) re-written as v3: the same tensors, every record marked ``entry`` and
+    naming its input (the previous record: a v2 file is a chain)."""
     header, tensors, _ = read_packed(src)
     header = copy.deepcopy(header)
     header["version"] = 3
+    previous = "input"
     for rec in header["layers"]:
+        rec["inputs"], previous = [previous], rec["name"]
         if (rec.get("weight") or {}).get("encoding") == "planes":
             rec["weight"]["structure"] = "entry"
         if rec.get("act") is not None:

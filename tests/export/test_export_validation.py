@@ -352,7 +352,8 @@ SHAPE_CASES = {  # resealed edits the field checks accept but the shape propagat
                       r"layer 9 \(classifier\): .*its input is \[N, 24, 1, 1\], it needs 48 input channels"),
     "conv dilation": (_set("layers", 9, "geometry", "dilation", [5, 5]), r"layer 9 \(classifier\): .*dilated kernel "
                                                                         r"window spans 11 but the padded input side is 3"),
-    "output not logits": (_set("layers", 11, {"op": "identity", "name": "flatten", "attrs": {}}),
+    "output not logits": (lambda h: h["layers"].__setitem__(11, {"op": "identity", "name": "flatten", "attrs": {},
+                                                                "inputs": h["layers"][11]["inputs"]}),
                           r"layer 11 \(flatten\): the output is \[N, 10, 1, 1\]; a packed model outputs \[N, K\]"),
     "num_classes": (_set("model", "num_classes", 9), r"layer 11 \(flatten\): the output is \[N, 10\]; the model "
                                                      r"records num_classes 9"),

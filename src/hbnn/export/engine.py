@@ -22,6 +22,8 @@ is the training-time computation.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,9 +38,12 @@ from hbnn.kernels import (
     pack_planes,
     prepare_weight,
 )
+from hbnn.export.ops import Subsample
+from hbnn.export.topology import last_uses
 from hbnn.quant import ActQuantizer, QuantSpec
 
-__all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "make_act_quantizer", "optimize_chain"]
+__all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "make_act_quantizer", "optimize_chain",
+           "optimize_graph", "chain_inputs"]
 
 
 def make_act_quantizer(bits, fractions, heuristic: str, scales, thresholds, mean_abs,
@@ -202,43 +207,78 @@ class PackedLinear(PackedLayer):
 
 
 _MONOTONE = (nn.ReLU, nn.Hardtanh)
+#: Ops whose output may be a view of their input (an in-place op after them could touch another value).
+_ALIASING = (nn.Identity, nn.Flatten, Subsample)
 
 
 def _with_inplace(act: nn.Module) -> nn.Module:
     return nn.ReLU(inplace=True) if isinstance(act, nn.ReLU) else nn.Hardtanh(act.min_val, act.max_val, inplace=True)
 
 
-def optimize_chain(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
-    """Exact rewrites of a layer chain for speed.
+def _consumers(inputs: list[list[int]]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, ins in enumerate(inputs):
+        for j in ins:
+            out.setdefault(j, []).append(i)
+    return out
+
+
+def optimize_graph(layers: list[tuple[str, nn.Module]], inputs: list[list[int]]) -> list[tuple[str, nn.Module]]:
+    """Exact rewrites of a graph's modules for speed (the wiring ``inputs`` is unchanged).
 
     * ``act -> MaxPool2d`` becomes ``MaxPool2d -> act`` for a non-decreasing ``act``
-      (ReLU, Hardtanh): ``max_k f(x_k) = f(max_k x_k)`` exactly, and ``f`` then touches a
-      quarter of the values (for 2x2 pools). Every pool window holds at least one input.
-    * An activation that follows another layer runs in place on that layer's fresh output.
+      (ReLU, Hardtanh) whose only consumer is the pool: ``max_k f(x_k) = f(max_k x_k)``
+      exactly, and ``f`` then touches a quarter of the values (for 2x2 pools). Every pool
+      window holds at least one input. The two nodes swap modules.
+    * An activation runs in place when its input is a fresh tensor (not the model input,
+      not a view made by identity/flatten/subsample) that nothing else consumes.
     """
     out = list(layers)
-    i = 0
-    while i + 1 < len(out):
-        if isinstance(out[i][1], _MONOTONE) and isinstance(out[i + 1][1], nn.MaxPool2d):
-            out[i], out[i + 1] = out[i + 1], out[i]
-            i += 2
-        else:
-            i += 1
-    return [(name, _with_inplace(m) if i > 0 and isinstance(m, _MONOTONE) else m) for i, (name, m) in enumerate(out)]
+    users = _consumers(inputs)
+    for i in range(len(out)):
+        after = users.get(i, [])
+        if isinstance(out[i][1], _MONOTONE) and len(after) == 1:
+            k = after[0]
+            if isinstance(out[k][1], nn.MaxPool2d) and inputs[k] == [i]:
+                out[i], out[k] = out[k], out[i]
+    for i, (name, m) in enumerate(out):
+        if isinstance(m, _MONOTONE) and len(inputs[i]) == 1:
+            j = inputs[i][0]
+            if j >= 0 and len(users[j]) == 1 and not isinstance(out[j][1], _ALIASING):
+                out[i] = (name, _with_inplace(m))
+    return out
+
+
+def optimize_chain(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """:func:`optimize_graph` of a chain (each layer consumes the previous one's output)."""
+    return optimize_graph(layers, chain_inputs(len(layers)))
+
+
+def chain_inputs(n: int) -> list[list[int]]:
+    """The ``inputs`` of an ``n``-layer chain (``-1``: the model input)."""
+    return [[i - 1] for i in range(n)]
 
 
 class PackedModel(nn.Module):
-    """A chain of packed and float layers read from a packed file (inference only).
+    """A graph of packed and float layers read from a packed file (inference only).
+
+    Node ``i`` computes ``layers[i](*[value of j] for j in inputs[i])`` (``j = -1``: the
+    model input); nodes run in order (the file's topological order), each value is freed
+    after its last consumer, and the last node's value is the output. A chain is the case
+    ``inputs[i] = [i - 1]``.
 
     Attributes:
-        names: the source model's layer names, one per entry of ``layers``.
+        names: the source model's node names, one per entry of ``layers``.
+        inputs: each node's inputs as node indices (``-1``: the model input).
         header: the file's JSON header (format, version, model config, layer records).
     """
 
-    def __init__(self, layers: list[tuple[str, nn.Module]], header: dict):
+    def __init__(self, layers: list[tuple[str, nn.Module]], header: dict, inputs: list[list[int]] | None = None):
         super().__init__()
         self.names = [n for n, _ in layers]
         self.layers = nn.ModuleList(m for _, m in layers)
+        self.inputs = [list(i) for i in inputs] if inputs is not None else chain_inputs(len(layers))
+        self._frees = last_uses(self.inputs)
         self.header = header
         self.eval()
 
@@ -255,8 +295,30 @@ class PackedModel(nn.Module):
             raise ValueError(f"packed model: input of shape {list(x.shape)}; expected [N, {', '.join(map(str, shape))}] "
                              f"(a batch of the file's input_shape {list(shape)})")
 
+    def execute(self, x: torch.Tensor, on_error: Callable[[int, Exception], Exception] | None = None) -> torch.Tensor:
+        """Run the nodes in order on ``x`` (no input check, no channels-last conversion).
+
+        Args:
+            x: the model input.
+            on_error: if given, a ``RuntimeError``/``ValueError``/``IndexError`` raised by node
+                ``i`` becomes ``on_error(i, exc)`` (raised instead).
+        """
+        values: dict[int, torch.Tensor] = {-1: x}
+        for i, layer in enumerate(self.layers):
+            args = [values[j] for j in self.inputs[i]]
+            for j in self._frees[i]:
+                del values[j]
+            if on_error is None:
+                values[i] = layer(*args)
+                continue
+            try:
+                values[i] = layer(*args)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise on_error(i, exc) from None
+        return values[len(self.layers) - 1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the chain on ``x``, a batch ``[N, *input_shape]`` (no autograd).
+        """Run the graph on ``x``, a batch ``[N, *input_shape]`` (no autograd).
 
         Raises:
             ValueError: ``x`` is not a batch of the file's ``input_shape`` (:meth:`check_input`).
@@ -265,14 +327,12 @@ class PackedModel(nn.Module):
         with torch.no_grad():
             if x.dim() == 4:  # NHWC end to end: packing needs no transpose, pools and convs run faster
                 x = x.contiguous(memory_format=torch.channels_last)
-            for layer in self.layers:
-                x = layer(x)
-        return x
+            return self.execute(x)
 
     def train(self, mode: bool = True) -> "PackedModel":
         """A packed model is inference-only: it stays in eval mode."""
         return super().train(False)
 
     def named_layers(self) -> list[tuple[str, nn.Module]]:
-        """``(source layer name, engine module)`` pairs in execution order."""
+        """``(source node name, engine module)`` pairs in execution order."""
         return list(zip(self.names, self.layers))

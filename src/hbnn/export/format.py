@@ -43,10 +43,11 @@ from torch import nn
 
 from hbnn import __version__
 from hbnn.errors import FormatError
-from hbnn.export.engine import PackedModel, optimize_chain
-from hbnn.export.ops import trace_chain
+from hbnn.export.capture import GraphNode, capture
+from hbnn.export.engine import PackedModel, optimize_graph
 from hbnn.export.records import build_layer, can_fold, layer_record
 from hbnn.export.shapes import check_shapes
+from hbnn.export.topology import input_indices
 from hbnn.export.units import weight_structure
 from hbnn.export.validate import RECREATE, check_header, check_tensors
 from hbnn.io import atomic_write_bytes, read_verified_safetensors, seal_header, tensors_sha256
@@ -79,19 +80,35 @@ def _input_shape(model: Mapping, input_shape, records: list[dict], where: str) -
                       "in_channels and image_size)")
 
 
-def _records(chain: list[tuple[str, nn.Module]], fold_bn: bool) -> tuple[list[dict], dict]:
-    """Layer records and CPU tensors of a chain; a BN right after a conv/linear is folded into it."""
+def _foldable_bn(node: GraphNode, users: dict[str, list[GraphNode]]) -> GraphNode | None:
+    """The batch norm that is the only consumer of conv/linear ``node`` and can fold into it, else None."""
+    after = users.get(node.name, [])
+    if isinstance(node.module, (nn.Conv2d, nn.Linear)) and len(after) == 1 and after[0].inputs == [node.name] \
+            and can_fold(node.module, after[0].module):
+        return after[0]
+    return None
+
+
+def _records(nodes: list[GraphNode], fold_bn: bool) -> tuple[list[dict], dict]:
+    """Layer records (with their ``inputs``) and CPU tensors of a captured graph; a BN whose
+    only input is a conv/linear that feeds nothing else is folded into it (its consumers
+    then read the conv/linear node)."""
+    users: dict[str, list[GraphNode]] = {}
+    for node in nodes:
+        for name in node.inputs:
+            users.setdefault(name, []).append(node)
     records: list[dict] = []
     tensors: dict[str, torch.Tensor] = {}
-    i = 0
-    while i < len(chain):
-        name, layer = chain[i]
-        bn = bn_name = None
-        if fold_bn and isinstance(layer, (nn.Conv2d, nn.Linear)) and i + 1 < len(chain) \
-                and can_fold(layer, chain[i + 1][1]):
-            bn_name, bn = chain[i + 1]
-        records.append(layer_record(len(records), name, layer, tensors, bn, bn_name))
-        i += 1 if bn is None else 2
+    renamed: dict[str, str] = {}
+    for node in nodes:
+        if node.name in renamed:  # folded into its conv/linear
+            continue
+        bn = _foldable_bn(node, users) if fold_bn else None
+        if bn is not None:
+            renamed[bn.name] = node.name
+        inputs = [renamed.get(n, n) for n in node.inputs]
+        records.append(layer_record(len(records), node.name, node.module, tensors, None if bn is None else bn.module,
+                                    None if bn is None else bn.name, inputs))
     return records, {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
 
 
@@ -123,7 +140,7 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
         json.dumps(meta)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"meta: must be JSON-serialisable ({exc})") from None
-    records, tensors = _records(trace_chain(model), fold_bn)
+    records, tensors = _records(capture(model), fold_bn)
     model_meta = meta.pop("model", None)
     if model_meta is None:
         model_meta = {"name": type(model).__name__}
@@ -188,21 +205,19 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, dict, int]:
     return header, tensors, len(data)
 
 
-def _check_chain(layers: list[tuple[str, nn.Module]], shape: list[int], out: tuple[int, ...], where: Path) -> None:
-    """Run a zero batch of two inputs through the built layers: the output must be ``[2, *out]``.
+def _check_chain(model: PackedModel, shape: list[int], out: tuple[int, ...], where: Path) -> None:
+    """Run a zero batch of two inputs through the built graph: the output must be ``[2, *out]``.
 
     :func:`hbnn.export.shapes.check_shapes` has propagated the shapes already; this
     catches what only torch knows (``RuntimeError``, ``ValueError``, ``IndexError``).
     """
-    x = torch.zeros(2, *shape)
+    def fail(i: int, exc: Exception) -> FormatError:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return FormatError(f"packed model {where}: layer {i} ({model.names[i]}): shapes do not chain on input "
+                           f"{shape}: {first}")
+
     with torch.no_grad():
-        for i, (name, layer) in enumerate(layers):
-            try:
-                x = layer(x)
-            except (RuntimeError, ValueError, IndexError) as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise FormatError(f"packed model {where}: layer {i} ({name}): shapes do not chain on input "
-                                  f"{shape}: {first}") from None
+        x = model.execute(torch.zeros(2, *shape), on_error=fail)
     if tuple(x.shape) != (2, *out):
         raise FormatError(f"packed model {where}: the layers output {[*x.shape]} for 2 inputs of {shape}, "
                           f"expected {[2, *out]}")
@@ -217,7 +232,8 @@ def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) 
         check: also run a zero batch through the built layers (the shapes are propagated
             from ``input_shape`` by :func:`read_packed` in any case).
 
-    The engine applies :func:`hbnn.export.engine.optimize_chain` (exact rewrites).
+    The engine runs the records' graph (:mod:`hbnn.export.topology`) and applies
+    :func:`hbnn.export.engine.optimize_graph` (exact rewrites).
 
     Raises:
         FormatError: see :func:`read_packed`; also unknown layer ops, tensors that do not
@@ -226,9 +242,11 @@ def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) 
     header, tensors, _ = read_packed(path)
     where = f"packed model {Path(path)}"
     layers = [build_layer(i, rec, tensors, backend, where) for i, rec in enumerate(header["layers"])]
+    inputs = input_indices(header["layers"], where)
     if check:
-        _check_chain(layers, header["input_shape"], check_shapes(header, where), Path(path))
-    return PackedModel(optimize_chain(layers), header)
+        _check_chain(PackedModel(layers, header, inputs), header["input_shape"], check_shapes(header, where),
+                     Path(path))
+    return PackedModel(optimize_graph(layers, inputs), header, inputs)
 
 
 # ----------------------------------------------------------------------------- size report

@@ -13,7 +13,11 @@ thresholds ``t_j``, mean magnitude ``m`` and scales ``mu_i``::
 
 which is the same float32 arithmetic as ``hbnn.quant`` at inference, so onnxruntime sees
 the same ``x_hat`` and the convolutions differ from the packed kernels only by
-summation order. ``torch.onnx.export`` is not used: its default (dynamo) exporter needs
+summation order. The graph's nodes map one to one (``add`` -> ``Add``, ``cat`` ->
+``Concat``, ``global_avg_pool`` -> ``ReduceMean``, ``subsample`` -> ``Slice`` with steps,
+``pad_channels`` -> ``Pad``, ``leaky_relu`` -> ``LeakyRelu``, ``prelu`` -> ``PRelu``,
+``silu`` -> ``Mul(x, Sigmoid(x))``, ``hardswish`` -> ``HardSwish``), each reading its
+inputs' values by node. ``torch.onnx.export`` is not used: its default (dynamo) exporter needs
 ``onnxscript``, and hand-built graphs make the op set explicit. Opset 17.
 """
 
@@ -27,7 +31,7 @@ from torch import nn
 
 from hbnn.errors import FormatError
 from hbnn.export.engine import PackedConv2d, PackedLayer, PackedLinear, PackedModel
-from hbnn.export.ops import unsupported
+from hbnn.export.ops import Add, Cat, GlobalAvgPool, PadChannels, Subsample, unsupported
 from hbnn.quant.functional import broadcast_scale
 
 __all__ = ["OPSET", "build_onnx", "to_onnx"]
@@ -151,6 +155,39 @@ def _pool(g: _Graph, x: str, m: nn.Module, where: str) -> str:
                 count_include_pad=int(m.count_include_pad))
 
 
+def _i64(values) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def _graph_op(g: _Graph, xs: list[str], m: nn.Module, rank: int) -> str | None:
+    """The graph-only and newer elementwise ops (None if ``m`` is none of them)."""
+    x = xs[0]
+    if isinstance(m, Add):
+        return g.op("Add", xs)
+    if isinstance(m, Cat):
+        return g.op("Concat", xs, axis=m.dim)
+    if isinstance(m, GlobalAvgPool):
+        return g.op("ReduceMean", [x], axes=[2, 3], keepdims=int(m.keepdim))
+    if isinstance(m, Subsample):
+        big = np.iinfo(np.int64).max
+        return g.op("Slice", [x, g.const(_i64([0, 0])), g.const(_i64([big, big])), g.const(_i64([2, 3])),
+                              g.const(_i64(list(m.stride)))])
+    if isinstance(m, PadChannels):
+        return g.op("Pad", [x, g.const(_i64([0, m.before, 0, 0, 0, m.after, 0, 0]))], mode="constant")
+    if isinstance(m, nn.LeakyReLU):
+        return g.op("LeakyRelu", [x], alpha=float(m.negative_slope))
+    if isinstance(m, nn.PReLU):
+        slope = m.weight.detach().float()
+        if slope.numel() > 1:  # per channel (dim 1): broadcast over the trailing dims
+            slope = slope.reshape(-1, *([1] * (rank - 2)))
+        return g.op("PRelu", [x, g.const(slope)])
+    if isinstance(m, nn.SiLU):
+        return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    if isinstance(m, nn.Hardswish):
+        return g.op("HardSwish", [x])
+    return None
+
+
 def _float_op(g: _Graph, x: str, m: nn.Module, where: str) -> str:
     if isinstance(m, nn.Conv2d):
         return _conv(g, x, m, where)
@@ -185,11 +222,17 @@ def build_onnx(model: PackedModel, *, input_shape=None):
     if shape is None:
         raise FormatError("to_onnx: the packed model has no input_shape; pass input_shape=[C, H, W]")
     g = _Graph(helper, numpy_helper)
-    x = "input"
+    ranks = _input_ranks(model, shape)
+    values = {-1: "input"}
     for i, (name, layer) in enumerate(model.named_layers()):
         where = f"layer {i} ({name})"
-        x = _packed(g, x, layer, where) if isinstance(layer, (PackedConv2d, PackedLinear)) else _float_op(g, x, layer, where)
-    g.nodes.append(helper.make_node("Identity", [x], ["logits"]))
+        xs = [values[j] for j in model.inputs[i]]
+        if isinstance(layer, (PackedConv2d, PackedLinear)):
+            values[i] = _packed(g, xs[0], layer, where)
+        else:
+            out = _graph_op(g, xs, layer, ranks[i])
+            values[i] = out if out is not None else _float_op(g, xs[0], layer, where)
+    g.nodes.append(helper.make_node("Identity", [values[len(model.layers) - 1]], ["logits"]))
     out_shape = list(model(torch.zeros(1, *shape)).shape[1:])
     graph = helper.make_graph(
         g.nodes, "hbnn_packed", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *shape])],
@@ -198,6 +241,18 @@ def build_onnx(model: PackedModel, *, input_shape=None):
     proto.ir_version = min(proto.ir_version, 8)  # readable by older onnxruntime builds too
     onnx.checker.check_model(proto)
     return proto
+
+
+def _input_ranks(model: PackedModel, shape) -> list[int]:
+    """The rank (batch included) of each node's first input, from a one-sample run."""
+    ranks: list[int] = []
+    hooks = [layer.register_forward_pre_hook(lambda m, args: ranks.append(args[0].dim())) for layer in model.layers]
+    try:
+        model(torch.zeros(1, *shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranks
 
 
 def to_onnx(model: PackedModel | str | os.PathLike, path: str | os.PathLike, *, input_shape=None) -> None:

@@ -1,40 +1,128 @@
-"""Which layers a packed model may hold, and the model -> chain-of-layers walk.
+"""Which ops a packed model may hold: their records (``op`` + ``attrs``) and engine modules.
 
-An exportable model is a *chain*: every op consumes the previous op's output (all
-registered hbnn models are). :func:`trace_chain` finds it with ``torch.fx`` (binarized
-layers are leaves) and rejects anything else in one line.
+A packed model is a graph of ops (:mod:`hbnn.export.capture` finds it with ``torch.fx``).
+Convolutions, linear layers, batch norm and PReLU carry tensors (:mod:`hbnn.export.records`);
+the stateless ops here are (de)serialised by :func:`simple_record` / :func:`build_simple`.
+Every op takes one input except ``add`` (two: ``a + b``) and ``cat`` (two or more,
+concatenated along the channel dimension 1). The graph-only ops, on ``[N, C, H, W]``:
 
-Stateless ops are (de)serialised by :func:`simple_record` / :func:`build_simple`;
-convolutions, linear layers and batch norm carry tensors and live in
-:mod:`hbnn.export.format`.
+    add             a + b                               (residual add, float)
+    cat             torch.cat([x_1, ..., x_k], dim=1)
+    global_avg_pool x.mean((2, 3), keepdim)             -> [N, C] or [N, C, 1, 1]
+    subsample       x[:, :, ::s_h, ::s_w]               -> [N, C, ceil(H / s_h), ceil(W / s_w)]
+    pad_channels    F.pad(x, (0, 0, 0, 0, before, after)), zeros -> [N, before + C + after, H, W]
+    leaky_relu      max(x, 0) + negative_slope min(x, 0)
+    silu, hardswish x sigmoid(x), x relu6(x + 3) / 6
+
+``ReLU6`` is stored as ``hardtanh`` with bounds 0 and 6 (the same function).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hbnn.errors import FormatError
-from hbnn.nn import HBConv2d, HBLayerMixin, HBLinear
 
-__all__ = ["SUPPORTED_LAYERS", "SIMPLE_OPS", "trace_chain", "simple_record", "build_simple", "unsupported"]
+__all__ = ["INPUT", "SUPPORTED_LAYERS", "SUPPORTED_FUNCTIONS", "SIMPLE_OPS", "ARITY", "Add", "Cat", "GlobalAvgPool",
+           "Subsample", "PadChannels", "simple_record", "build_simple", "unsupported", "arity"]
 
-#: Module types an exported model may contain (``Dropout`` becomes the identity).
+#: The name by which graph nodes refer to the model input.
+INPUT = "input"
+
+#: Module types an exported model may contain (``Dropout`` becomes the identity, ``ReLU6`` a hardtanh).
 SUPPORTED_LAYERS = (
-    "HBConv2d", "HBLinear", "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "ReLU", "Hardtanh",
-    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Dropout", "Identity",
+    "HBConv2d", "HBLinear", "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh",
+    "LeakyReLU", "PReLU", "SiLU", "Hardswish", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten",
+    "Dropout", "Identity",
 )
+#: Functions and tensor methods a model's ``forward`` may call (:mod:`hbnn.export.capture`).
+SUPPORTED_FUNCTIONS = (
+    "a + b / a += b / torch.add (residual add of two tensors)", "torch.cat (dim 1)", "F.relu", "F.relu6",
+    "F.hardtanh", "F.leaky_relu", "F.silu", "F.hardswish", "F.adaptive_avg_pool2d", "F.dropout (eval)",
+    "x.mean((2, 3)) (global pooling)", "flatten / view / reshape to [N, -1]", "x[:, :, ::s, ::s]",
+    "F.pad of channels with zeros", "x.contiguous()",
+)
+
+
+class Add(nn.Module):
+    """``a + b`` (the residual add, in float)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+
+class Cat(nn.Module):
+    """``torch.cat(xs, dim)`` along the channel dimension."""
+
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class GlobalAvgPool(nn.Module):
+    """``x.mean((2, 3), keepdim)``: ``[N, C, H, W]`` -> ``[N, C]`` (or ``[N, C, 1, 1]``)."""
+
+    def __init__(self, keepdim: bool = False):
+        super().__init__()
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        return f"keepdim={self.keepdim}"
+
+
+class Subsample(nn.Module):
+    """``x[:, :, ::s_h, ::s_w]`` (the option-A shortcut's spatial step)."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = tuple(stride) if isinstance(stride, (list, tuple)) else (stride, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :: self.stride[0], :: self.stride[1]]
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+
+class PadChannels(nn.Module):
+    """``F.pad(x, (0, 0, 0, 0, before, after))``: zero channels before and after ``x``'s."""
+
+    def __init__(self, before: int, after: int):
+        super().__init__()
+        self.before, self.after = before, after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, 0, self.before, self.after))
+
+    def extra_repr(self) -> str:
+        return f"before={self.before}, after={self.after}"
 
 
 def _pair(v: Any) -> Any:
     return list(v) if isinstance(v, (tuple, list)) else v
 
 
+def _hardtanh_attrs(m: nn.Module) -> dict:
+    return {"min_val": float(m.min_val), "max_val": float(m.max_val)}
+
+
 # op name -> (module type(s), attrs of a module, module from attrs)
 SIMPLE_OPS: dict[str, tuple[tuple[type, ...], Callable[[nn.Module], dict], Callable[..., nn.Module]]] = {
     "relu": ((nn.ReLU,), lambda m: {}, lambda: nn.ReLU()),
-    "hardtanh": ((nn.Hardtanh,), lambda m: {"min_val": float(m.min_val), "max_val": float(m.max_val)},
+    "hardtanh": ((nn.Hardtanh, nn.ReLU6), _hardtanh_attrs,
                  lambda min_val, max_val: nn.Hardtanh(float(min_val), float(max_val))),
     "max_pool2d": ((nn.MaxPool2d,), lambda m: {
         "kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride), "padding": _pair(m.padding),
@@ -47,68 +135,30 @@ SIMPLE_OPS: dict[str, tuple[tuple[type, ...], Callable[[nn.Module], dict], Calla
                             nn.AdaptiveAvgPool2d),
     "flatten": ((nn.Flatten,), lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim}, nn.Flatten),
     "identity": ((nn.Identity, nn.Dropout), lambda m: {}, lambda: nn.Identity()),
+    "leaky_relu": ((nn.LeakyReLU,), lambda m: {"negative_slope": float(m.negative_slope)},
+                   lambda negative_slope: nn.LeakyReLU(float(negative_slope))),
+    "silu": ((nn.SiLU,), lambda m: {}, lambda: nn.SiLU()),
+    "hardswish": ((nn.Hardswish,), lambda m: {}, lambda: nn.Hardswish()),
+    "add": ((Add,), lambda m: {}, Add),
+    "cat": ((Cat,), lambda m: {"dim": m.dim}, Cat),
+    "global_avg_pool": ((GlobalAvgPool,), lambda m: {"keepdim": m.keepdim}, GlobalAvgPool),
+    "subsample": ((Subsample,), lambda m: {"stride": list(m.stride)}, Subsample),
+    "pad_channels": ((PadChannels,), lambda m: {"before": m.before, "after": m.after}, PadChannels),
 }
+
+#: ``(least, most)`` inputs of an op (``None``: no upper bound); every other op takes one.
+ARITY: dict[str, tuple[int, int | None]] = {"add": (2, 2), "cat": (2, None)}
+
+
+def arity(op: str) -> tuple[int, int | None]:
+    """``(least, most)`` inputs of ``op``."""
+    return ARITY.get(op, (1, 1))
 
 
 def unsupported(what: str) -> FormatError:
-    """The one-line error for a layer or op a packed model cannot hold."""
-    return FormatError(f"{what} is not supported by the packed format; supported layers: {', '.join(SUPPORTED_LAYERS)}")
-
-
-def _tracer():
-    import torch.fx as fx
-
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, (HBLayerMixin, nn.Conv2d, nn.Linear)) or super().is_leaf_module(m, qualname)
-
-    return _Tracer()
-
-
-def _is_known(m: nn.Module) -> bool:
-    if isinstance(m, (HBConv2d, HBLinear)):
-        return True
-    if type(m) in (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d):
-        return True
-    return any(type(m) in types for types, _, _ in SIMPLE_OPS.values())
-
-
-def trace_chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's ops in execution order, as ``(qualified name, module)``.
-
-    Raises:
-        FormatError: the model cannot be traced, is not a chain (branches, residual adds,
-            functional ops), or holds a layer type outside :data:`SUPPORTED_LAYERS`.
-    """
-    tracer = _tracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # fx raises many types for untraceable code
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise FormatError(f"cannot trace {type(model).__name__} into a chain of layers ({first})") from None
-    chain: list[tuple[str, nn.Module]] = []
-    previous = None
-    for node in graph.nodes:
-        if node.op == "placeholder":
-            if previous is not None:
-                raise FormatError(f"{type(model).__name__} takes more than one input; the packed format needs one")
-            previous = node
-            continue
-        if node.op == "output":
-            if node.args[0] is not previous:
-                raise FormatError(f"{type(model).__name__} does not return its last layer's output")
-            break
-        if node.op != "call_module":
-            raise unsupported(f"operation {node.target!r} ({node.op}) in {type(model).__name__}.forward")
-        if len(node.args) != 1 or node.args[0] is not previous or node.kwargs:
-            raise FormatError(f"layer {node.target!r} does not take the previous layer's output alone; "
-                              "the packed format holds chains of layers only")
-        module = model.get_submodule(node.target)
-        if not _is_known(module):
-            raise unsupported(f"layer {node.target!r} of type {type(module).__name__}")
-        chain.append((str(node.target), module))
-        previous = node
-    return chain
+    """The one-line error for a layer or op a packed model cannot hold (lists what it can)."""
+    return FormatError(f"{what} is not supported by the packed format; supported layers: {', '.join(SUPPORTED_LAYERS)}"
+                       f"; supported functions: {'; '.join(SUPPORTED_FUNCTIONS)}")
 
 
 def simple_record(module: nn.Module) -> tuple[str, dict] | None:

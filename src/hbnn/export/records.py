@@ -17,7 +17,9 @@ is one fixed-width code per unit, :mod:`hbnn.export.units`), ``bias`` ``[O]``,
 ``act.thresholds`` ``[K-1]`` (on the unit key of the activation ``structure``),
 ``act.mean_abs`` ``[]``. Version-2 records have no ``structure`` (``entry``).
 A kept batch norm is ``{"op": "batch_norm", "dim", "num_features", "eps"}`` with
-``weight``/``bias``/``running_mean``/``running_var``; stateless ops carry attributes only.
+``weight``/``bias``/``running_mean``/``running_var``; a PReLU is ``{"op": "prelu",
+"num_parameters"}`` with ``weight`` ``[num_parameters]``; stateless ops carry attributes
+only. Every record also names its ``inputs`` (graph nodes, :mod:`hbnn.export.topology`).
 
 Batch-norm folding (``BN(y) = a y + c``, ``a = gamma / sqrt(var + eps)``,
 ``c = beta - mean a``) applies to a BN directly after a conv/linear layer:
@@ -219,18 +221,30 @@ def _bn_record(name: str, bn: nn.Module, p: str, out: dict) -> dict:
             "num_features": n, "eps": float(bn.eps)}
 
 
-def layer_record(index: int, name: str, layer: nn.Module, out: dict, bn=None, bn_name: str | None = None) -> dict:
-    """The JSON record of one chain entry; its tensors go into ``out`` (prefix ``index``)."""
+def _prelu_record(name: str, m: nn.PReLU, p: str, out: dict) -> dict:
+    out[f"{p}.weight"] = m.weight.detach().float().reshape(-1).clone()
+    return {"op": "prelu", "name": name, "num_parameters": int(m.num_parameters)}
+
+
+def layer_record(index: int, name: str, layer: nn.Module, out: dict, bn=None, bn_name: str | None = None,
+                 inputs: list[str] | None = None) -> dict:
+    """The JSON record of one graph node fed by the nodes ``inputs``; its tensors go into ``out`` (prefix ``index``)."""
     p = str(index)
     if isinstance(layer, (nn.Conv2d, nn.Linear)):
-        return _affine_layer(name, layer, bn, bn_name, p, out)
-    if type(layer) in _BN:
-        return _bn_record(name, layer, p, out)
-    simple = simple_record(layer)
-    if simple is None:
-        raise unsupported(f"layer {name!r} of type {type(layer).__name__}")
-    op, attrs = simple
-    return {"op": op, "name": name, "attrs": attrs}
+        rec = _affine_layer(name, layer, bn, bn_name, p, out)
+    elif type(layer) in _BN:
+        rec = _bn_record(name, layer, p, out)
+    elif type(layer) is nn.PReLU:
+        rec = _prelu_record(name, layer, p, out)
+    else:
+        simple = simple_record(layer)
+        if simple is None:
+            raise unsupported(f"layer {name!r} of type {type(layer).__name__}")
+        op, attrs = simple
+        rec = {"op": op, "name": name, "attrs": attrs}
+    if inputs is not None:
+        rec["inputs"] = list(inputs)
+    return rec
 
 
 # ----------------------------------------------------------------------------- load side
@@ -329,4 +343,9 @@ def build_layer(index: int, rec: dict, tensors: dict, backend: str = "auto",
         return name, _affine_module(rec, tensors, p, where, backend)
     if op == "batch_norm":
         return name, _bn_module(rec, tensors, p)
+    if op == "prelu":
+        prelu = nn.PReLU(rec["num_parameters"])
+        with torch.no_grad():
+            prelu.weight.copy_(tensors[f"{p}.weight"])
+        return name, prelu.eval()
     return name, build_simple(op, dict(rec["attrs"]), where).eval()

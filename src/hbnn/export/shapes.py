@@ -11,9 +11,16 @@ module is built, for a batch of ``N`` inputs of ``input_shape``::
                  H' as for a conv (ceil_mode: rounded up, the last window starting inside)
     adaptive     [N, C, H, W] -> [N, C, oh, ow]
     flatten      dims start..end merged; the batch dimension is never merged
-    relu, hardtanh, identity: unchanged
+    relu, hardtanh, leaky_relu, silu, hardswish, identity: unchanged
+    prelu        [N, C, ...] unchanged, C = num_parameters (or num_parameters = 1)
+    add          two inputs of one shape -> that shape
+    cat          [N, C_i, ...] equal but for C -> [N, sum C_i, ...]
+    global_avg_pool [N, C, H, W] -> [N, C] (keepdim: [N, C, 1, 1])
+    subsample    [N, C, H, W] -> [N, C, ceil(H / s_h), ceil(W / s_w)]
+    pad_channels [N, C, H, W] -> [N, before + C + after, H, W]
 
-and the last output must be ``[N, K]`` (logits; ``K = model.num_classes`` when recorded).
+Nodes take their inputs' shapes (:func:`hbnn.export.topology.input_indices`; a chain's
+is the previous layer's), and the last output must be ``[N, K]`` (logits; ``K = model.num_classes`` when recorded).
 A mismatch is a :class:`hbnn.errors.FormatError` in one line naming the layer, its
 input shape and what it needs.
 """
@@ -24,6 +31,7 @@ import math
 from typing import Callable
 
 from hbnn.errors import FormatError
+from hbnn.export.topology import input_indices
 
 __all__ = ["output_shapes", "check_shapes"]
 
@@ -116,10 +124,52 @@ def _flatten(rec: dict, s: Shape) -> Shape:
     return (*full[1:start], math.prod(full[start:end + 1]), *full[end + 1:])
 
 
-_OUT: dict[str, Callable[[dict, Shape], Shape]] = {
-    "conv2d": _conv, "linear": _linear, "batch_norm": _batch_norm,
+def _prelu(rec: dict, s: Shape) -> Shape:
+    n = rec["num_parameters"]
+    _need(n == 1 or (len(s) >= 1 and s[0] == n), f"{n} channels (num_parameters)")
+    return s
+
+
+def _add(rec: dict, a: Shape, b: Shape) -> Shape:
+    _need(a == b, f"two inputs of one shape (the other input is {_fmt(b)})")
+    return a
+
+
+def _cat(rec: dict, *shapes: Shape) -> Shape:
+    first = shapes[0]
+    _need(len(first) >= 1, "[N, C, ...] inputs")
+    for other in shapes[1:]:
+        _need(len(other) == len(first) and other[1:] == first[1:],
+              f"inputs equal but for dim 1 (another input is {_fmt(other)})")
+    return (sum(t[0] for t in shapes), *first[1:])
+
+
+def _global(rec: dict, s: Shape) -> Shape:
+    _image(s, None, "global_avg_pool")
+    return (s[0], 1, 1) if rec["attrs"]["keepdim"] else (s[0],)
+
+
+def _subsample(rec: dict, s: Shape) -> Shape:
+    _image(s, None, "subsample")
+    sh, sw = rec["attrs"]["stride"]
+    return (s[0], -(-s[1] // sh), -(-s[2] // sw))
+
+
+def _pad_channels(rec: dict, s: Shape) -> Shape:
+    _image(s, None, "pad_channels")
+    a = rec["attrs"]
+    return (a["before"] + s[0] + a["after"], *s[1:])
+
+
+def _same(rec: dict, s: Shape) -> Shape:
+    return s
+
+
+_OUT: dict[str, Callable[..., Shape]] = {
+    "conv2d": _conv, "linear": _linear, "batch_norm": _batch_norm, "prelu": _prelu,
     "max_pool2d": _pool, "avg_pool2d": _pool, "adaptive_avg_pool2d": _adaptive, "flatten": _flatten,
-    "relu": lambda rec, s: s, "hardtanh": lambda rec, s: s, "identity": lambda rec, s: s,
+    "relu": _same, "hardtanh": _same, "identity": _same, "leaky_relu": _same, "silu": _same, "hardswish": _same,
+    "add": _add, "cat": _cat, "global_avg_pool": _global, "subsample": _subsample, "pad_channels": _pad_channels,
 }
 
 
@@ -138,14 +188,15 @@ def output_shapes(layers: list[dict], input_shape: list[int], where: str) -> lis
     Raises:
         FormatError: a layer whose input does not fit it (names the layer, its input and what it needs).
     """
-    s: Shape = tuple(input_shape)
-    out = []
-    for i, rec in enumerate(layers):
+    first: Shape = tuple(input_shape)
+    out: list[Shape] = []
+    for i, (rec, ins) in enumerate(zip(layers, input_indices(layers, where))):
+        args = [first if j < 0 else out[j] for j in ins]
         try:
-            s = _OUT[rec["op"]](rec, s)
+            s = _OUT[rec["op"]](rec, *args)
         except _Mismatch as exc:
             raise FormatError(f"{where}: layer {i} ({rec['name']}): shapes do not chain on input_shape "
-                              f"{list(input_shape)}: its input is {_fmt(s)}, it needs {exc}") from None
+                              f"{list(input_shape)}: its input is {_fmt(args[0])}, it needs {exc}") from None
         _need_positive(s, i, rec, where)
         out.append(s)
     return out

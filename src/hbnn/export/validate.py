@@ -58,7 +58,7 @@ from hbnn.quant.checks import HEURISTICS
 from hbnn.quant.mix import MAX_BITS, MIN_BITS, BitMix
 from hbnn.quant.structure import Structure
 
-__all__ = ["EXPORT_COMMAND", "RECREATE", "OPS", "MAX_INT", "MAX_INPUT_ELEMENTS", "MAX_SIDE", "ACT_HEURISTICS",
+__all__ = ["EXPORT_COMMAND", "RECREATE", "OPS", "OPS_V2", "MAX_PAD_CHANNELS", "MAX_INT", "MAX_INPUT_ELEMENTS", "MAX_SIDE", "ACT_HEURISTICS",
            "check_header", "check_tensors", "tensor_specs"]
 
 #: The command that writes a packed file (told to whoever holds one this hbnn cannot read).
@@ -66,7 +66,12 @@ EXPORT_COMMAND = "hbnn export RUN --out FILE"
 #: How to replace a packed file this hbnn cannot read.
 RECREATE = f"re-create it with `{EXPORT_COMMAND}`"
 #: Layer op names a packed file may hold.
-OPS = ("conv2d", "linear", "batch_norm", *SIMPLE_OPS)
+OPS = ("conv2d", "linear", "batch_norm", *SIMPLE_OPS, "prelu")
+#: Layer op names of a version-2 file (a chain of these).
+OPS_V2 = ("conv2d", "linear", "batch_norm", "relu", "hardtanh", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+          "flatten", "identity")
+#: Largest number of zero channels a ``pad_channels`` op may add on either side.
+MAX_PAD_CHANNELS = 2 ** 16
 #: Largest adaptive-pool output side (no input side allowed by :data:`MAX_INPUT_ELEMENTS` is larger).
 MAX_SIDE = 2 ** 12
 #: Activation heuristics that run elementwise at inference (``random`` does not).
@@ -133,13 +138,17 @@ def _check_layer(i: int, rec: Any, where: str, v2: bool = False) -> None:
         raise at.fail("record", rec, "an object with an op and a name")
     name = at.text("name", rec.get("name"))
     at = At(f"{where}: layer {i} ({name})")
-    op = rec.get("op")
-    if not isinstance(op, str) or op not in OPS:
-        raise FormatError(f"{at.where}: unknown layer op {short(op)}; supported ops: {', '.join(OPS)}")
+    op, ops = rec.get("op"), OPS_V2 if v2 else OPS
+    if not isinstance(op, str) or op not in ops:
+        raise FormatError(f"{at.where}: unknown layer op {short(op)}; supported ops: {', '.join(ops)}")
+    graph = () if v2 else ("inputs",)  # version 3: every record names its inputs (hbnn.export.topology)
     if op in ("conv2d", "linear"):
         _check_affine(at, rec, v2)
+    elif op == "prelu":
+        at.keys("", rec, ("op", "name", "num_parameters", *graph))
+        at.int("num_parameters", rec["num_parameters"], 1)
     elif op == "batch_norm":
-        at.keys("", rec, ("op", "name", "dim", "num_features", "eps"))
+        at.keys("", rec, ("op", "name", "dim", "num_features", "eps", *graph))
         if at.int("dim", rec["dim"], 1) not in (1, 2):
             raise at.fail("dim", rec["dim"], "1 or 2")
         at.int("num_features", rec["num_features"], 1)
@@ -147,12 +156,12 @@ def _check_layer(i: int, rec: Any, where: str, v2: bool = False) -> None:
             raise at.fail("eps", rec["eps"], f"a finite number > 0 (at least {_FLOAT32_TINY:.4g}, float32's smallest "
                                              "normal number)")
     else:
-        at.keys("", rec, ("op", "name", "attrs"))
+        at.keys("", rec, ("op", "name", "attrs", *graph))
         _ATTRS[op](at, rec["attrs"])
 
 
 def _check_affine(at: At, rec: dict, v2: bool = False) -> None:
-    at.keys("", rec, _AFFINE_KEYS)
+    at.keys("", rec, _AFFINE_KEYS if v2 else (*_AFFINE_KEYS, "inputs"))
     folded = rec["folded"]
     if not isinstance(folded, list) or not all(isinstance(n, str) and n.isprintable() for n in folded):
         raise at.fail("folded", folded, "a list of layer names")
@@ -341,9 +350,44 @@ def _flatten(at: At, attrs: Any) -> None:
     at.int("attrs.end_dim", attrs["end_dim"], -4, 3)
 
 
+def _leaky_relu(at: At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("negative_slope",))
+    at.number("attrs.negative_slope", attrs["negative_slope"])
+
+
+def _cat(at: At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("dim",))
+    if at.int("attrs.dim", attrs["dim"], 1) != 1:
+        raise at.fail("attrs.dim", attrs["dim"], "1 (the channel dimension)")
+
+
+def _global_avg_pool(at: At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("keepdim",))
+    at.bool("attrs.keepdim", attrs["keepdim"])
+
+
+def _subsample(at: At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("stride",))
+    at.ints("attrs.stride", attrs["stride"], 1)
+
+
+def _pad_channels(at: At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("before", "after"))
+    at.int("attrs.before", attrs["before"], 0, MAX_PAD_CHANNELS)
+    at.int("attrs.after", attrs["after"], 0, MAX_PAD_CHANNELS)
+
+
 _ATTRS = {
     "relu": _no_attrs,
     "identity": _no_attrs,
+    "silu": _no_attrs,
+    "hardswish": _no_attrs,
+    "add": _no_attrs,
+    "leaky_relu": _leaky_relu,
+    "cat": _cat,
+    "global_avg_pool": _global_avg_pool,
+    "subsample": _subsample,
+    "pad_channels": _pad_channels,
     "hardtanh": _hardtanh,
     "max_pool2d": lambda at, a: _pool(at, a, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
     "avg_pool2d": lambda at, a: _pool(at, a, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
@@ -365,6 +409,8 @@ def tensor_specs(index: int, rec: dict) -> dict[str, tuple[torch.dtype, tuple[in
     if rec["op"] == "batch_norm":
         n = rec["num_features"]
         return {f"{p}.{k}": (f32, (n,), "") for k in ("weight", "bias", "running_mean", "running_var")}
+    if rec["op"] == "prelu":
+        return {f"{p}.weight": (f32, (rec["num_parameters"],), "")}
     if rec["op"] not in ("conv2d", "linear"):
         return {}
     shape = _weight_shape(At(""), rec["op"], rec["geometry"])
