@@ -12,6 +12,10 @@
 - ``python -m research plot curves [--results results/curves_long.jsonl]`` -- mean test
   accuracy per epoch of the longer scales (``docs/figures/training_curves.png``; ``--markdown``
   prints the final accuracy and the gain in the last 3 epochs instead, :mod:`research.curves`);
+- ``python -m research plot structure [--results results/structure.jsonl] [--bench
+  results/bench/structure.json]`` -- accuracy against packed-engine latency of the structure
+  study (``docs/figures/structure.png``; ``--markdown`` prints the table and the verdict per
+  structure instead, :mod:`research.structure`);
 - ``python -m research plot report [--doc docs/results.md]`` -- refill the document's
   result regions (:mod:`research.report`).
 
@@ -41,12 +45,14 @@ def _register_plot(subparsers: Any) -> None:
                     "(--markdown), or print the five claim verdicts (EXPERIMENT = verdicts).")
     p.add_argument("experiment", help="experiment name, 'verdicts', 'training_length' (claims ii and v against epochs), "
                                           "'curves' (test accuracy per epoch), "
+                                          "'structure' (accuracy vs packed latency, with --bench), "
                                           "or 'report' (fill --doc from the results)")
     p.add_argument("--doc", default="docs/results.md", help="report: the markdown file whose hbnn plot regions to refill")
     p.add_argument("--results", help="results file (default results/<experiment>.jsonl)")
     p.add_argument("--out", default=DEFAULT_FIGURES_DIR, help=f"output folder (default {DEFAULT_FIGURES_DIR})")
     p.add_argument("--markdown", action="store_true", help="print the aggregated markdown table instead")
     p.add_argument("--results-dir", default="results", help="verdicts: folder of the results files")
+    p.add_argument("--bench", help="structure: the bench_structure JSON (default <results-dir>/bench/structure.json)")
     p.add_argument("--prefix", default=None,
                    help="verdicts: only the results files with this prefix, e.g. cifar10_ or long_ (default: "
                         "the 2-epoch and the converged scale side by side)")
@@ -84,6 +90,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise ConfigError(f"--results: {path} not found; collect curves with scripts/collect_curves.py")
         print(curves_markdown(path) if args.markdown else plot_curves(path, Path(args.out) / "training_curves.png"))
+        return 0
+    if args.experiment == "structure":
+        from research.structure import plot_structure, structure_markdown
+
+        results = Path(args.results or Path(args.results_dir) / "structure.jsonl")
+        bench = Path(args.bench or Path(args.results_dir) / "bench" / "structure.json")
+        print(structure_markdown(results, bench) if args.markdown
+              else plot_structure(results, bench, Path(args.out) / "structure.png"))
         return 0
     if args.experiment == "verdicts" or args.markdown:
         from research.report import experiment_markdown

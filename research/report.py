@@ -8,7 +8,9 @@ A region in the document::
 
 is replaced by what ``python -m research plot fig2b --markdown`` prints (``<!-- hbnn plot
 verdicts -->``: the verdict table; ``verdicts_by_scale``, ``training_length`` and ``curves``:
-the tables of :mod:`research.scales` and :mod:`research.curves`). A marker without a closing line gets one. So every number
+the tables of :mod:`research.scales` and :mod:`research.curves`; ``structure``: the table and
+verdicts of :mod:`research.structure` from ``structure.jsonl`` and ``bench/structure.json``
+of the results folder). A marker without a closing line gets one. So every number
 in the document regenerates from the committed ``results/*.jsonl`` with one command. (The
 markers keep their ``hbnn plot`` spelling, so documents written before the command moved
 still refill.)
@@ -76,8 +78,15 @@ def _curves(results_dir: str | Path) -> str:
     return curves_markdown(path)
 
 
+def _structure(results_dir: str | Path) -> str:
+    from research.structure import structure_markdown
+
+    return structure_markdown(Path(results_dir) / "structure.jsonl", Path(results_dir) / "bench" / "structure.json")
+
+
 #: Regions computed from the whole results folder rather than one results file.
-_DIR_TABLES = {"verdicts_by_scale": _verdicts_by_scale, "training_length": _training_length, "curves": _curves}
+_DIR_TABLES = {"verdicts_by_scale": _verdicts_by_scale, "training_length": _training_length, "curves": _curves,
+               "structure": _structure}
 
 
 def render_doc(text: str, results_dir: str | Path = "results") -> str:
