@@ -115,6 +115,12 @@ def calibrated():
     return calibrate
 
 
+@pytest.fixture(scope="session")
+def calibrator():
+    """:func:`calibrate` for fixtures of a wider scope than ``calibrated``."""
+    return calibrate
+
+
 def rewrite_packed(path: Path, edit_header=None, edit_tensors=None, *, resum: bool = True, reseal: bool = True) -> None:
     """Rewrite a packed file with an edited header/tensors, read raw (no validation).
 

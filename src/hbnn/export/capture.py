@@ -23,6 +23,11 @@ control flow (fx cannot trace it), an unsupported module, function or argument, 
 that is never used, more than one input or output -- is one :class:`hbnn.errors.FormatError`
 line naming the module or op and listing what is supported
 (:func:`hbnn.export.ops.unsupported`).
+
+``torch.fx`` records ``a += b`` as ``a + b``: an in-place op on a tensor that is read again
+(``y = conv(x); z = y; z += x; return y + z``) is captured as something else than the
+model computes. :func:`verify_capture` therefore runs the traced graph and the model
+(in eval mode, on one random batch) and requires identical outputs.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from hbnn.errors import FormatError
 from hbnn.export.ops import INPUT, Add, Cat, GlobalAvgPool, PadChannels, Subsample, simple_record, unsupported
 from hbnn.nn import HBConv2d, HBLayerMixin, HBLinear
 
-__all__ = ["INPUT", "GraphNode", "capture"]
+__all__ = ["INPUT", "GraphNode", "capture", "verify_capture"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -341,6 +346,31 @@ def capture(model: nn.Module) -> list[GraphNode]:
         out.append(GraphNode(name, module, [value[a] for a in inputs]))
         value[node] = name
     raise FormatError(f"{owner}.forward returns nothing")  # fx graphs always end in an output node
+
+
+def verify_capture(model: nn.Module, input_shape) -> None:
+    """Run the traced graph and ``model`` in eval mode on 2 random inputs of ``input_shape``:
+    the outputs must be identical (the same float ops in the same order). Modes are restored.
+
+    Raises:
+        FormatError: they differ (in-place ops on tensors read again, or Python state fx cannot see).
+    """
+    import torch.fx as fx
+
+    modes = [(m, m.training) for m in model.modules()]
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        model.eval()
+        with torch.no_grad():
+            traced = fx.GraphModule(model, _trace(model))(x)
+            ref = model(x)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if not (isinstance(ref, torch.Tensor) and ref.shape == traced.shape and torch.equal(ref, traced)):
+        raise FormatError(f"the torch.fx graph of {type(model).__name__} computes something else than its forward "
+                          "(an in-place op such as += on a tensor that is read again, or state fx cannot see); "
+                          "rewrite forward without it to export")
 
 
 def _check_used(nodes: list[GraphNode], output: str, owner: str) -> None:

@@ -10,13 +10,14 @@ residual with fixed ``mu_j``), ``W`` the binarized weight ``sum_i mu_i (2 s_i - 
 (:func:`hbnn.quant.functional.dequantize_planes`), and ``out_scale``/``bias`` holding the
 layer's output scale, bias and any folded batch norm.
 
-When both the input and the weight are binarized (and ``groups == 1``) the layer runs
+When both the input and the weight are binarized the layer runs
 ``hbnn.kernels.binary_conv2d``/``binary_linear``: the input is binarized and packed in one
 pass (:func:`hbnn.kernels.pack_activations`) and the output is
 ``sum_i sum_j (mu_w_i out_scale) mu_x_j popcount-dot_ij + bias`` (``out_scale`` is folded
 into the per-row weight scales; the weight is packed and prepared for the kernels once, at
-load: :func:`hbnn.kernels.prepare_weight`). Otherwise (weights-only, activations-only or grouped
-layers) it runs ``F.conv2d``/``F.linear`` on ``Q_a(x)`` and the dequantized weight, which
+load: :func:`hbnn.kernels.prepare_weight`); a grouped conv runs them per group
+(:class:`PackedConv2d`). Otherwise (weights-only or activations-only layers) it runs
+``F.conv2d``/``F.linear`` on ``Q_a(x)`` and the dequantized weight, which
 is the training-time computation.
 """
 
@@ -156,31 +157,83 @@ class PackedLayer(nn.Module):
 
 
 class PackedConv2d(PackedLayer):
-    """A packed 2-d convolution (zero padding, any stride/dilation; kernels need groups=1)."""
+    """A packed 2-d convolution (zero padding, any stride/dilation and groups).
+
+    A grouped binarized conv (``groups = g > 1``, e.g. depthwise) runs the bit-serial kernels
+    per group: group ``k`` is a dense binary conv of input channels ``k C/g .. (k+1) C/g - 1``
+    to output channels ``k O/g .. (k+1) O/g - 1`` (weight rows of that range, prepared
+    once at load); the input is binarized once over all channels (so structured maps see
+    whole pixels), packed per group, and the group outputs are concatenated along channels.
+    """
 
     def __init__(self, weight, planes, act, bias, out_scale, *, stride, padding, dilation, groups, backend="auto"):
         super().__init__(weight, planes, act, bias, out_scale, backend)
         self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
-        if planes is not None and act is not None and groups == 1:
-            signs, masks, _ = planes
-            packed = pack_conv_weight(signs, masks, self._kernel_scales(), backend=backend)
-            self.kernel_weight = prepare_weight(packed, backend=backend)
+        self.group_weights: list[PreparedWeight] | None = None
+        if planes is not None and act is not None:
+            parts = self._prepare_groups(planes, backend)
+            if groups == 1:
+                self.kernel_weight = parts[0]
+            else:
+                self.group_weights = parts
+
+    def _prepare_groups(self, planes, backend: str) -> list[PreparedWeight]:
+        """One prepared weight per group: its ``O/g`` output rows, scales sliced likewise."""
+        signs, masks, _ = planes
+        scales = self._kernel_scales()
+        rows = signs.shape[1] // self.groups
+        parts = []
+        for k in range(self.groups):
+            sel = slice(k * rows, (k + 1) * rows)
+            part_scales = scales if scales.dim() == 1 else scales[:, sel].contiguous()
+            packed = pack_conv_weight(signs[:, sel], masks[:, sel], part_scales, backend=backend)
+            parts.append(prepare_weight(packed, backend=backend))
+        return parts
+
+    @property
+    def binary(self) -> bool:
+        """True when this layer runs the bit-serial kernels (per group for a grouped conv)."""
+        return self.kernel_weight is not None or self.group_weights is not None
 
     CHANNEL_SHAPE = (1, -1, 1, 1)
+
+    def pack_input(self, x: torch.Tensor):
+        """:meth:`PackedLayer.pack_input`, or for a grouped conv one packed input per group
+        (the map computed on the whole input first)."""
+        if self.group_weights is None:
+            return super().pack_input(x)
+        act = self.act
+        b, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        bitmap = act.running_bitmap(rows)
+        cg = c // self.groups
+        parts = []
+        for k in range(self.groups):
+            sel = slice(k * cg, (k + 1) * cg)
+            p = pack_activations(rows[:, sel], act.running_scales, None if bitmap is None else bitmap[:, sel],
+                                 backend=self.backend)
+            parts.append(PackedPlanes(p.signs, p.masks, p.full, p.scales, (b, h, w, cg)))
+        return parts
 
     def float_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``conv2d(x, weight, bias)`` with the layer's geometry."""
         return F.conv2d(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def kernel_op(self, xp: PackedPlanes) -> torch.Tensor:
-        """``binary_conv2d`` of the packed input and weight."""
-        return binary_conv2d(xp, self.kernel_weight, stride=self.stride, padding=self.padding,
-                             dilation=self.dilation, backend=self.backend)
+    def _conv(self, xp: PackedPlanes, w: PreparedWeight) -> torch.Tensor:
+        return binary_conv2d(xp, w, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                             backend=self.backend)
+
+    def kernel_op(self, xp) -> torch.Tensor:
+        """``binary_conv2d`` of the packed input and weight (per group, concatenated, for a grouped conv)."""
+        if self.group_weights is None:
+            return self._conv(xp, self.kernel_weight)
+        return torch.cat([self._conv(p, w) for p, w in zip(xp, self.group_weights)], 1)
 
     def extra_repr(self) -> str:
         o, c, kh, kw = self.weight.shape
         return f"{c * self.groups}, {o}, kernel_size=({kh}, {kw}), stride={self.stride}, padding={self.padding}, " \
-               f"binary={self.binary}, act={self.act is not None}, planes={self.planes is not None}"
+               f"groups={self.groups}, binary={self.binary}, act={self.act is not None}, " \
+               f"planes={self.planes is not None}"
 
 
 class PackedLinear(PackedLayer):

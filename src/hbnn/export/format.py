@@ -43,7 +43,7 @@ from torch import nn
 
 from hbnn import __version__
 from hbnn.errors import FormatError
-from hbnn.export.capture import GraphNode, capture
+from hbnn.export.capture import GraphNode, capture, verify_capture
 from hbnn.export.engine import PackedModel, optimize_graph
 from hbnn.export.records import build_layer, can_fold, layer_record
 from hbnn.export.shapes import check_shapes
@@ -154,6 +154,7 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
     }
     check_header(header, where)  # what is written always reads back
     check_tensors(header, tensors, where)
+    verify_capture(model, header["input_shape"])
     return header, tensors
 
 
