@@ -189,7 +189,7 @@ def bench_structure(*, experiment: str = "structure", runs_dir: str = "runs/swee
         batch, reps: images per forward pass; timed round-robin repetitions (medians).
         threads: ``torch.set_num_threads`` (default: torch's); the C kernels use the same count.
         input_kind: ``auto``, ``test`` or ``random`` (see the module docstring).
-        quick: batch 8, 3 reps, 2 calibration batches of 16 (a smoke run).
+        quick: batch 8, 3 reps, 1 calibration batch of 8 (a smoke run; default: 8 batches of 64).
     """
     from hbnn.experiments.kinds import expand
     from hbnn.experiments.layerwise import config_shape
@@ -208,7 +208,7 @@ def bench_structure(*, experiment: str = "structure", runs_dir: str = "runs/swee
     shape = config_shape(runs[0].config["data"])
     x, x_kind = _input_batch(runs[0].config, shape, batch, input_kind, seed)
     gen = torch.Generator().manual_seed(seed + 2)
-    calib = [torch.randn(16 if quick else 64, *x.shape[1:], generator=gen) for _ in range(2 if quick else 8)]
+    calib = [torch.randn(8 if quick else 64, *x.shape[1:], generator=gen) for _ in range(1 if quick else 8)]
     rows, engines, fp32 = [], {}, None
     with tempfile.TemporaryDirectory(prefix="hbnn-bench-structure-") as tmp, torch.no_grad():
         for run in runs:

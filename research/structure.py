@@ -183,8 +183,10 @@ def structure_markdown(results: str | Path, bench: str | Path) -> str:
         s, b = r.stats, r.bench or {}
         top1 = f"{s.mean:.2f}" + ("" if s.std is None else f" ± {s.std:.2f}") + f" ({s.n})"
         fs = "" if r.faster is None else f"{'yes' if r.faster else 'no'} / {'yes' if r.smaller else 'no'}"
+        ms = (f"{data['fp32_ms']:.2f} (PyTorch fp32)" if r.role == "fp" and "fp32_ms" in data  # as in the figure
+              else _cell(b.get("packed_ms"), ".2f"))
         out.append(f"| {s.label} | {_maps(s.spec)} | {top1} | {_cell(r.recovery, '.0%')} | {r.kept} | "
-                   f"{_cell(b.get('packed_ms'), '.2f')} | {_cell(b.get('time_vs_fp32'), '.2f')} | "
+                   f"{ms} | {_cell(b.get('time_vs_fp32'), '.2f') if r.role != 'fp' else '1.00'} | "
                    f"{_cell(b.get('time_vs_ref'), '.2f')} | {_cell(b.get('bits_per_binarized_weight'), '.3f')} | "
                    f"{fs} | {('**' + r.verdict + '**') if r.verdict else ''} |")
     yes = [r.stats.label for r in rows if r.verdict == "yes"]

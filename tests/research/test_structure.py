@@ -114,6 +114,7 @@ def test_markdown_table_and_verdict(files):
     assert "| block64 + group64 | 89.00 ± 0.10 (3) | 90% | held | 4.00 |" in block and "| **yes** |" in block
     assert "| yes / yes |" in block and "| 1.430 |" in block
     assert "| w channel | channel error | " in text
+    assert "| FP | float | 92.00 ± 0.10 (3) |  |  | 10.00 (PyTorch fp32) | 1.00 |" in text  # FP at its fp32 time
     assert "**Verdict:** block64, w channel keep at least 70%" in text
     assert "Rule: recovery = (top1 - top1_W1A1)" in text and "Test CPU, 2 threads, avx2 kernels" in text
 
