@@ -2,7 +2,9 @@
 
 ``import hbnn`` never imports this package. Entry points:
 
-- :func:`export_model` -- write a trained (binarized) model as real packed bits;
+- :func:`export_model` -- write a trained (binarized) model -- any graph of supported ops
+  (:mod:`hbnn.export.capture`: residual adds, concatenation, functional activations) -- as
+  real packed bits;
 - :func:`load` -- read it back as a runnable :class:`PackedModel` whose binarized layers
   run the bit-serial kernels of :mod:`hbnn.kernels`;
 - :func:`storage_report` / :func:`format_report` -- file size vs fp32, bits per parameter;
@@ -34,7 +36,7 @@ from hbnn.export.format import (
     read_packed,
     storage_report,
 )
-from hbnn.export.ops import SUPPORTED_LAYERS
+from hbnn.export.ops import SUPPORTED_FUNCTIONS, SUPPORTED_LAYERS
 from hbnn.export.prediction import Predictor, load_predictor, predict
 from hbnn.export.source import model_from_packed, packed_input_shape
 
@@ -42,6 +44,7 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "SUPPORTED_LAYERS",
+    "SUPPORTED_FUNCTIONS",
     "PackedModel",
     "PackedLayer",
     "PackedConv2d",

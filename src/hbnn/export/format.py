@@ -7,7 +7,7 @@ One safetensors file. Its header metadata key ``"hbnn-packed"`` holds the JSON h
      "meta": {data?: {name, data_dir, image_size}, source?: {checkpoint, sha256, epoch,
               step, metrics}, ...anything else the exporter passed...},
      "input_shape": [C, H, W] (1 to 3 dims), "source_params": int, "fold_bn": bool,
-     "layers": [layer records, in execution order],
+     "layers": [layer records: graph nodes in topological order, each naming its "inputs"],
      "payload_sha256": hbnn.io.tensors_sha256 of the tensors (name, dtype, shape, bytes),
      "header_sha256": hbnn.io.header_sha256 of every other field}
 
@@ -16,7 +16,9 @@ reader that validates every field (:mod:`hbnn.export.validate`). Version 3 adds 
 ``structure`` to every binarized weight and activation record: a structured weight map
 (``block<K>``, ``channel``) is stored as one fixed-width code per unit
 (:mod:`hbnn.export.units`), a structured activation map (``pixel``, ``group<G>``) is
-rebuilt by the engine from the recorded structure and running thresholds. This reader
+rebuilt by the engine from the recorded structure and running thresholds; every record
+names its ``inputs`` (a graph, :mod:`hbnn.export.topology`; captured by
+:mod:`hbnn.export.capture`). This reader
 reads versions 2 and 3 (:data:`READ_VERSIONS`; a version-2 record is a per-entry one);
 files of version 1 are refused with how to re-create them (``hbnn export RUN --out FILE``).
 
@@ -117,7 +119,8 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
     """``(header, tensors)`` of the packed file of ``model`` (nothing is written).
 
     Args:
-        model: a chain of supported layers (see :data:`hbnn.export.SUPPORTED_LAYERS`) with
+        model: a graph of supported layers and functions (:data:`hbnn.export.SUPPORTED_LAYERS`,
+            :data:`hbnn.export.SUPPORTED_FUNCTIONS`; :mod:`hbnn.export.capture`) with
             calibrated activation quantizers; its training mode is irrelevant (eval
             semantics are exported) and it is not modified.
         meta: JSON-safe metadata; ``meta["model"]`` (name, config, quant and dataset
@@ -130,7 +133,8 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
             checks that the layers chain on it to ``[N, K]`` logits.
 
     Raises:
-        FormatError: unsupported layers, uncalibrated or non-elementwise quantizers,
+        FormatError: unsupported layers or functions, a model fx cannot trace (or traces
+            into something else than its forward), uncalibrated or non-elementwise quantizers,
             non-finite parameters, ``meta`` fields hbnn reads with the wrong type, no
             known input shape, or layers whose shapes do not chain.
         TypeError: ``meta`` is not JSON-serialisable.

@@ -26,10 +26,13 @@ ever see well-typed, in-range values:
   an activation's ``entry``, ``pixel`` (conv inputs) or ``group<G>`` (``G`` at most the
   input's channels); a structured weight's unit codes are in range and give the record's
   ``plane_counts`` (:mod:`hbnn.export.units`, checked with the tensors);
+* graph (version 3): every record names its ``inputs``, earlier records or ``"input"``,
+  as many as its op takes; no missing nodes, cycles, duplicate names or unused nodes
+  (:mod:`hbnn.export.topology`); version-2 files are chains of the version-2 ops;
 * ``model``, ``meta`` and ``input_shape`` (required): :mod:`hbnn.export.provenance`
   (``model.config`` and ``model.quant`` valid for their schemas, ``meta.data`` /
   ``meta.source`` typed);
-* shapes chain from ``input_shape`` to ``[N, K]`` logits (:mod:`hbnn.export.shapes`,
+* shapes propagate through the graph from ``input_shape`` to ``[N, K]`` logits (:mod:`hbnn.export.shapes`,
   after every field is checked);
 * tensors: exactly the ones the records name, each with the dtype and shape its record
   implies, all values finite, batch-norm variances ``>= 0``.

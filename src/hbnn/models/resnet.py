@@ -49,8 +49,8 @@ Binarization conventions (what ``hbnn.quantize_`` with the recipes' layout produ
 
     cfg = {"default": {"weight": {"bits": 1.4}, "act": {"bits": 1.4}}, **RESNET_QUANT}
 
-The packed exporter (``hbnn export``) handles sequential nets only; ResNets train,
-evaluate and convert, but do not export yet.
+The packed exporter (``hbnn export``) captures them as graphs (residual adds, option-A
+subsampling and channel padding, projection shortcuts; ``docs/deploy.md``).
 """
 
 from __future__ import annotations
