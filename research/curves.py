@@ -6,6 +6,7 @@ folders) holds one line per run: ``run`` (``experiment/point/seedN``), ``epoch``
 ``(experiment, point)`` and reports how much the mean test top-1 still moved at the end:
 
     tail_gain = mean_top1[last epoch] - mean_top1[last epoch - tail]
+    head_gain = mean_top1[epoch 1 + HEAD] - mean_top1[epoch 1]
 
 in points (``tail`` = 3 epochs by default). A schedule has converged when the learning rate
 has decayed to ~0 and the tail gain is small against the seed spread; the table says both,
@@ -21,7 +22,10 @@ from pathlib import Path
 
 from hbnn.experiments.results import read_results
 
-__all__ = ["Curve", "mean_curves", "curves_markdown", "plot_curves"]
+__all__ = ["Curve", "HEAD", "mean_curves", "curves_markdown", "plot_curves"]
+
+#: Epochs after the first over which the table reports the early gain (epochs 1 to HEAD + 1).
+HEAD = 4
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,10 @@ class Curve:
     top1: tuple[float, ...]
     sd_last: float
     lr_last: float
+
+    def head_gain(self, head: int = 4) -> float:
+        """``top1[head] - top1[0]`` in points: the gain over the first ``head`` epochs after the first."""
+        return self.top1[min(head, len(self.top1) - 1)] - self.top1[0]
 
     def tail_gain(self, tail: int = 3) -> float:
         """``top1[-1] - top1[-1 - tail]`` in points (the whole curve when shorter)."""
@@ -74,11 +82,12 @@ def mean_curves(path: str | Path) -> list[Curve]:
 
 def curves_markdown(path: str | Path, tail: int = 3) -> str:
     """One row per point: seeds, epochs, final mean top-1, its seed sd, the tail gain, final lr."""
-    rows = [f"| experiment | point | seeds | epochs | final top-1 | sd over seeds | gain in last {tail} epochs | final lr |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [f"| experiment | point | seeds | epochs | final top-1 | sd over seeds | gain in epochs 1-{HEAD + 1} "
+            f"| gain in last {tail} epochs | final lr |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for c in mean_curves(path):
         rows.append(f"| {c.experiment} | {c.point} | {c.seeds} | {c.epochs[-1]} | {c.top1[-1]:.2f} | {c.sd_last:.2f} "
-                    f"| {c.tail_gain(tail):+.2f} | {c.lr_last:.2g} |")
+                    f"| {c.head_gain(HEAD):+.2f} | {c.tail_gain(tail):+.2f} | {c.lr_last:.2g} |")
     return "\n".join(rows)
 
 

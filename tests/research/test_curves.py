@@ -37,6 +37,8 @@ def test_mean_curves_average_seeds_per_point(curves):
     assert w2.sd_last == pytest.approx(statistics.stdev([80.0, 90.0]), abs=1e-12)
     assert w2.tail_gain(3) == pytest.approx(35.0, abs=1e-12)
     assert w2.tail_gain(1) == pytest.approx(10.0, abs=1e-12)
+    assert w2.head_gain(2) == pytest.approx(25.0, abs=1e-12)
+    assert w2.head_gain(4) == pytest.approx(35.0, abs=1e-12)  # shorter curve: up to its last epoch
     assert w2.lr_last == 0.0
     assert got[("long_fig2b", "w1")].seeds == 1  # the 3-epoch run has another schedule
     assert got[("mid_table1", "w2a2")].tail_gain(3) == pytest.approx(10.0, abs=1e-12)  # whole curve
@@ -45,7 +47,7 @@ def test_mean_curves_average_seeds_per_point(curves):
 def test_markdown_has_one_row_per_point(curves):
     text = curves_markdown(curves)
     assert text.count("\n") == 4
-    assert "| long_fig2b | w2 | 2 | 4 | 85.00 | 7.07 | +35.00 | 0 |" in text
+    assert "| long_fig2b | w2 | 2 | 4 | 85.00 | 7.07 | +35.00 | +35.00 | 0 |" in text
 
 
 def test_figure_is_written_and_cli_prints_its_path(curves, tmp_path, capsys):
