@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 from hbnn.errors import ConfigError
 from research.stats import PointStats, aggregate
-from research.verdicts import FAILED, HELD, K, NOT_RUN, _combine, _mix, check
+from research.verdicts import FAILED, HELD, K, NOT_RUN, combine, as_mix, check
 
 __all__ = ["RECOVERY", "StructureRow", "load_structure", "structure_rows", "structure_markdown", "plot_structure",
            "verdict_rule"]
@@ -76,12 +76,12 @@ class StructureRow:
 
 
 def _role(spec: Mapping[str, Any]) -> str:
-    weight, act = _mix(spec.get("weight")), _mix(spec.get("act"))
+    weight, act = as_mix(spec.get("weight")), as_mix(spec.get("act"))
     if spec.get("weight") is None and spec.get("act") is None:
         return "fp"
     plain = spec.get("structure", "entry") == "entry" and "layer_bits" not in spec
     for bits in (1, 2):
-        if plain and weight == _mix(bits) and act in (None, _mix(bits)):
+        if plain and weight == as_mix(bits) and act in (None, as_mix(bits)):
             return f"w{bits}a{bits}" if act is not None else f"w{bits}"
     return "point"
 
@@ -121,7 +121,7 @@ def _judge(row: StructureRow, refs: Mapping[str, StructureRow]) -> None:
     if one is not None and two is not None:
         gap = two.stats.mean - one.stats.mean
         row.recovery = (row.stats.mean - one.stats.mean) / gap if gap else math.nan
-        value, se = _combine([(1, row.stats), (-(1 - RECOVERY), one.stats), (-RECOVERY, two.stats)])
+        value, se = combine([(1, row.stats), (-(1 - RECOVERY), one.stats), (-RECOVERY, two.stats)])
         row.kept = check(value, se, 0.0, claim_le=False)
     else:
         row.kept = NOT_RUN

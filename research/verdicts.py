@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from hbnn.experiments.results import read_results
 from research.stats import PointStats, aggregate
 
-__all__ = ["K", "LINEAR_TOLERANCE", "Verdict", "verdicts", "verdicts_from_dir", "verdicts_markdown", "check"]
+__all__ = ["K", "LINEAR_TOLERANCE", "Verdict", "verdicts", "verdicts_from_dir", "verdicts_markdown", "check", "combine", "as_mix"]
 
 K = 2.0
 LINEAR_TOLERANCE = 0.25
@@ -77,14 +77,14 @@ def check(value: float, se: float | None, bound: float, claim_le: bool) -> str:
     return HELD if lo > bound else FAILED if hi < bound else SPREAD
 
 
-def _combine(terms: Sequence[tuple[float, PointStats]]) -> tuple[float, float | None]:
+def combine(terms: Sequence[tuple[float, PointStats]]) -> tuple[float, float | None]:
     value = sum(c * s.mean for c, s in terms)
     if any(s.se is None for _, s in terms):
         return value, None
     return value, math.sqrt(sum((c * s.se) ** 2 for c, s in terms))
 
 
-def _mix(value: Any):
+def as_mix(value: Any):
     from hbnn.quant import BitMix
 
     if value is None:
@@ -98,15 +98,15 @@ def _mix(value: Any):
 def _find(stats: Iterable[PointStats], weight: Any, act: Any = None, heuristic: str | None = "middle_out",
           layer: bool = False) -> list[PointStats]:
     """Points with this weight mix (an average matches its paper mix), act mix, heuristic."""
-    want_w, want_a = _mix(weight), _mix(act)
+    want_w, want_a = as_mix(weight), as_mix(act)
     out = []
     for s in stats:
         spec = s.spec
         if ("layer_bits" in spec) != layer or int(spec.get("block", 1)) != 1:
             continue
-        if not layer and _mix(spec.get("weight")) != want_w:
+        if not layer and as_mix(spec.get("weight")) != want_w:
             continue
-        if _mix(spec.get("act")) != want_a:
+        if as_mix(spec.get("act")) != want_a:
             continue
         if heuristic is not None and spec.get("heuristic", "middle_out") != heuristic:
             continue
@@ -129,7 +129,7 @@ def _claim_i(fig2b: list[PointStats]) -> Verdict:
     others = [s for h in ("bottom_up", "top_down", "random") for s in _find(fig2b, 1.4, heuristic=h)]
     if mo is None or not others:
         return Verdict("i", CLAIMS["i"], NOT_RUN, "needs fig2b's 1.4-bit points for middle-out and another heuristic")
-    results = [(s, *_combine([(1, mo), (-1, s)])) for s in others]
+    results = [(s, *combine([(1, mo), (-1, s)])) for s in others]
     states = [check(v, se, 0.0, claim_le=False) for _, v, se in results]
     status = (FAILED if FAILED in states else HELD if all(x == HELD for x in states)
               else FEW if FEW in states else SPREAD)
@@ -142,13 +142,13 @@ def _claim_ii(fig2b: list[PointStats]) -> Verdict:
     mo, two = _one(fig2b, 1.4), _one(fig2b, 2, heuristic=None)
     if mo is None or two is None:
         return Verdict("ii", CLAIMS["ii"], NOT_RUN, "needs fig2b's 1.4-bit middle-out and 2-bit points")
-    gap, se = _combine([(1, two), (-1, mo)])
+    gap, se = combine([(1, two), (-1, mo)])
     detail = f"{_fmt(two)}; {_fmt(mo)}; 2-bit - 1.4-bit = {gap:+.2f}" + ("" if se is None else f" ± {K * se:.2f}")
     return Verdict("ii", CLAIMS["ii"], check(gap, se, 0.3, claim_le=True), detail, {"gap": gap, "se": se})
 
 
 def _linear_part(layer_pts: list[PointStats], one: PointStats, two: PointStats) -> tuple[str, str, float | None]:
-    gap, se = _combine([(1, two), (-1, one)])
+    gap, se = combine([(1, two), (-1, one)])
     inner = [s for s in layer_pts if s.weight_bits is not None and 1 + 1e-6 < s.weight_bits < 2 - 1e-6]
     if not inner:
         return NOT_RUN, "no layer-level point between 1 and 2 bits (fig3a)", None
@@ -164,7 +164,7 @@ def _claim_iii(fig3b: list[PointStats], fig3a: list[PointStats]) -> Verdict:
     one, mid, two = _one(fig3b, 1, heuristic=None), _one(fig3b, 1.4), _one(fig3b, 2, heuristic=None)
     if one is None or mid is None or two is None:
         return Verdict("iii", CLAIMS["iii"], NOT_RUN, "needs fig3b's 1.0, 1.4 and 2.0-bit points")
-    value, se = _combine([(1, mid), (-0.3, one), (-0.7, two)])
+    value, se = combine([(1, mid), (-0.3, one), (-0.7, two)])
     part_a = check(value, se, 0.0, claim_le=False)
     gap = two.mean - one.mean
     recovery = (mid.mean - one.mean) / gap if gap else math.nan
@@ -186,11 +186,11 @@ def _claim_iii(fig3b: list[PointStats], fig3a: list[PointStats]) -> Verdict:
 
 
 def _claim_iv(mix: list[PointStats]) -> Verdict:
-    pts = [s for s in mix if _mix(s.spec.get("weight")) is not None and abs(_mix(s.spec["weight"]).average - 1.4) < 1e-9]
+    pts = [s for s in mix if as_mix(s.spec.get("weight")) is not None and abs(as_mix(s.spec["weight"]).average - 1.4) < 1e-9]
     if len(pts) < 2:
         return Verdict("iv", CLAIMS["iv"], NOT_RUN, "needs at least two 1.4-bit mixes (mix)")
     hi, lo = max(pts, key=lambda s: s.mean), min(pts, key=lambda s: s.mean)
-    spread, se = _combine([(1, hi), (-1, lo)])
+    spread, se = combine([(1, hi), (-1, lo)])
     detail = "; ".join(_fmt(s) for s in pts) + f"; spread = {spread:.2f}" + ("" if se is None else f" ± {K * se:.2f}")
     return Verdict("iv", CLAIMS["iv"], check(spread, se, 0.5, claim_le=True), detail, {"spread": spread, "se": se})
 
@@ -199,7 +199,7 @@ def _claim_v(table1: list[PointStats]) -> Verdict:
     het, two = _one(table1, 1.4, act=1.4), _one(table1, 2, act=2, heuristic=None)
     if het is None or two is None:
         return Verdict("v", CLAIMS["v"], NOT_RUN, "needs table1's 1.4/1.4 and 2/2 rows")
-    diff, se = _combine([(1, het), (-1, two)])
+    diff, se = combine([(1, het), (-1, two)])
     detail = f"{_fmt(het)}; {_fmt(two)}; difference {diff:+.2f}" + ("" if se is None else f" ± {K * se:.2f}")
     return Verdict("v", CLAIMS["v"], check(diff, se, 0.0, claim_le=False), detail, {"diff": diff, "se": se})
 
