@@ -105,15 +105,16 @@ def test_unsupported_models_at_export(tmp_path, make_fc4):
     assert all(name in str(exc.value) for name in SUPPORTED_LAYERS)
     assert not (tmp_path / "x.hbnn").exists() and not list(tmp_path.iterdir())  # nothing half-written
 
-    class Gated(nn.Module):  # a residual add exports (test_export_graph.py); a product does not
+    class Gated(nn.Module):  # a residual add and a product export (test_export_graph.py); a division does not
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 1, 3, padding=1)
 
         def forward(self, x):
-            return x * self.conv(x)
+            return x / self.conv(x)
 
-    with pytest.raises(FormatError, match="operation function operator.mul .* is not supported by the packed format"):
+    with pytest.raises(FormatError, match="function operator.truediv in forward with a division of two tensors is "
+                                          "not supported by the packed format"):
         export_model(Gated(), tmp_path / "r.hbnn")
 
 

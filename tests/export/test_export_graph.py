@@ -229,6 +229,8 @@ class _Wrap(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(2, 2, 3, padding=1)
         self.gelu = nn.GELU()
+        self.relu = nn.ReLU(inplace=True)
+        self.register_buffer("c64", torch.ones(2, 1, 1, dtype=torch.float64))
         self.fn = fn
 
     def forward(self, x):
@@ -236,7 +238,19 @@ class _Wrap(nn.Module):
 
 
 def _gated(m, x):
-    return torch.sigmoid(m.conv(x)).flatten(1)
+    return torch.exp(m.conv(x)).flatten(1)
+
+
+def _inplace_reread(m, x):
+    y = m.conv(x)
+    z = F.relu(y, inplace=True)
+    return (y + z).flatten(1)
+
+
+def _inplace_through_view(m, x):
+    y = m.conv(x)
+    v = y.flatten(1)  # shares y's memory
+    return v + y.relu_().flatten(1)
 
 
 def _branchy(m, x):
@@ -247,15 +261,34 @@ def _branchy(m, x):
 
 
 REFUSED = {
-    "sigmoid": (_gated, r"operation function torch.sigmoid \(call_function\) in forward is not supported"),
+    "exp": (_gated, r"operation function torch.exp \(call_function\) in forward is not supported"),
     "control flow": (_branchy, r"cannot capture _Wrap with torch.fx .*data-dependent control flow is not supported"),
     "transpose": (lambda m, x: m.conv(x).transpose(2, 3).flatten(1), r"tensor method .transpose\(\)"),
-    "cat dim 2": (lambda m, x: torch.cat([m.conv(x), x], 2).flatten(1), r"torch.cat along dim 2"),
+    "cat dim 0": (lambda m, x: torch.cat([m.conv(x), x], 0).flatten(1), r"torch.cat along dim 0 \(the batch "),
+    "cat dim -4": (lambda m, x: torch.cat([m.conv(x), x], -4).flatten(1), r"torch.cat along dim -4 \(the batch "),
     "mean dim 1": (lambda m, x: m.conv(x).mean(1).flatten(1), r"mean over dims 1"),
-    "view 3d": (lambda m, x: m.conv(x).view(x.size(0), 2, -1).flatten(1), r"view/reshape other than"),
+    "view batch": (lambda m, x: m.conv(x).view(2, -1), r"tensor method .view\(\) in forward with a result that "
+                   r"does not keep the batch dimension first \(\[2, 32\] for a batch of 2, \[2, 48\] for 3\)"),
+    "view -1": (lambda m, x: m.conv(x).view(-1).unsqueeze(1), r"does not keep the batch dimension first"),
+    "squeeze": (lambda m, x: m.conv(x).mean((2, 3), keepdim=True).squeeze(), r"squeeze\(\) without dims"),
     "spatial pad": (lambda m, x: F.pad(m.conv(x), (1, 1, 0, 0)).flatten(1), r"F.pad\(pad=\(1, 1, 0, 0\)"),
     "offset slice": (lambda m, x: m.conv(x)[:, :, 1::2, ::2].flatten(1), r"indexing x\["),
-    "add constant": (lambda m, x: (m.conv(x) + 1).flatten(1), r"an add of anything but two tensors"),
+    "constant minus": (lambda m, x: (1 - m.conv(x)).flatten(1), r"a subtraction of anything but a tensor and a "
+                                                                  r"tensor or constant \(constant first: not allowed"),
+    "divide tensors": (lambda m, x: (m.conv(x) / x).flatten(1), r"operator.truediv in forward with a division of "
+                                                               r"two tensors"),
+    "float64 constant": (lambda m, x: (m.conv(x) * m.c64).flatten(1), r"a constant of dtype torch.float64"),
+    "constant times size": (lambda m, x: (m.conv(x) * x.size(1)).flatten(1), r"operator.mul in forward with a "
+                                                                            r"product of anything but a tensor and"),
+    "pool indices": (lambda m, x: F.max_pool2d(m.conv(x), 2, return_indices=True)[0].flatten(1),
+                     r"operation function torch.nn.functional.max_pool2d_with_indices "),
+    "one-sided clamp": (lambda m, x: m.conv(x).clamp(max=1).flatten(1), r"clamp\(min=None, max=1\)"),
+    "in-place read again": (_inplace_reread, r"in-place function torch.nn.functional.relu in forward on a tensor "
+                                             r"that is read again after it \(by add\)"),
+    "in-place via a view": (_inplace_through_view, r"in-place tensor method .relu_\(\) in forward on a tensor "
+                                                   r"that is read again after it"),
+    "in-place layer": (lambda m, x: (lambda y: (m.relu(y) + y).flatten(1))(m.conv(x)),
+                       r"in-place layer 'relu' on a tensor that is read again after it \(by add\)"),
     "alpha": (lambda m, x: torch.add(m.conv(x), x, alpha=2).flatten(1), r"torch.add with alpha != 1"),
     "unused": (lambda m, x: (F.relu(x), m.conv(x).flatten(1))[1], r"the output of relu \(ReLU\) is never used"),
     "tuple output": (lambda m, x: (m.conv(x), x), r"does not return one tensor"),

@@ -1,20 +1,24 @@
 """Graph capture for export: a model's eval ``forward`` as a DAG of supported ops (``torch.fx``).
 
-:func:`capture` traces the model with :func:`torch.fx.symbolic_trace`'s machinery, binarized
-layers, convolutions and linear layers (and every ``torch.nn`` layer, as fx does) being
-leaves, and turns each graph node into a :class:`GraphNode` holding a module:
+:func:`capture` traces the model in eval mode (so ``self.training`` reads ``False``) with
+:func:`torch.fx.symbolic_trace`'s machinery, binarized layers, convolutions and linear
+layers (and every ``torch.nn`` layer, as fx does; containers such as ``nn.Sequential``
+are traced through) being leaves, and turns each graph node into a :class:`GraphNode`
+holding a module:
 
 * a leaf module call keeps its module (its quantizers' state is read from it at export);
-* a supported function or tensor method becomes the equivalent module: ``a + b``,
-  ``a += b``, ``torch.add`` -> :class:`~hbnn.export.ops.Add`; ``torch.cat(xs, 1)`` ->
-  :class:`~hbnn.export.ops.Cat`; ``F.relu``/``F.relu6``/``F.hardtanh``/``F.leaky_relu``/
-  ``F.silu``/``F.hardswish`` -> ``nn.ReLU``/``nn.ReLU6``/...; ``x.mean((2, 3))`` ->
-  :class:`~hbnn.export.ops.GlobalAvgPool`; ``torch.flatten``/``x.view(x.size(0), -1)``/
-  ``x.reshape(x.shape[0], -1)`` -> ``nn.Flatten``; ``x[:, :, ::s, ::s]`` ->
-  :class:`~hbnn.export.ops.Subsample`; ``F.pad(x, (0, 0, 0, 0, a, b))`` ->
-  :class:`~hbnn.export.ops.PadChannels` (so the ResNets' option-A shortcut,
-  ``hbnn.models._resnet_blocks.ZeroPadShortcut``, is traced through);
-* ``x.size(0)`` / ``x.shape[0]`` only feed a flatten's batch dimension.
+* a supported function or tensor method becomes the equivalent module
+  (:mod:`hbnn.export.functions` lists them: residual add, ``a * b``, arithmetic with
+  constants, ``torch.cat``, functional activations and pools, global mean, flatten /
+  view / reshape / squeeze keeping the batch dimension, option-A subsample and channel pad);
+* ``x.size(d)`` / ``x.shape[d]`` (and integer arithmetic on them) only feed shape
+  arguments;
+* a parameter or buffer read in ``forward`` (fx ``get_attr``), and any expression of
+  constants alone (``self.bias.view(1, -1, 1, 1)``, ``c.expand_as(x)`` -- kept unexpanded:
+  it only feeds a broadcasting op), is a constant that an arithmetic op stores.
+
+Shape-dependent forms (``x.view(-1, K)``, ``x.squeeze(3)``, ``torch.cat(xs, -1)``) are
+resolved by running the traced graph on batches of 2 and 3 inputs of ``input_shape``.
 
 Node names are the leaf modules' qualified names; a function node is named
 ``<enclosing module>.<fx node name>`` (e.g. ``features.layer1.0.add``). Inputs refer to
@@ -24,28 +28,40 @@ that is never used, more than one input or output -- is one :class:`hbnn.errors.
 line naming the module or op and listing what is supported
 (:func:`hbnn.export.ops.unsupported`).
 
-``torch.fx`` records ``a += b`` as ``a + b``: an in-place op on a tensor that is read again
-(``y = conv(x); z = y; z += x; return y + z``) is captured as something else than the
-model computes. :func:`verify_capture` therefore runs the traced graph and the model
+In-place ops (``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``, ``x.relu_()``,
+``x.add_(y)``) are captured as their out-of-place forms, which is what the model computes
+unless the overwritten tensor -- or a view sharing its memory -- is read again after the
+in-place op; such a model is refused. ``torch.fx`` records ``a += b`` as ``a + b``, so that
+case is invisible in the graph: :func:`verify_capture` runs the traced graph and the model
 (in eval mode, on one random batch) and requires identical outputs.
 """
 
 from __future__ import annotations
 
-import operator
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hbnn.errors import FormatError
-from hbnn.export.ops import INPUT, Add, Cat, GlobalAvgPool, PadChannels, Subsample, simple_record, unsupported
+from hbnn.export.functions import (
+    FUNCTIONS,
+    METHODS,
+    VIEWS,
+    Context,
+    Unsupported,
+    describe,
+    inplace_arg,
+    is_shape_expr,
+)
+from hbnn.export.ops import INPUT, simple_record, unsupported
 from hbnn.nn import HBConv2d, HBLayerMixin, HBLinear
 
 __all__ = ["INPUT", "GraphNode", "capture", "verify_capture"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+_ALIAS_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
 
 @dataclass
@@ -55,10 +71,6 @@ class GraphNode:
     name: str
     module: nn.Module
     inputs: list[str] = field(default_factory=list)
-
-
-class _Unsupported(Exception):
-    """An unsupported call or argument (turned into :func:`unsupported` naming the node)."""
 
 
 def _tracer():
@@ -97,146 +109,6 @@ def _is_known(m: nn.Module) -> bool:
     return simple_record(m) is not None
 
 
-# ----------------------------------------------------------------------------- functions -> modules
-
-def _arg(node, i: int, key: str, default=None):
-    """Positional argument ``i`` (0 = the node's first argument) or keyword ``key`` of an fx node."""
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(key, default)
-
-
-def _need(ok: bool, what: str) -> None:
-    if not ok:
-        raise _Unsupported(what)
-
-
-def _no_extra(node, allowed: tuple[str, ...]) -> None:
-    extra = sorted(set(node.kwargs) - set(allowed))
-    _need(not extra, f"keyword arguments {extra}")
-
-
-def _add(node, nodes_type) -> nn.Module:
-    _no_extra(node, ("alpha",))
-    _need(len(node.args) == 2 and all(isinstance(a, nodes_type) for a in node.args),
-          "an add of anything but two tensors")
-    _need(node.kwargs.get("alpha", 1) == 1, "torch.add with alpha != 1")
-    return Add()
-
-
-def _cat(node, nodes_type) -> nn.Module:
-    _no_extra(node, ("dim",))
-    xs, dim = _arg(node, 0, "tensors"), _arg(node, 1, "dim", 0)
-    _need(isinstance(xs, (list, tuple)) and len(xs) >= 2 and all(isinstance(a, nodes_type) for a in xs),
-          "torch.cat of anything but a list of two or more tensors")
-    _need(dim == 1, f"torch.cat along dim {dim!r} (the channel dimension 1 only)")
-    return Cat(1)
-
-
-def _mean(node, nodes_type) -> nn.Module:
-    _no_extra(node, ("dim", "keepdim"))
-    dims, keepdim = _arg(node, 1, "dim"), _arg(node, 2, "keepdim", False)
-    _need(isinstance(dims, (list, tuple)) and sorted(dims) in ([2, 3], [-2, -1]) and isinstance(keepdim, bool),
-          f"mean over dims {dims!r} (global pooling over (2, 3) only)")
-    return GlobalAvgPool(keepdim)
-
-
-def _flatten(node, nodes_type) -> nn.Module:
-    _no_extra(node, ("start_dim", "end_dim"))
-    start, end = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
-    _need(isinstance(start, int) and isinstance(end, int) and start >= 1,
-          f"flatten(start_dim={start!r}, end_dim={end!r}) (start_dim >= 1)")
-    return nn.Flatten(start, end)
-
-
-def _is_batch(v) -> bool:
-    """``x.size(0)``, ``x.shape[0]`` or ``x.size()[0]``."""
-    if getattr(v, "op", None) == "call_method" and v.target == "size":
-        return len(v.args) == 2 and v.args[1] == 0 or v.kwargs.get("dim") == 0
-    if getattr(v, "op", None) == "call_function" and v.target is operator.getitem and v.args[1] == 0:
-        return _is_sizes(v.args[0])
-    return False
-
-
-def _is_sizes(v) -> bool:
-    """``x.shape`` or ``x.size()``."""
-    if getattr(v, "op", None) == "call_function" and v.target is getattr:
-        return v.args[1] == "shape"
-    return getattr(v, "op", None) == "call_method" and v.target == "size" and len(v.args) == 1 and not v.kwargs
-
-
-def _view(node, nodes_type) -> nn.Module:
-    sizes = list(node.args[1:])
-    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
-        sizes = list(sizes[0])
-    _need(not node.kwargs and len(sizes) == 2 and _is_batch(sizes[0]) and sizes[1] == -1,
-          "view/reshape other than to [x.size(0), -1]")
-    return nn.Flatten(1, -1)
-
-
-def _slice(node, nodes_type) -> nn.Module:
-    idx = node.args[1]
-    full = slice(None, None, None)
-    ok = isinstance(idx, tuple) and len(idx) == 4 and idx[0] == full and idx[1] == full and all(
-        isinstance(s, slice) and s.start in (None, 0) and s.stop is None and isinstance(s.step, int) and s.step >= 1
-        for s in idx[2:])
-    _need(ok, f"indexing x[{idx!r}] (x[:, :, ::s, ::s] only)")
-    return Subsample([idx[2].step or 1, idx[3].step or 1])
-
-
-def _pad(node, nodes_type) -> nn.Module:
-    _no_extra(node, ("mode", "value"))
-    pad, mode, value = _arg(node, 1, "pad"), _arg(node, 2, "mode", "constant"), _arg(node, 3, "value", None)
-    ok = (isinstance(pad, (list, tuple)) and len(pad) == 6 and list(pad[:4]) == [0, 0, 0, 0]
-          and all(isinstance(p, int) and p >= 0 for p in pad[4:]) and mode == "constant" and value in (None, 0, 0.0))
-    _need(ok, f"F.pad(pad={pad!r}, mode={mode!r}, value={value!r}) (zero channels: (0, 0, 0, 0, before, after))")
-    return PadChannels(pad[4], pad[5])
-
-
-def _act(make, *params: tuple[str, int, object]):
-    """A maker for an elementwise activation with named parameters ``(name, position, default)``."""
-
-    def maker(node, nodes_type) -> nn.Module:
-        _no_extra(node, ("inplace", *(p[0] for p in params)))
-        _need(len(node.args) <= 1 + len(params) + 1, "extra positional arguments")
-        return make(*(_arg(node, i, key, default) for key, i, default in params))
-    return maker
-
-
-def _dropout(node, nodes_type) -> nn.Module:
-    _need(_arg(node, 2, "training", True) is False, "F.dropout in training mode")
-    return nn.Identity()
-
-
-_FUNCTIONS = {
-    operator.add: _add, operator.iadd: _add, torch.add: _add, torch.cat: _cat, torch.concat: _cat,
-    torch.mean: _mean, torch.flatten: _flatten, torch.reshape: _view, operator.getitem: _slice, F.pad: _pad,
-    F.relu: _act(nn.ReLU), torch.relu: _act(nn.ReLU), F.relu6: _act(nn.ReLU6),
-    F.hardtanh: _act(lambda lo, hi: nn.Hardtanh(float(lo), float(hi)), ("min_val", 1, -1.0), ("max_val", 2, 1.0)),
-    F.leaky_relu: _act(lambda s: nn.LeakyReLU(float(s)), ("negative_slope", 1, 0.01)),
-    F.silu: _act(nn.SiLU), F.hardswish: _act(nn.Hardswish),
-    F.adaptive_avg_pool2d: _act(nn.AdaptiveAvgPool2d, ("output_size", 1, None)), F.dropout: _dropout,
-}
-_METHODS = {"add": _add, "mean": _mean, "flatten": _flatten, "view": _view, "reshape": _view,
-            "relu": _act(nn.ReLU), "contiguous": lambda node, t: nn.Identity()}
-
-
-def _describe(node) -> str:
-    if node.op == "call_method":
-        return f"tensor method .{node.target}()"
-    target = node.target
-    return f"function {getattr(target, '__module__', None) or ''}.{getattr(target, '__name__', target)}".replace(
-        "_operator.", "operator.").replace("builtins.", "")
-
-
-def _owner(node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    paths = [v[0] if isinstance(v, tuple) else v for v in stack.values()]
-    return str(paths[-1]) if paths and paths[-1] else ""
-
-
-# ----------------------------------------------------------------------------- the walk
-
 class _Names:
     """Unique node names: a module's qualified name, ``<owner>.<fx name>`` for functions."""
 
@@ -251,16 +123,133 @@ class _Names:
         return name
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block, every module's mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def _trace(model: nn.Module):
     tracer = _tracer()
     try:
-        return tracer.trace(model)
+        with _eval_mode(model):
+            return tracer.trace(model)
     except Exception as exc:  # fx raises many types for untraceable code
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         where = f"module {tracer.failed_in!r} of " if tracer.failed_in else ""
         raise unsupported(f"cannot capture {where}{type(model).__name__} with torch.fx ({first}); "
                           "data-dependent control flow") from None
 
+
+def _owner(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [v[0] if isinstance(v, tuple) else v for v in stack.values()]
+    return str(paths[-1]) if paths and paths[-1] else ""
+
+
+def _where(node) -> str:
+    return _owner(node) or "forward"
+
+
+class _Shapes:
+    """Output shapes of the traced graph's tensor nodes for batches of 2 and 3 (run once, on demand)."""
+
+    def __init__(self, model: nn.Module, graph, input_shape):
+        self.model, self.graph, self.input_shape = model, graph, input_shape
+        self.shapes: dict[int, dict] | None = None
+
+    def of(self, node, n: int) -> tuple[int, ...]:
+        if self.input_shape is None:
+            raise Unsupported("a shape-dependent form and no known input shape (pass input_shape=[C, H, W])")
+        if self.shapes is None:
+            self.shapes = {k: self._run(k) for k in (2, 3)}
+        return self.shapes[n][node]
+
+    def _run(self, n: int) -> dict:
+        import torch.fx as fx
+
+        found: dict = {}
+
+        class _Recorder(fx.Interpreter):
+            def run_node(self, node):
+                result = super().run_node(node)
+                if isinstance(result, torch.Tensor):
+                    found[node] = tuple(result.shape)
+                return result
+
+        x = torch.randn(n, *self.input_shape, generator=torch.Generator().manual_seed(0))
+        try:
+            with _eval_mode(self.model), torch.no_grad():
+                _Recorder(fx.GraphModule(self.model, self.graph)).run(x)
+        except Exception as exc:  # the user's model on its own input shape
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FormatError(f"{type(self.model).__name__} fails on inputs of shape [{n}, "
+                              f"{', '.join(map(str, self.input_shape))}] ({first}); check input_shape") from None
+        return found
+
+
+# ----------------------------------------------------------------------------- in-place ops
+
+def _writes_input(model: nn.Module, node) -> bool:
+    if node.op == "call_module":
+        m = model.get_submodule(node.target)
+        return getattr(m, "inplace", False) is True and not isinstance(m, _ALIAS_MODULES)
+    return inplace_arg(node)
+
+
+def _is_alias(model: nn.Module, node) -> bool:
+    """Whether ``node``'s result may share memory with its first argument."""
+    if node.op == "call_method":
+        return node.target in VIEWS[0] or inplace_arg(node)
+    if node.op == "call_function":
+        return node.target in VIEWS[1] or inplace_arg(node)
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), _ALIAS_MODULES) or _writes_input(model, node)
+    return False
+
+
+def _check_inplace(model: nn.Module, graph) -> None:
+    """Refuse in-place ops whose overwritten memory is read (through any alias) after them.
+
+    The aliases of the written tensor are found by walking up to the tensor that owns the
+    memory (through views and in-place results) and back down through every view of it,
+    except through the in-place op itself (whose readers see the new values, as the
+    engine's out-of-place op gives them).
+    """
+    import torch.fx as fx
+
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    for node in graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method") or not _writes_input(model, node):
+            continue
+        root = node.args[0] if node.args else None
+        if not isinstance(root, fx.Node):
+            continue
+        while _is_alias(model, root) and root.args and isinstance(root.args[0], fx.Node):
+            root = root.args[0]
+        members, todo = set(), [root]
+        while todo:
+            m = todo.pop()
+            if m in members or m is node:
+                continue
+            members.add(m)
+            todo.extend(u for u in m.users if _is_alias(model, u) and u.args and u.args[0] is m)
+        for m in members:
+            late = [u for u in m.users if u is not node and order[u] > order[node]]
+            if late:
+                what = f"layer {node.target!r}" if node.op == "call_module" else f"{describe(node)} in {_where(node)}"
+                raise unsupported(f"in-place {what} on a tensor that is read again after it "
+                                  f"(by {late[0].name}); the packed engine computes it out of place: write "
+                                  "y = f(x) without inplace")
+
+
+# ----------------------------------------------------------------------------- the walk
 
 def _module_node(model: nn.Module, node, seen: set[str]) -> nn.Module:
     module = model.get_submodule(node.target)
@@ -273,17 +262,6 @@ def _module_node(model: nn.Module, node, seen: set[str]) -> nn.Module:
     return module
 
 
-def _function_node(node, nodes_type) -> nn.Module:
-    makers = _METHODS if node.op == "call_method" else _FUNCTIONS
-    maker = makers.get(node.target)
-    if maker is None:
-        raise unsupported(f"operation {_describe(node)} ({node.op}) in {_owner(node) or 'forward'}")
-    try:
-        return maker(node, nodes_type)
-    except _Unsupported as exc:
-        raise unsupported(f"{_describe(node)} in {_owner(node) or 'forward'} with {exc}") from None
-
-
 def _tensor_args(node, skip: set) -> list:
     """The fx nodes among a node's arguments, in order and with repeats (``x + x`` has two)."""
     import torch.fx as fx
@@ -293,59 +271,122 @@ def _tensor_args(node, skip: set) -> list:
     return found
 
 
-def capture(model: nn.Module) -> list[GraphNode]:
+def _attribute(model: nn.Module, target: str, owner: str):
+    obj = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, torch.Tensor):
+        raise unsupported(f"use of attribute {target!r} ({type(obj).__name__}) as a value in {owner}.forward")
+    return obj.detach()
+
+
+class _Walk:
+    """The state of one capture: graph values, constants, shape-only nodes."""
+
+    def __init__(self, model: nn.Module, graph, input_shape):
+        import torch.fx as fx
+
+        self.fx, self.model, self.owner = fx, model, type(model).__name__
+        self.shapes = _Shapes(model, graph, input_shape)
+        self.value: dict = {}      # fx node -> graph node name
+        self.consts: dict = {}     # fx node -> constant tensor or number
+        self.shape_only: set = set()
+        self.ctx = Context(lambda a: a in self.value, self._const, self.shapes.of)
+
+    def _const(self, a):
+        if isinstance(a, self.fx.Node):
+            return self.consts.get(a)
+        return a if isinstance(a, (int, float)) else None
+
+    def fold(self, node) -> bool:
+        """Record ``node`` as a constant if it computes from constants alone (True if it does)."""
+        if node.op == "get_attr":
+            self.consts[node] = _attribute(self.model, node.target, self.owner)
+            return True
+        args = _tensor_args(node, set())
+        base = node.args[0] if node.args else None
+        if node.op == "call_method" and node.target in ("expand_as", "expand") and base in self.consts:
+            self.consts[node] = self.consts[base]  # broadcast by the op that reads it
+            return True
+        if node.op not in ("call_function", "call_method") or not all(a in self.consts for a in args):
+            return False
+        a, kw = self.fx.node.map_arg((node.args, node.kwargs), lambda n: self.consts[n])
+        try:
+            with torch.no_grad():
+                out = node.target(*a, **kw) if node.op == "call_function" else getattr(a[0], node.target)(*a[1:], **kw)
+        except Exception as exc:  # the model's own constant expression
+            raise unsupported(f"constant expression {describe(node)} in {_where(node)} ({exc})") from None
+        self.consts[node] = out.detach() if isinstance(out, torch.Tensor) else out
+        return True
+
+    def function(self, node):
+        makers = METHODS if node.op == "call_method" else FUNCTIONS
+        maker = makers.get(node.target)
+        if maker is None:
+            raise unsupported(f"operation {describe(node)} ({node.op}) in {_where(node)}")
+        try:
+            made = maker(node, self.ctx)
+        except Unsupported as exc:
+            raise unsupported(f"{describe(node)} in {_where(node)} with {exc}") from None
+        return made if isinstance(made, tuple) else (made, None)
+
+
+def capture(model: nn.Module, input_shape=None) -> list[GraphNode]:
     """The model's ops as a DAG in execution (topological) order.
+
+    Args:
+        model: the model (its modes are left as they are; it is traced in eval mode).
+        input_shape: the shape of one input, needed only by shape-dependent forms.
 
     Returns:
         :class:`GraphNode` s; the last one's output is the model's output.
 
     Raises:
         FormatError: the model cannot be traced, holds an unsupported module, function or
-            argument, has more than one input or output, or computes a value nobody uses.
+            argument, has more than one input or output, overwrites in place a tensor that
+            is read again, or computes a value nobody uses.
     """
-    import torch.fx as fx
-
-    owner = type(model).__name__
     graph = _trace(model)
-    names, seen = _Names(), set()
-    out: list[GraphNode] = []
-    value: dict[fx.Node, str] = {}
-    shape_only: set[fx.Node] = set()
+    _check_inplace(model, graph)
+    walk, names, seen = _Walk(model, graph, input_shape), _Names(), set()
+    owner, out = walk.owner, []
     for node in graph.nodes:
         if node.op == "placeholder":
-            if value:
+            if walk.value:
                 raise FormatError(f"{owner} takes more than one input; the packed format needs one")
-            value[node] = INPUT
+            walk.value[node] = INPUT
             continue
         if node.op == "output":
-            result = node.args[0]
-            if not isinstance(result, fx.Node) or result not in value:
-                raise FormatError(f"{owner} does not return one tensor computed from its input; the packed format "
-                                  "returns one [N, K] tensor")
-            if value[result] == INPUT:
-                raise FormatError(f"{owner} returns its input unchanged; nothing to export")
-            _check_used(out, value[result], owner)
-            return out
-        if _is_batch(node) or _is_sizes(node):
-            shape_only.add(node)
+            return _finish(out, walk.value, node.args[0], owner)
+        if is_shape_expr(node, walk.shape_only):
+            walk.shape_only.add(node)
             continue
+        if walk.fold(node):
+            continue
+        inputs = None
         if node.op == "call_module":
             module = _module_node(model, node, seen)
             name = names.take(str(node.target))
-        elif node.op in ("call_function", "call_method"):
-            module = _function_node(node, fx.Node)
+        else:
+            module, inputs = walk.function(node)
             name = names.take(f"{_owner(node)}.{node.name}" if _owner(node) else node.name)
-        else:  # get_attr: a parameter or buffer used as a tensor in forward
-            raise unsupported(f"use of attribute {node.target!r} as a tensor in {owner}.forward")
-        if node.target is operator.iadd and len(node.args[0].users) > 1:
-            raise unsupported(f"in-place add ({name}) on a tensor that is used elsewhere")
-        inputs = _tensor_args(node, shape_only)
-        missing = [a for a in inputs if a not in value]
-        if missing:
-            raise unsupported(f"operation {name} on a value that is not a tensor of the graph")
-        out.append(GraphNode(name, module, [value[a] for a in inputs]))
-        value[node] = name
+        inputs = inputs if inputs is not None else _tensor_args(node, walk.shape_only)
+        if any(a not in walk.value for a in inputs):
+            raise unsupported(f"operation {name} on a value that is not a tensor of the graph (a constant or a size "
+                              "where a tensor computed from the input is needed)")
+        out.append(GraphNode(name, module, [walk.value[a] for a in inputs]))
+        walk.value[node] = name
     raise FormatError(f"{owner}.forward returns nothing")  # fx graphs always end in an output node
+
+
+def _finish(out: list[GraphNode], value: dict, result, owner: str) -> list[GraphNode]:
+    if result not in value:
+        raise FormatError(f"{owner} does not return one tensor computed from its input; the packed format "
+                          "returns one [N, K] tensor")
+    if value[result] == INPUT:
+        raise FormatError(f"{owner} returns its input unchanged; nothing to export")
+    _check_used(out, value[result], owner)
+    return out
 
 
 def verify_capture(model: nn.Module, input_shape) -> None:
@@ -357,16 +398,10 @@ def verify_capture(model: nn.Module, input_shape) -> None:
     """
     import torch.fx as fx
 
-    modes = [(m, m.training) for m in model.modules()]
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
-    try:
-        model.eval()
-        with torch.no_grad():
-            traced = fx.GraphModule(model, _trace(model))(x)
-            ref = model(x)
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with _eval_mode(model), torch.no_grad():
+        traced = fx.GraphModule(model, _trace(model))(x)
+        ref = model(x)
     if not (isinstance(ref, torch.Tensor) and ref.shape == traced.shape and torch.equal(ref, traced)):
         raise FormatError(f"the torch.fx graph of {type(model).__name__} computes something else than its forward "
                           "(an in-place op such as += on a tensor that is read again, or state fx cannot see); "

@@ -144,11 +144,14 @@ def pack_model(model: nn.Module, *, meta: Mapping[str, Any] | None = None, fold_
         json.dumps(meta)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"meta: must be JSON-serialisable ({exc})") from None
-    records, tensors = _records(capture(model), fold_bn)
     model_meta = meta.pop("model", None)
     if model_meta is None:
         model_meta = {"name": type(model).__name__}
     where = f"export of {type(model).__name__}"
+    shape_meta = model_meta if isinstance(model_meta, Mapping) else {}
+    known = None if input_shape is None and not {"in_channels", "image_size"} <= set(shape_meta) else \
+        _input_shape(shape_meta, input_shape, [], where)  # shape-dependent forms in forward need it
+    records, tensors = _records(capture(model, known), fold_bn)
     header = {
         "format": FORMAT, "version": VERSION, "hbnn_version": __version__, "torch_version": torch.__version__,
         "model": model_meta, "meta": meta,

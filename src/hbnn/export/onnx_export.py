@@ -13,11 +13,15 @@ thresholds ``t_j``, mean magnitude ``m`` and scales ``mu_i``::
 
 which is the same float32 arithmetic as ``hbnn.quant`` at inference, so onnxruntime sees
 the same ``x_hat`` and the convolutions differ from the packed kernels only by
-summation order. The graph's nodes map one to one (``add`` -> ``Add``, ``cat`` ->
-``Concat``, ``global_avg_pool`` -> ``ReduceMean``, ``subsample`` -> ``Slice`` with steps,
-``pad_channels`` -> ``Pad``, ``leaky_relu`` -> ``LeakyRelu``, ``prelu`` -> ``PRelu``,
-``silu`` -> ``Mul(x, Sigmoid(x))``, ``hardswish`` -> ``HardSwish``), each reading its
-inputs' values by node. ``torch.onnx.export`` is not used: its default (dynamo) exporter needs
+summation order. The graph's nodes map one to one (``add`` -> ``Add``, ``mul`` -> ``Mul``,
+``cat`` -> ``Concat``, ``global_avg_pool`` -> ``ReduceMean``, ``subsample`` -> ``Slice``
+with steps, ``pad_channels`` -> ``Pad``, ``reshape`` -> ``Reshape`` to ``[0, *shape]`` (0:
+the batch kept), ``add_constant`` / ``mul_constant`` / ``div_constant`` -> ``Add`` /
+``Mul`` / ``Div`` with the constant, ``leaky_relu`` -> ``LeakyRelu``, ``prelu`` ->
+``PRelu``, ``silu`` -> ``Mul(x, Sigmoid(x))``, ``hardswish`` -> ``HardSwish``, ``sigmoid``,
+``tanh``, ``hardsigmoid`` -> ``HardSigmoid(alpha=1/6, beta=1/2)`` (torch computes
+``relu6(x + 3) / 6``: equal up to float32 rounding), ``adaptive_max_pool2d`` to 1x1 ->
+``GlobalMaxPool``), each reading its inputs' values by node. ``torch.onnx.export`` is not used: its default (dynamo) exporter needs
 ``onnxscript``, and hand-built graphs make the op set explicit. Opset 17.
 """
 
@@ -31,7 +35,19 @@ from torch import nn
 
 from hbnn.errors import FormatError
 from hbnn.export.engine import PackedConv2d, PackedLayer, PackedLinear, PackedModel
-from hbnn.export.ops import Add, Cat, GlobalAvgPool, PadChannels, Subsample, unsupported
+from hbnn.export.ops import (
+    Add,
+    AddConstant,
+    Cat,
+    DivConstant,
+    GlobalAvgPool,
+    Mul,
+    MulConstant,
+    PadChannels,
+    Reshape,
+    Subsample,
+    unsupported,
+)
 from hbnn.quant.functional import broadcast_scale
 
 __all__ = ["OPSET", "build_onnx", "to_onnx"]
@@ -159,11 +175,21 @@ def _i64(values) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
+_CONSTANT_ONNX = ((AddConstant, "Add"), (MulConstant, "Mul"), (DivConstant, "Div"))
+
+
 def _graph_op(g: _Graph, xs: list[str], m: nn.Module, rank: int) -> str | None:
     """The graph-only and newer elementwise ops (None if ``m`` is none of them)."""
     x = xs[0]
     if isinstance(m, Add):
         return g.op("Add", xs)
+    if isinstance(m, Mul):
+        return g.op("Mul", xs)
+    for cls, op_type in _CONSTANT_ONNX:
+        if isinstance(m, cls):
+            return g.op(op_type, [x, g.const(m.value.float())])
+    if isinstance(m, Reshape):
+        return g.op("Reshape", [x, g.const(_i64([0, *m.shape]))])
     if isinstance(m, Cat):
         return g.op("Concat", xs, axis=m.dim)
     if isinstance(m, GlobalAvgPool):
@@ -183,8 +209,18 @@ def _graph_op(g: _Graph, xs: list[str], m: nn.Module, rank: int) -> str | None:
         return g.op("PRelu", [x, g.const(slope)])
     if isinstance(m, nn.SiLU):
         return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    return _elementwise(g, x, m)
+
+
+def _elementwise(g: _Graph, x: str, m: nn.Module) -> str | None:
     if isinstance(m, nn.Hardswish):
         return g.op("HardSwish", [x])
+    if isinstance(m, nn.Sigmoid):
+        return g.op("Sigmoid", [x])
+    if isinstance(m, nn.Tanh):
+        return g.op("Tanh", [x])
+    if isinstance(m, nn.Hardsigmoid):
+        return g.op("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
     return None
 
 
@@ -202,6 +238,8 @@ def _float_op(g: _Graph, x: str, m: nn.Module, where: str) -> str:
         return _pool(g, x, m, where)
     if isinstance(m, nn.AdaptiveAvgPool2d) and _pair(m.output_size) == [1, 1]:
         return g.op("GlobalAveragePool", [x])
+    if isinstance(m, nn.AdaptiveMaxPool2d) and _pair(m.output_size) == [1, 1]:
+        return g.op("GlobalMaxPool", [x])
     if isinstance(m, nn.Flatten) and m.end_dim == -1:
         return g.op("Flatten", [x], axis=m.start_dim)
     if isinstance(m, nn.Identity):

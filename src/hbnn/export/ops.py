@@ -1,20 +1,27 @@
 """Which ops a packed model may hold: their records (``op`` + ``attrs``) and engine modules.
 
 A packed model is a graph of ops (:mod:`hbnn.export.capture` finds it with ``torch.fx``).
-Convolutions, linear layers, batch norm and PReLU carry tensors (:mod:`hbnn.export.records`);
-the stateless ops here are (de)serialised by :func:`simple_record` / :func:`build_simple`.
-Every op takes one input except ``add`` (two: ``a + b``) and ``cat`` (two or more,
-concatenated along the channel dimension 1). The graph-only ops, on ``[N, C, H, W]``:
+Convolutions, linear layers, batch norm, PReLU and the constant ops carry tensors
+(:mod:`hbnn.export.records`); the stateless ops here are (de)serialised by
+:func:`simple_record` / :func:`build_simple`. Every op takes one input except ``add`` and
+``mul`` (two) and ``cat`` (two or more). The graph-only ops (``N`` the batch size):
 
-    add             a + b                               (residual add, float)
-    cat             torch.cat([x_1, ..., x_k], dim=1)
+    add             a + b                               (residual add, float; one shape)
+    mul             a * b                               (b broadcast to a's shape or a to b's:
+                                                         squeeze-and-excitation scaling)
+    cat             torch.cat([x_1, ..., x_k], dim)     dim >= 1 (never the batch)
     global_avg_pool x.mean((2, 3), keepdim)             -> [N, C] or [N, C, 1, 1]
     subsample       x[:, :, ::s_h, ::s_w]               -> [N, C, ceil(H / s_h), ceil(W / s_w)]
     pad_channels    F.pad(x, (0, 0, 0, 0, before, after)), zeros -> [N, before + C + after, H, W]
+    reshape         x.reshape(N, *shape)                (the batch dimension kept)
     leaky_relu      max(x, 0) + negative_slope min(x, 0)
     silu, hardswish x sigmoid(x), x relu6(x + 3) / 6
+    sigmoid, hardsigmoid, tanh  1 / (1 + exp(-x)), relu6(x + 3) / 6, tanh(x)
+    add_constant, mul_constant, div_constant   x + c, x * c, x / c  (c a stored float32 tensor,
+                                                broadcast to x's shape: a learnable bias or scale)
 
-``ReLU6`` is stored as ``hardtanh`` with bounds 0 and 6 (the same function).
+``ReLU6`` is stored as ``hardtanh`` with bounds 0 and 6 (the same function); ``x - c``
+is stored as ``x + (-c)`` (the same float32 operation).
 """
 
 from __future__ import annotations
@@ -27,23 +34,28 @@ from torch import nn
 
 from hbnn.errors import FormatError
 
-__all__ = ["INPUT", "SUPPORTED_LAYERS", "SUPPORTED_FUNCTIONS", "SIMPLE_OPS", "ARITY", "Add", "Cat", "GlobalAvgPool",
-           "Subsample", "PadChannels", "simple_record", "build_simple", "unsupported", "arity"]
+__all__ = ["INPUT", "SUPPORTED_LAYERS", "SUPPORTED_FUNCTIONS", "SIMPLE_OPS", "CONSTANT_OPS", "ARITY", "Add", "Mul",
+           "Cat", "GlobalAvgPool", "Subsample", "PadChannels", "Reshape", "ConstantOp", "AddConstant", "MulConstant",
+           "DivConstant", "simple_record", "build_simple", "unsupported", "arity"]
 
 #: The name by which graph nodes refer to the model input.
 INPUT = "input"
 
-#: Module types an exported model may contain (``Dropout`` becomes the identity, ``ReLU6`` a hardtanh).
+#: Module types an exported model may contain (containers such as ``Sequential`` are traced
+#: through; dropout becomes the identity, ``ReLU6`` a hardtanh).
 SUPPORTED_LAYERS = (
     "HBConv2d", "HBLinear", "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh",
-    "LeakyReLU", "PReLU", "SiLU", "Hardswish", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten",
-    "Dropout", "Identity",
+    "LeakyReLU", "PReLU", "SiLU", "Hardswish", "Sigmoid", "Hardsigmoid", "Tanh", "MaxPool2d", "AvgPool2d",
+    "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Flatten", "Dropout", "Dropout1d", "Dropout2d", "Identity",
 )
 #: Functions and tensor methods a model's ``forward`` may call (:mod:`hbnn.export.capture`).
 SUPPORTED_FUNCTIONS = (
-    "a + b / a += b / torch.add (residual add of two tensors)", "torch.cat (dim 1)", "F.relu", "F.relu6",
-    "F.hardtanh", "F.leaky_relu", "F.silu", "F.hardswish", "F.adaptive_avg_pool2d", "F.dropout (eval)",
-    "x.mean((2, 3)) (global pooling)", "flatten / view / reshape to [N, -1]", "x[:, :, ::s, ::s]",
+    "a + b / a += b / torch.add (two tensors of one shape)", "a * b (SE scaling, broadcast)",
+    "x + c / x - c / x * c / x / c (c a number, parameter or buffer broadcast to x)",
+    "torch.cat (dim >= 1)", "F.relu", "F.relu6", "F.hardtanh", "x.clamp(lo, hi) / x.clamp(min=0)", "F.leaky_relu",
+    "F.silu", "F.hardswish", "torch.sigmoid", "F.hardsigmoid", "torch.tanh", "F.max_pool2d", "F.avg_pool2d",
+    "F.adaptive_avg_pool2d", "F.adaptive_max_pool2d", "F.dropout (eval)", "x.mean((2, 3)) (global pooling)",
+    "flatten / view / reshape / squeeze(d) / unsqueeze(d) keeping the batch dimension", "x[:, :, ::s, ::s]",
     "F.pad of channels with zeros", "x.contiguous()",
 )
 
@@ -55,8 +67,15 @@ class Add(nn.Module):
         return a + b
 
 
+class Mul(nn.Module):
+    """``a * b`` (elementwise, one input broadcast to the other's shape: SE-style scaling)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
 class Cat(nn.Module):
-    """``torch.cat(xs, dim)`` along the channel dimension."""
+    """``torch.cat(xs, dim)`` along a dimension other than the batch (1: channels)."""
 
     def __init__(self, dim: int = 1):
         super().__init__()
@@ -111,6 +130,63 @@ class PadChannels(nn.Module):
         return f"before={self.before}, after={self.after}"
 
 
+class Reshape(nn.Module):
+    """``x.reshape(N, *shape)``: any view/reshape/squeeze/unsqueeze that keeps the batch dimension.
+
+    The result is a fresh tensor, never a view of ``x`` (the engine may run the next
+    activation in place on a node's output).
+    """
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.reshape(x.shape[0], *self.shape)
+        return y.clone() if y._base is not None or y.data_ptr() == x.data_ptr() else y
+
+    def extra_repr(self) -> str:
+        return f"shape={list(self.shape)}"
+
+
+class ConstantOp(nn.Module):
+    """``x (op) c`` with a stored float32 constant ``c`` that broadcasts to ``x``'s shape
+    (a parameter or buffer read in ``forward``, or a number: ``c`` of shape ``[]``)."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.register_buffer("value", value.detach().to(torch.float32).clone())
+
+    def extra_repr(self) -> str:
+        return f"shape={list(self.value.shape)}"
+
+
+class AddConstant(ConstantOp):
+    """``x + c`` (``x - c`` is ``x + (-c)``, the same float32 operation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.value
+
+
+class MulConstant(ConstantOp):
+    """``x * c``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.value
+
+
+class DivConstant(ConstantOp):
+    """``x / c``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.value
+
+
+#: Op name -> module of the ops that hold one constant tensor ``value`` (:mod:`hbnn.export.records`).
+CONSTANT_OPS: dict[str, type[ConstantOp]] = {"add_constant": AddConstant, "mul_constant": MulConstant,
+                                             "div_constant": DivConstant}
+
+
 def _pair(v: Any) -> Any:
     return list(v) if isinstance(v, (tuple, list)) else v
 
@@ -133,13 +209,20 @@ SIMPLE_OPS: dict[str, tuple[tuple[type, ...], Callable[[nn.Module], dict], Calla
         "divisor_override": m.divisor_override}, nn.AvgPool2d),
     "adaptive_avg_pool2d": ((nn.AdaptiveAvgPool2d,), lambda m: {"output_size": _pair(m.output_size)},
                             nn.AdaptiveAvgPool2d),
+    "adaptive_max_pool2d": ((nn.AdaptiveMaxPool2d,), lambda m: {"output_size": _pair(m.output_size)},
+                            nn.AdaptiveMaxPool2d),
     "flatten": ((nn.Flatten,), lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim}, nn.Flatten),
-    "identity": ((nn.Identity, nn.Dropout), lambda m: {}, lambda: nn.Identity()),
+    "identity": ((nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d), lambda m: {}, lambda: nn.Identity()),
     "leaky_relu": ((nn.LeakyReLU,), lambda m: {"negative_slope": float(m.negative_slope)},
                    lambda negative_slope: nn.LeakyReLU(float(negative_slope))),
     "silu": ((nn.SiLU,), lambda m: {}, lambda: nn.SiLU()),
     "hardswish": ((nn.Hardswish,), lambda m: {}, lambda: nn.Hardswish()),
+    "sigmoid": ((nn.Sigmoid,), lambda m: {}, lambda: nn.Sigmoid()),
+    "hardsigmoid": ((nn.Hardsigmoid,), lambda m: {}, lambda: nn.Hardsigmoid()),
+    "tanh": ((nn.Tanh,), lambda m: {}, lambda: nn.Tanh()),
     "add": ((Add,), lambda m: {}, Add),
+    "mul": ((Mul,), lambda m: {}, Mul),
+    "reshape": ((Reshape,), lambda m: {"shape": list(m.shape)}, Reshape),
     "cat": ((Cat,), lambda m: {"dim": m.dim}, Cat),
     "global_avg_pool": ((GlobalAvgPool,), lambda m: {"keepdim": m.keepdim}, GlobalAvgPool),
     "subsample": ((Subsample,), lambda m: {"stride": list(m.stride)}, Subsample),
@@ -147,7 +230,7 @@ SIMPLE_OPS: dict[str, tuple[tuple[type, ...], Callable[[nn.Module], dict], Calla
 }
 
 #: ``(least, most)`` inputs of an op (``None``: no upper bound); every other op takes one.
-ARITY: dict[str, tuple[int, int | None]] = {"add": (2, 2), "cat": (2, None)}
+ARITY: dict[str, tuple[int, int | None]] = {"add": (2, 2), "mul": (2, 2), "cat": (2, None)}
 
 
 def arity(op: str) -> tuple[int, int | None]:
@@ -165,8 +248,8 @@ def simple_record(module: nn.Module) -> tuple[str, dict] | None:
     """``(op, attrs)`` for a stateless op, or ``None`` if ``module`` is not one."""
     for op, (types, attrs, _) in SIMPLE_OPS.items():
         if type(module) in types:
-            if isinstance(module, nn.MaxPool2d) and module.return_indices:
-                raise unsupported("MaxPool2d with return_indices=True")
+            if isinstance(module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) and module.return_indices:
+                raise unsupported(f"{type(module).__name__} with return_indices=True")
             return op, attrs(module)
     return None
 

@@ -18,8 +18,9 @@ is one fixed-width code per unit, :mod:`hbnn.export.units`), ``bias`` ``[O]``,
 ``act.mean_abs`` ``[]``. Version-2 records have no ``structure`` (``entry``).
 A kept batch norm is ``{"op": "batch_norm", "dim", "num_features", "eps"}`` with
 ``weight``/``bias``/``running_mean``/``running_var``; a PReLU is ``{"op": "prelu",
-"num_parameters"}`` with ``weight`` ``[num_parameters]``; stateless ops carry attributes
-only. Every record also names its ``inputs`` (graph nodes, :mod:`hbnn.export.topology`).
+"num_parameters"}`` with ``weight`` ``[num_parameters]``; a constant op is ``{"op":
+"add_constant" | "mul_constant" | "div_constant", "shape"}`` with ``value`` of that shape
+(:class:`hbnn.export.ops.ConstantOp`); stateless ops carry attributes only. Every record also names its ``inputs`` (graph nodes, :mod:`hbnn.export.topology`).
 
 Batch-norm folding (``BN(y) = a y + c``, ``a = gamma / sqrt(var + eps)``,
 ``c = beta - mean a``) applies to a BN directly after a conv/linear layer:
@@ -41,7 +42,7 @@ from torch import nn
 from hbnn.errors import FormatError
 from hbnn.export import encode, units
 from hbnn.export.engine import PackedConv2d, PackedLinear, make_act_quantizer
-from hbnn.export.ops import build_simple, simple_record, unsupported
+from hbnn.export.ops import CONSTANT_OPS, ConstantOp, build_simple, simple_record, unsupported
 from hbnn.nn import HBConv2d, HBLayerMixin, HBLinear
 from hbnn.quant.bitmap import expand_blocks
 from hbnn.quant.functional import broadcast_scale, dequantize_planes, residual_forward
@@ -226,6 +227,12 @@ def _prelu_record(name: str, m: nn.PReLU, p: str, out: dict) -> dict:
     return {"op": "prelu", "name": name, "num_parameters": int(m.num_parameters)}
 
 
+def _constant_record(name: str, m: ConstantOp, p: str, out: dict) -> dict:
+    op = next(k for k, cls in CONSTANT_OPS.items() if type(m) is cls)
+    out[f"{p}.value"] = m.value.detach().float().clone()
+    return {"op": op, "name": name, "shape": list(m.value.shape)}
+
+
 def layer_record(index: int, name: str, layer: nn.Module, out: dict, bn=None, bn_name: str | None = None,
                  inputs: list[str] | None = None) -> dict:
     """The JSON record of one graph node fed by the nodes ``inputs``; its tensors go into ``out`` (prefix ``index``)."""
@@ -236,6 +243,8 @@ def layer_record(index: int, name: str, layer: nn.Module, out: dict, bn=None, bn
         rec = _bn_record(name, layer, p, out)
     elif type(layer) is nn.PReLU:
         rec = _prelu_record(name, layer, p, out)
+    elif isinstance(layer, ConstantOp):
+        rec = _constant_record(name, layer, p, out)
     else:
         simple = simple_record(layer)
         if simple is None:
@@ -348,4 +357,6 @@ def build_layer(index: int, rec: dict, tensors: dict, backend: str = "auto",
         with torch.no_grad():
             prelu.weight.copy_(tensors[f"{p}.weight"])
         return name, prelu.eval()
+    if op in CONSTANT_OPS:
+        return name, CONSTANT_OPS[op](tensors[f"{p}.value"]).eval()
     return name, build_simple(op, dict(rec["attrs"]), where).eval()

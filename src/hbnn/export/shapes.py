@@ -9,12 +9,16 @@ module is built, for a batch of ``N`` inputs of ``input_shape``::
     batch_norm   [N, C, H, W] (dim 2) or [N, C] / [N, C, L] (dim 1), C = num_features
     max/avg pool [N, C, H, W] -> [N, C, H', W'],  the (dilated) window fits the padded input,
                  H' as for a conv (ceil_mode: rounded up, the last window starting inside)
-    adaptive     [N, C, H, W] -> [N, C, oh, ow]
+    adaptive     [N, C, H, W] -> [N, C, oh, ow]           (avg and max)
     flatten      dims start..end merged; the batch dimension is never merged
-    relu, hardtanh, leaky_relu, silu, hardswish, identity: unchanged
+    reshape      [N, *s] -> [N, *shape],                 prod(s) = prod(shape)
+    relu, hardtanh, leaky_relu, silu, hardswish, sigmoid, hardsigmoid, tanh, identity: unchanged
     prelu        [N, C, ...] unchanged, C = num_parameters (or num_parameters = 1)
     add          two inputs of one shape -> that shape
-    cat          [N, C_i, ...] equal but for C -> [N, sum C_i, ...]
+    mul          [N, *a], [N, *b] of one rank, one broadcast to the other -> the larger
+    cat          [N, ...] equal but for dim d >= 1 -> that dim summed
+    add_constant, mul_constant, div_constant: [N, *s] unchanged; the constant's shape
+                 broadcasts to [1, *s] (trailing dims aligned, each 1 or equal)
     global_avg_pool [N, C, H, W] -> [N, C] (keepdim: [N, C, 1, 1])
     subsample    [N, C, H, W] -> [N, C, ceil(H / s_h), ceil(W / s_w)]
     pad_channels [N, C, H, W] -> [N, before + C + after, H, W]
@@ -107,7 +111,7 @@ def _pool(rec: dict, s: Shape) -> Shape:
 
 
 def _adaptive(rec: dict, s: Shape) -> Shape:
-    _image(s, None, "adaptive_avg_pool2d")
+    _image(s, None, rec["op"])
     size = _pair(rec["attrs"]["output_size"])
     return (s[0], *(n if o is None else o for o, n in zip(size, s[1:])))
 
@@ -136,12 +140,32 @@ def _add(rec: dict, a: Shape, b: Shape) -> Shape:
 
 
 def _cat(rec: dict, *shapes: Shape) -> Shape:
-    first = shapes[0]
-    _need(len(first) >= 1, "[N, C, ...] inputs")
+    first, d = shapes[0], rec["attrs"]["dim"] - 1  # index without the batch dimension
+    _need(len(first) > d, f"inputs with a dim {d + 1}")
     for other in shapes[1:]:
-        _need(len(other) == len(first) and other[1:] == first[1:],
-              f"inputs equal but for dim 1 (another input is {_fmt(other)})")
-    return (sum(t[0] for t in shapes), *first[1:])
+        _need(len(other) == len(first) and other[:d] == first[:d] and other[d + 1:] == first[d + 1:],
+              f"inputs equal but for dim {d + 1} (another input is {_fmt(other)})")
+    return (*first[:d], sum(t[d] for t in shapes), *first[d + 1:])
+
+
+def _mul(rec: dict, a: Shape, b: Shape) -> Shape:
+    fits = (lambda x, y: all(p in (1, q) for p, q in zip(x, y)))
+    _need(len(a) == len(b) and (fits(b, a) or fits(a, b)),
+          f"two inputs of one rank, one broadcasting to the other (the other input is {_fmt(b)})")
+    return a if fits(b, a) else b
+
+
+def _reshape(rec: dict, s: Shape) -> Shape:
+    shape = tuple(rec["attrs"]["shape"])
+    _need(math.prod(shape) == math.prod(s), f"{math.prod(shape)} elements per input for shape {list(shape)}")
+    return shape
+
+
+def _constant(rec: dict, s: Shape) -> Shape:
+    c, full = rec["shape"], (1, *s)
+    _need(len(c) <= len(full) and all(p in (1, q) for p, q in zip(reversed(c), reversed(full))),
+          f"a shape the constant {list(c)} broadcasts to without growing it")
+    return s
 
 
 def _global(rec: dict, s: Shape) -> Shape:
@@ -167,9 +191,12 @@ def _same(rec: dict, s: Shape) -> Shape:
 
 _OUT: dict[str, Callable[..., Shape]] = {
     "conv2d": _conv, "linear": _linear, "batch_norm": _batch_norm, "prelu": _prelu,
-    "max_pool2d": _pool, "avg_pool2d": _pool, "adaptive_avg_pool2d": _adaptive, "flatten": _flatten,
+    "max_pool2d": _pool, "avg_pool2d": _pool, "adaptive_avg_pool2d": _adaptive, "adaptive_max_pool2d": _adaptive,
+    "flatten": _flatten, "reshape": _reshape,
     "relu": _same, "hardtanh": _same, "identity": _same, "leaky_relu": _same, "silu": _same, "hardswish": _same,
-    "add": _add, "cat": _cat, "global_avg_pool": _global, "subsample": _subsample, "pad_channels": _pad_channels,
+    "sigmoid": _same, "hardsigmoid": _same, "tanh": _same,
+    "add": _add, "mul": _mul, "cat": _cat, "global_avg_pool": _global, "subsample": _subsample,
+    "pad_channels": _pad_channels, "add_constant": _constant, "mul_constant": _constant, "div_constant": _constant,
 }
 
 

@@ -16,7 +16,9 @@ ever see well-typed, in-range values:
 * geometry: channel counts, kernel sizes, strides, dilations and groups are positive
   integers (``[h, w]`` pairs where the layer has two dimensions), paddings are ``>= 0``
   and at most ``dilation * (kernel_size - 1)`` for a convolution (more padding only adds
-  outputs that see no input) and half the (dilated) window for a pool;
+  outputs that see no input) and half the (dilated) window for a pool; a ``reshape``
+  target (1..4 dims) and a constant op's ``shape`` (0..4 dims) are positive integers,
+  ``cat``'s ``dim`` is 1..4 (never the batch dimension 0);
 * bit mixes are valid :class:`hbnn.quant.mix.BitMix` es (increasing bitwidths in
   ``1..8``, fractions > 0 summing to 1), plane counts and stream lengths agree with the
   weight's shape;
@@ -52,7 +54,7 @@ import torch
 
 from hbnn.errors import FormatError
 from hbnn.export._checks import MAX_INT, At, is_int, is_number, short
-from hbnn.export.ops import SIMPLE_OPS
+from hbnn.export.ops import CONSTANT_OPS, SIMPLE_OPS
 from hbnn.export.provenance import MAX_INPUT_ELEMENTS, check_input_shape, check_meta, check_model
 from hbnn.export.shapes import check_shapes
 from hbnn.export.units import code_width, decode_unit_levels, parse_record_structure, weight_structure
@@ -61,7 +63,7 @@ from hbnn.quant.checks import HEURISTICS
 from hbnn.quant.mix import MAX_BITS, MIN_BITS, BitMix
 from hbnn.quant.structure import Structure
 
-__all__ = ["EXPORT_COMMAND", "RECREATE", "OPS", "OPS_V2", "MAX_PAD_CHANNELS", "MAX_INT", "MAX_INPUT_ELEMENTS", "MAX_SIDE", "ACT_HEURISTICS",
+__all__ = ["EXPORT_COMMAND", "RECREATE", "OPS", "OPS_V2", "MAX_PAD_CHANNELS", "MAX_RANK", "MAX_INT", "MAX_INPUT_ELEMENTS", "MAX_SIDE", "ACT_HEURISTICS",
            "check_header", "check_tensors", "tensor_specs"]
 
 #: The command that writes a packed file (told to whoever holds one this hbnn cannot read).
@@ -69,12 +71,14 @@ EXPORT_COMMAND = "hbnn export RUN --out FILE"
 #: How to replace a packed file this hbnn cannot read.
 RECREATE = f"re-create it with `{EXPORT_COMMAND}`"
 #: Layer op names a packed file may hold.
-OPS = ("conv2d", "linear", "batch_norm", *SIMPLE_OPS, "prelu")
+OPS = ("conv2d", "linear", "batch_norm", *SIMPLE_OPS, "prelu", *CONSTANT_OPS)
 #: Layer op names of a version-2 file (a chain of these).
 OPS_V2 = ("conv2d", "linear", "batch_norm", "relu", "hardtanh", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
           "flatten", "identity")
 #: Largest number of zero channels a ``pad_channels`` op may add on either side.
 MAX_PAD_CHANNELS = 2 ** 16
+#: Most dimensions of a ``reshape`` target (the batch dimension left out) and of a constant.
+MAX_RANK = 4
 #: Largest adaptive-pool output side (no input side allowed by :data:`MAX_INPUT_ELEMENTS` is larger).
 MAX_SIDE = 2 ** 12
 #: Activation heuristics that run elementwise at inference (``random`` does not).
@@ -150,6 +154,9 @@ def _check_layer(i: int, rec: Any, where: str, v2: bool = False) -> None:
     elif op == "prelu":
         at.keys("", rec, ("op", "name", "num_parameters", *graph))
         at.int("num_parameters", rec["num_parameters"], 1)
+    elif op in CONSTANT_OPS:
+        at.keys("", rec, ("op", "name", "shape", *graph))
+        _check_dims(at, "shape", rec["shape"], 0)
     elif op == "batch_norm":
         at.keys("", rec, ("op", "name", "dim", "num_features", "eps", *graph))
         if at.int("dim", rec["dim"], 1) not in (1, 2):
@@ -308,6 +315,14 @@ def _check_act_structure(at: At, name: Any, op: str, g: dict) -> None:
 
 # ----------------------------------------------------------------------------- stateless ops
 
+def _check_dims(at: At, field: str, dims: Any, least: int) -> list[int]:
+    """A shape: ``least..MAX_RANK`` positive integers with at most :data:`MAX_INT` elements in all."""
+    if not isinstance(dims, list) or not least <= len(dims) <= MAX_RANK or not all(
+            is_int(d) and 1 <= d <= MAX_INT for d in dims) or math.prod(dims) > MAX_INT:
+        raise at.fail(field, dims, f"a list of {least}..{MAX_RANK} positive integers (at most {MAX_INT} elements)")
+    return dims
+
+
 def _no_attrs(at: At, attrs: Any) -> None:
     at.keys("attrs.", attrs, ())
 
@@ -360,8 +375,12 @@ def _leaky_relu(at: At, attrs: Any) -> None:
 
 def _cat(at: At, attrs: Any) -> None:
     at.keys("attrs.", attrs, ("dim",))
-    if at.int("attrs.dim", attrs["dim"], 1) != 1:
-        raise at.fail("attrs.dim", attrs["dim"], "1 (the channel dimension)")
+    at.int("attrs.dim", attrs["dim"], 1, MAX_RANK)  # never 0, the batch dimension
+
+
+def _reshape(at: At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("shape",))
+    _check_dims(at, "attrs.shape", attrs["shape"], 1)
 
 
 def _global_avg_pool(at: At, attrs: Any) -> None:
@@ -386,6 +405,11 @@ _ATTRS = {
     "silu": _no_attrs,
     "hardswish": _no_attrs,
     "add": _no_attrs,
+    "mul": _no_attrs,
+    "sigmoid": _no_attrs,
+    "hardsigmoid": _no_attrs,
+    "tanh": _no_attrs,
+    "reshape": _reshape,
     "leaky_relu": _leaky_relu,
     "cat": _cat,
     "global_avg_pool": _global_avg_pool,
@@ -396,6 +420,7 @@ _ATTRS = {
     "avg_pool2d": lambda at, a: _pool(at, a, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
                                               "divisor_override")),
     "adaptive_avg_pool2d": _adaptive,
+    "adaptive_max_pool2d": _adaptive,
     "flatten": _flatten,
 }
 
@@ -414,6 +439,8 @@ def tensor_specs(index: int, rec: dict) -> dict[str, tuple[torch.dtype, tuple[in
         return {f"{p}.{k}": (f32, (n,), "") for k in ("weight", "bias", "running_mean", "running_var")}
     if rec["op"] == "prelu":
         return {f"{p}.weight": (f32, (rec["num_parameters"],), "")}
+    if rec["op"] in CONSTANT_OPS:
+        return {f"{p}.value": (f32, tuple(rec["shape"]), "")}
     if rec["op"] not in ("conv2d", "linear"):
         return {}
     shape = _weight_shape(At(""), rec["op"], rec["geometry"])
