@@ -325,3 +325,26 @@ def test_bad_new_records_are_refused_in_one_line(case, exported, tmp_path, rewri
     path.write_bytes(exported["functional"][2].read_bytes())
     rewrite(path, edit)
     refused(path, pattern, capsys)
+
+
+def test_constant_expressions_are_evaluated_at_export(tmp_path):
+    """Expressions of parameters alone (``exp(log_scale).view(...)``) become one stored constant."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3, padding=1)
+            self.log_scale, self.shift = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))
+
+        def forward(self, x):
+            y = self.conv(x) * torch.exp(self.log_scale).view(1, -1, 1, 1) + self.shift.view(1, -1, 1, 1)
+            return y.flatten(1)
+
+    torch.manual_seed(0)
+    model = Scaled().eval()
+    export_model(model, tmp_path / "m.hbnn", input_shape=[2, 4, 4])
+    header, tensors, _ = read_packed(tmp_path / "m.hbnn")
+    assert [r["op"] for r in header["layers"]] == ["conv2d", "mul_constant", "add_constant", "flatten"]
+    assert torch.equal(tensors["1.value"], torch.exp(model.log_scale.detach()).view(1, -1, 1, 1))
+    x = _x((2, 4, 4))
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "m.hbnn")(x), model(x.contiguous(memory_format=torch.channels_last)))
