@@ -170,7 +170,7 @@ def range_scale(magnitude: torch.Tensor, count: int) -> tuple[torch.Tensor, torc
         ``(down, up)``, 0-dim tensors of ``magnitude``'s dtype and device.
     """
     limit = math.frexp(torch.finfo(magnitude.dtype).max)[1] - 3
-    bits = (max(count, 1) - 1).bit_length()
+    bits = _count_bits(count, magnitude.device)
     if torch.jit.is_tracing():  # frexp and ldexp have no ONNX operators; powers of two are exact in pow
         k = _counted_excess(magnitude, bits, limit).to(magnitude.dtype)
         two = torch.full((), 2.0, dtype=magnitude.dtype, device=magnitude.device)
@@ -179,6 +179,19 @@ def range_scale(magnitude: torch.Tensor, count: int) -> tuple[torch.Tensor, torc
     k = (exponent + bits - limit).clamp_min(0)
     one = torch.ones((), dtype=magnitude.dtype, device=magnitude.device)
     return torch.ldexp(one, -k), torch.ldexp(one, k)
+
+
+def _count_bits(count, device) -> int | torch.Tensor:
+    """``p = bit_length(count - 1)`` (the least ``p`` with ``count <= 2^p``; 0 for ``count <= 1``).
+
+    Under ``torch.compile`` it is a 0-dim int32 tensor, the exponent of :func:`torch.frexp` of
+    ``count - 1`` in float64 (exact: counts stay below ``2^53``), so a symbolic ``count`` (a
+    batch dim marked dynamic) is not specialized to its value; otherwise a Python int.
+    """
+    if not torch.compiler.is_compiling():  # (under dynamo a SymInt passes isinstance(count, int))
+        return (max(count, 1) - 1).bit_length()
+    below = torch.sym_max(count, 1) - 1
+    return torch.frexp(torch.scalar_tensor(below, dtype=torch.float64, device=device))[1]
 
 
 def _counted_excess(magnitude: torch.Tensor, p: int, limit: int) -> torch.Tensor:
