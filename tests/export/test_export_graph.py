@@ -282,6 +282,9 @@ REFUSED = {
                                                                             r"product of anything but a tensor and"),
     "pool indices": (lambda m, x: F.max_pool2d(m.conv(x), 2, return_indices=True)[0].flatten(1),
                      r"operation function torch.nn.functional.max_pool2d_with_indices "),
+    "softmax batch": (lambda m, x: F.softmax(m.conv(x).flatten(1), 0), r"softmax in forward with dim=0 \(the "
+                                                                        r"batch dimension\)"),
+    "softmax no dim": (lambda m, x: F.softmax(m.conv(x).flatten(1)), r"with dim=None \(a named dim"),
     "one-sided clamp": (lambda m, x: m.conv(x).clamp(max=1).flatten(1), r"clamp\(min=None, max=1\)"),
     "in-place read again": (_inplace_reread, r"in-place function torch.nn.functional.relu in forward on a tensor "
                                              r"that is read again after it \(by add\)"),

@@ -61,6 +61,19 @@ class Shapes(nn.Module):
         return self.fc(y)
 
 
+class Heads(nn.Module):
+    """An MLP head: ``x.view(-1, K)``, a difference of two layers, softmax and log-softmax outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(36, 12), nn.Linear(36, 12), nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = x.view(-1, 36)
+        h = F.softmax(self.fc1(x) - self.fc2(x), dim=-1)
+        return F.log_softmax(self.fc3(h), dim=1)
+
+
 class BasicBlock(nn.Module):
     """torchvision's basic block: in-place ReLU modules, ``out += identity``, a Sequential downsample."""
 
@@ -165,7 +178,7 @@ def _binarized(model: nn.Module, shape, calibrate) -> nn.Module:
 
 
 FLOAT = {"functional": (Functional, (3, 8, 8)), "shapes": (Shapes, (2, 6, 6)),
-         "torchvision": (TorchvisionStyle, (3, 8, 8)), "reactnet": (ReActStyle, (3, 8, 8)),
+         "heads": (Heads, (1, 6, 6)), "torchvision": (TorchvisionStyle, (3, 8, 8)), "reactnet": (ReActStyle, (3, 8, 8)),
          "inverted_se": (InvertedSE, (3, 8, 8))}
 BINARIZED = ["torchvision", "reactnet", "inverted_se"]
 
@@ -257,6 +270,13 @@ def test_shape_records(exported):
     assert recs["clamp"]["op"] == "relu" and recs["relu_"]["op"] == "relu"
 
 
+def test_head_records(exported):
+    recs = _records(exported, "heads")
+    assert [r["op"] for r in recs.values()] == ["flatten", "linear", "linear", "sub", "softmax", "linear",
+                                                "log_softmax"]
+    assert recs["sub"]["inputs"] == ["fc1", "fc2"] and recs["softmax"]["attrs"] == {"dim": -1}
+
+
 def test_reactnet_learnable_biases_are_constants(exported):
     recs = _records(exported, "reactnet_hb")
     shifts = [r for r in recs.values() if r["op"] == "add_constant"]
@@ -301,28 +321,36 @@ def _attrs(name: str, **attrs):
 
 
 BAD = {
-    "cat batch": (_attrs("cat", dim=0), r"\(cat\): attrs.dim: invalid value 0; allowed: an integer in 1\.\.4"),
-    "cat past rank": (_attrs("cat", dim=4), r"\(cat\): shapes do not chain .* it needs inputs with a dim 4"),
-    "reshape elements": (_attrs("squeeze", shape=[15, 1]), r"\(squeeze\): shapes do not chain .* it needs 15 "
-                                                           r"elements per input for shape \[15, 1\]"),
-    "reshape empty": (_attrs("squeeze", shape=[]), r"\(squeeze\): attrs.shape: invalid value \[\]; allowed: a list "
-                                                   r"of 1\.\.4 positive integers"),
-    "reshape zero": (_attrs("squeeze", shape=[16, 0]), r"attrs.shape: invalid value \[16, 0\]"),
-    "constant shape": (_edit("add", shape=[1, 8, 4, 1]), r"\(add\): tensor '\d+.value' has torch.float32 \[1, 8, 1, "
-                                                         r"1\], expected torch.float32 \[1, 8, 4, 1\]"),
-    "constant broadcast": (_edit("mul", shape=[3, 1, 1]), r"\(mul\): shapes do not chain .* a shape the constant "
-                                                          r"\[3, 1, 1\] broadcasts to"),
-    "constant keys": (_edit("add", attrs={}), r"\(add\): attrs: unknown field"),
-    "mul arity": (lambda h: next(r for r in h["layers"] if r["op"] == "mul").update(inputs=["dw"]),
+    "cat batch": ("functional", _attrs("cat", dim=0),
+                  r"\(cat\): attrs.dim: invalid value 0; allowed: an integer in 1\.\.4"),
+    "cat past rank": ("functional", _attrs("cat", dim=4),
+                      r"\(cat\): shapes do not chain .* it needs inputs with a dim 4"),
+    "reshape elements": ("functional", _attrs("squeeze", shape=[15, 1]),
+                         r"\(squeeze\): shapes do not chain .* it needs 15 elements per input for shape \[15, 1\]"),
+    "reshape empty": ("functional", _attrs("squeeze", shape=[]),
+                      r"\(squeeze\): attrs.shape: invalid value \[\]; allowed: a list of 1\.\.4 positive integers"),
+    "reshape zero": ("functional", _attrs("squeeze", shape=[16, 0]), r"attrs.shape: invalid value \[16, 0\]"),
+    "constant shape": ("functional", _edit("add", shape=[1, 8, 4, 1]),
+                       r"\(add\): tensor '\d+.value' has torch.float32 \[1, 8, 1, 1\], expected torch.float32 "
+                       r"\[1, 8, 4, 1\]"),
+    "constant broadcast": ("functional", _edit("mul", shape=[3, 1, 1]),
+                           r"\(mul\): shapes do not chain .* a shape the constant \[3, 1, 1\] broadcasts to"),
+    "constant keys": ("functional", _edit("add", attrs={}), r"\(add\): attrs: unknown field"),
+    "mul arity": ("functional", lambda h: next(r for r in h["layers"] if r["op"] == "mul").update(inputs=["dw"]),
                   r"inputs: mul takes 2 inputs, the record names 1"),
+    "softmax batch": ("heads", _attrs("softmax", dim=0),
+                      r"\(softmax\): attrs.dim: invalid value 0; allowed: an integer in -4\.\.4 other than 0"),
+    "softmax rank": ("heads", _attrs("softmax", dim=2),
+                     r"\(softmax\): shapes do not chain .* it needs a dim 2 other than the batch dimension"),
+    "sub arity": ("heads", _edit("sub", inputs=["fc1"]), r"\(sub\): inputs: sub takes 2 inputs, the record names 1"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_new_records_are_refused_in_one_line(case, exported, tmp_path, rewrite, refused, capsys):
-    edit, pattern = BAD[case]
+    source, edit, pattern = BAD[case]
     path = tmp_path / "m.hbnn"
-    path.write_bytes(exported["functional"][2].read_bytes())
+    path.write_bytes(exported[source][2].read_bytes())
     rewrite(path, edit)
     refused(path, pattern, capsys)
 

@@ -5,7 +5,7 @@ Each supported ``torch.fx`` ``call_function`` / ``call_method`` node has a *make
 constants) that checks the arguments and returns the equivalent module of
 :mod:`hbnn.export.ops` or ``torch.nn``:
 
-* ``a + b`` / ``torch.add`` of two tensors -> ``Add``; ``a * b`` -> ``Mul`` (broadcast);
+* ``a + b`` / ``torch.add`` of two tensors -> ``Add``; ``a - b`` -> ``Sub``; ``a * b`` -> ``Mul`` (broadcast);
   ``x + c``, ``c + x``, ``x - c``, ``x * c``, ``c * x``, ``x / c`` with a constant ``c`` (a
   number, or a parameter/buffer read in ``forward``, possibly ``c.expand_as(x)``) ->
   ``AddConstant(c)`` (``AddConstant(-c)`` for ``x - c``: the same float32 operation),
@@ -14,7 +14,7 @@ constants) that checks the arguments and returns the equivalent module of
 * activations (``F.relu``, ``torch.relu``, ``x.relu()``, their in-place forms, ``F.relu6``,
   ``F.hardtanh``, ``x.clamp(lo, hi)`` -> ``Hardtanh(lo, hi)``, ``x.clamp(min=0)`` -> ``ReLU``,
   ``F.leaky_relu``, ``F.silu``, ``F.hardswish``, ``torch.sigmoid``, ``F.hardsigmoid``,
-  ``torch.tanh``) -> the ``nn`` module;
+  ``torch.tanh``, ``F.softmax`` / ``F.log_softmax`` along a named non-batch dim) -> the ``nn`` module;
 * ``F.max_pool2d``, ``F.avg_pool2d``, ``F.adaptive_avg_pool2d``, ``F.adaptive_max_pool2d``
   -> the ``nn`` pool; ``x.mean((2, 3))`` -> ``GlobalAvgPool``;
 * shape ops: ``torch.flatten(x, s, e)`` (``s >= 1``) -> ``nn.Flatten``;
@@ -48,6 +48,7 @@ from hbnn.export.ops import (
     MulConstant,
     PadChannels,
     Reshape,
+    Sub,
     Subsample,
 )
 
@@ -130,7 +131,7 @@ def _add(node, ctx: Context):
 def _sub(node, ctx: Context):
     _no_extra(node, ("alpha",))
     _need(len(node.args) == 2 and node.kwargs.get("alpha", 1) == 1, "a subtraction other than x - c")
-    return _binary(node, ctx, "subtraction", None, lambda c: AddConstant(-c), commutes=False)
+    return _binary(node, ctx, "subtraction", Sub, lambda c: AddConstant(-c), commutes=False)
 
 
 def _mul(node, ctx: Context):
@@ -288,6 +289,19 @@ def _pool(make, names: tuple[str, ...], indices: str | None):
     return maker
 
 
+def _softmax(make):
+    """A maker for ``F.softmax(x, dim)`` / ``x.softmax(dim)`` (a named dim, no dtype)."""
+
+    def maker(node, ctx: Context) -> nn.Module:
+        _no_extra(node, ("dim", "_stacklevel", "dtype"))
+        dim = _arg(node, 1, "dim")
+        _need(isinstance(dim, int) and not isinstance(dim, bool) and node.kwargs.get("dtype") is None
+              and len(node.args) <= 2, f"dim={dim!r} (a named dim, no dtype)")
+        _need(dim > 0 or dim < 0 and dim + _rank(ctx, node.args[0]) > 0, f"dim={dim!r} (the batch dimension)")
+        return make(dim)
+    return maker
+
+
 def _dropout(node, ctx: Context) -> nn.Module:
     _need(_arg(node, 2, "training", True) is False, "F.dropout in training mode")
     return nn.Identity()
@@ -315,7 +329,8 @@ FUNCTIONS: dict[Any, Callable] = {
     torch.clamp: _clamp, torch.clip: _clamp, F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY, F.silu: _act(nn.SiLU),
     F.hardswish: _act(nn.Hardswish), torch.sigmoid: _act(nn.Sigmoid), F.sigmoid: _act(nn.Sigmoid),
     F.hardsigmoid: _act(nn.Hardsigmoid), torch.tanh: _act(nn.Tanh), F.tanh: _act(nn.Tanh),
-    F.max_pool2d: _MAX_POOL, F.avg_pool2d: _AVG_POOL,
+    F.softmax: _softmax(nn.Softmax), torch.softmax: _softmax(nn.Softmax), F.log_softmax: _softmax(nn.LogSoftmax),
+    torch.log_softmax: _softmax(nn.LogSoftmax), F.max_pool2d: _MAX_POOL, F.avg_pool2d: _AVG_POOL,
     F.adaptive_avg_pool2d: _act(nn.AdaptiveAvgPool2d, ("output_size", 1, None)),
     F.adaptive_max_pool2d: _pool(nn.AdaptiveMaxPool2d, ("output_size",), "return_indices"),
     F.dropout: _dropout, F.dropout1d: _dropout, F.dropout2d: _dropout,
@@ -326,7 +341,8 @@ METHODS: dict[str, Callable] = {
     "mean": _mean, "flatten": _flatten, "view": _shape_op, "reshape": _shape_op, "squeeze": _shape_op,
     "unsqueeze": _shape_op, "unflatten": _shape_op, "relu": _act(nn.ReLU), "relu_": _act(nn.ReLU),
     "clamp": _clamp, "clamp_": _clamp, "clip": _clamp, "sigmoid": _act(nn.Sigmoid), "sigmoid_": _act(nn.Sigmoid),
-    "tanh": _act(nn.Tanh), "tanh_": _act(nn.Tanh), "contiguous": _identity, "clone": _identity,
+    "tanh": _act(nn.Tanh), "tanh_": _act(nn.Tanh), "softmax": _softmax(nn.Softmax),
+    "log_softmax": _softmax(nn.LogSoftmax), "contiguous": _identity, "clone": _identity,
     "detach": lambda node, ctx: nn.Identity(),
 }
 

@@ -13,15 +13,17 @@ thresholds ``t_j``, mean magnitude ``m`` and scales ``mu_i``::
 
 which is the same float32 arithmetic as ``hbnn.quant`` at inference, so onnxruntime sees
 the same ``x_hat`` and the convolutions differ from the packed kernels only by
-summation order. The graph's nodes map one to one (``add`` -> ``Add``, ``mul`` -> ``Mul``,
-``cat`` -> ``Concat``, ``global_avg_pool`` -> ``ReduceMean``, ``subsample`` -> ``Slice``
-with steps, ``pad_channels`` -> ``Pad``, ``reshape`` -> ``Reshape`` to ``[0, *shape]`` (0:
-the batch kept), ``add_constant`` / ``mul_constant`` / ``div_constant`` -> ``Add`` /
-``Mul`` / ``Div`` with the constant, ``leaky_relu`` -> ``LeakyRelu``, ``prelu`` ->
-``PRelu``, ``silu`` -> ``Mul(x, Sigmoid(x))``, ``hardswish`` -> ``HardSwish``, ``sigmoid``,
-``tanh``, ``hardsigmoid`` -> ``HardSigmoid(alpha=1/6, beta=1/2)`` (torch computes
-``relu6(x + 3) / 6``: equal up to float32 rounding), ``adaptive_max_pool2d`` to 1x1 ->
-``GlobalMaxPool``), each reading its inputs' values by node. ``torch.onnx.export`` is not used: its default (dynamo) exporter needs
+summation order. The graph's nodes map one to one (``add`` / ``sub`` / ``mul`` -> ``Add`` /
+``Sub`` / ``Mul``, ``cat`` -> ``Concat``, ``global_avg_pool`` -> ``ReduceMean``,
+``subsample`` -> ``Slice`` with steps, ``pad_channels`` -> ``Pad``, ``reshape`` ->
+``Reshape`` to ``[0, *shape]`` (0: the batch kept), ``add_constant`` / ``mul_constant`` /
+``div_constant`` -> ``Add`` / ``Mul`` / ``Div`` with the constant, ``leaky_relu`` ->
+``LeakyRelu``, ``prelu`` -> ``PRelu``, ``silu`` -> ``Mul(x, Sigmoid(x))``, ``hardswish`` ->
+``HardSwish``, ``sigmoid``, ``tanh``, ``softmax`` / ``log_softmax`` -> ``Softmax`` /
+``LogSoftmax`` on the same axis, ``hardsigmoid`` -> ``HardSigmoid(alpha=1/6, beta=1/2)``
+(torch computes ``relu6(x + 3) / 6``: equal up to float32 rounding),
+``adaptive_max_pool2d`` to 1x1 -> ``GlobalMaxPool``), each reading its inputs' values by
+node. ``torch.onnx.export`` is not used: its default (dynamo) exporter needs
 ``onnxscript``, and hand-built graphs make the op set explicit. Opset 17.
 """
 
@@ -45,6 +47,7 @@ from hbnn.export.ops import (
     MulConstant,
     PadChannels,
     Reshape,
+    Sub,
     Subsample,
     unsupported,
 )
@@ -183,6 +186,8 @@ def _graph_op(g: _Graph, xs: list[str], m: nn.Module, rank: int) -> str | None:
     x = xs[0]
     if isinstance(m, Add):
         return g.op("Add", xs)
+    if isinstance(m, Sub):
+        return g.op("Sub", xs)
     if isinstance(m, Mul):
         return g.op("Mul", xs)
     for cls, op_type in _CONSTANT_ONNX:
@@ -219,6 +224,10 @@ def _elementwise(g: _Graph, x: str, m: nn.Module) -> str | None:
         return g.op("Sigmoid", [x])
     if isinstance(m, nn.Tanh):
         return g.op("Tanh", [x])
+    if isinstance(m, nn.Softmax):
+        return g.op("Softmax", [x], axis=m.dim)
+    if isinstance(m, nn.LogSoftmax):
+        return g.op("LogSoftmax", [x], axis=m.dim)
     if isinstance(m, nn.Hardsigmoid):
         return g.op("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
     return None

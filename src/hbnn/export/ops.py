@@ -4,9 +4,9 @@ A packed model is a graph of ops (:mod:`hbnn.export.capture` finds it with ``tor
 Convolutions, linear layers, batch norm, PReLU and the constant ops carry tensors
 (:mod:`hbnn.export.records`); the stateless ops here are (de)serialised by
 :func:`simple_record` / :func:`build_simple`. Every op takes one input except ``add`` and
-``mul`` (two) and ``cat`` (two or more). The graph-only ops (``N`` the batch size):
+``sub`` and ``mul`` (two) and ``cat`` (two or more). The graph-only ops (``N`` the batch size):
 
-    add             a + b                               (residual add, float; one shape)
+    add, sub        a + b, a - b                        (residual add, float; one shape)
     mul             a * b                               (b broadcast to a's shape or a to b's:
                                                          squeeze-and-excitation scaling)
     cat             torch.cat([x_1, ..., x_k], dim)     dim >= 1 (never the batch)
@@ -17,6 +17,7 @@ Convolutions, linear layers, batch norm, PReLU and the constant ops carry tensor
     leaky_relu      max(x, 0) + negative_slope min(x, 0)
     silu, hardswish x sigmoid(x), x relu6(x + 3) / 6
     sigmoid, hardsigmoid, tanh  1 / (1 + exp(-x)), relu6(x + 3) / 6, tanh(x)
+    softmax, log_softmax        exp(x_i) / sum_j exp(x_j) along dim (never the batch), its log
     add_constant, mul_constant, div_constant   x + c, x * c, x / c  (c a stored float32 tensor,
                                                 broadcast to x's shape: a learnable bias or scale)
 
@@ -34,8 +35,8 @@ from torch import nn
 
 from hbnn.errors import FormatError
 
-__all__ = ["INPUT", "SUPPORTED_LAYERS", "SUPPORTED_FUNCTIONS", "SIMPLE_OPS", "CONSTANT_OPS", "ARITY", "Add", "Mul",
-           "Cat", "GlobalAvgPool", "Subsample", "PadChannels", "Reshape", "ConstantOp", "AddConstant", "MulConstant",
+__all__ = ["INPUT", "SUPPORTED_LAYERS", "SUPPORTED_FUNCTIONS", "SIMPLE_OPS", "CONSTANT_OPS", "ARITY", "Add", "Sub",
+           "Mul", "Cat", "GlobalAvgPool", "Subsample", "PadChannels", "Reshape", "ConstantOp", "AddConstant", "MulConstant",
            "DivConstant", "simple_record", "build_simple", "unsupported", "arity"]
 
 #: The name by which graph nodes refer to the model input.
@@ -45,15 +46,17 @@ INPUT = "input"
 #: through; dropout becomes the identity, ``ReLU6`` a hardtanh).
 SUPPORTED_LAYERS = (
     "HBConv2d", "HBLinear", "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh",
-    "LeakyReLU", "PReLU", "SiLU", "Hardswish", "Sigmoid", "Hardsigmoid", "Tanh", "MaxPool2d", "AvgPool2d",
+    "LeakyReLU", "PReLU", "SiLU", "Hardswish", "Sigmoid", "Hardsigmoid", "Tanh", "Softmax", "LogSoftmax",
+    "MaxPool2d", "AvgPool2d",
     "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Flatten", "Dropout", "Dropout1d", "Dropout2d", "Identity",
 )
 #: Functions and tensor methods a model's ``forward`` may call (:mod:`hbnn.export.capture`).
 SUPPORTED_FUNCTIONS = (
-    "a + b / a += b / torch.add (two tensors of one shape)", "a * b (SE scaling, broadcast)",
+    "a + b / a += b / torch.add / a - b (two tensors of one shape)", "a * b (SE scaling, broadcast)",
     "x + c / x - c / x * c / x / c (c a number, parameter or buffer broadcast to x)",
     "torch.cat (dim >= 1)", "F.relu", "F.relu6", "F.hardtanh", "x.clamp(lo, hi) / x.clamp(min=0)", "F.leaky_relu",
-    "F.silu", "F.hardswish", "torch.sigmoid", "F.hardsigmoid", "torch.tanh", "F.max_pool2d", "F.avg_pool2d",
+    "F.silu", "F.hardswish", "torch.sigmoid", "F.hardsigmoid", "torch.tanh", "F.softmax / F.log_softmax (dim >= 1)",
+    "F.max_pool2d", "F.avg_pool2d",
     "F.adaptive_avg_pool2d", "F.adaptive_max_pool2d", "F.dropout (eval)", "x.mean((2, 3)) (global pooling)",
     "flatten / view / reshape / squeeze(d) / unsqueeze(d) keeping the batch dimension", "x[:, :, ::s, ::s]",
     "F.pad of channels with zeros", "x.contiguous()",
@@ -65,6 +68,13 @@ class Add(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
+
+
+class Sub(nn.Module):
+    """``a - b`` (two tensors of one shape)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a - b
 
 
 class Mul(nn.Module):
@@ -220,7 +230,10 @@ SIMPLE_OPS: dict[str, tuple[tuple[type, ...], Callable[[nn.Module], dict], Calla
     "sigmoid": ((nn.Sigmoid,), lambda m: {}, lambda: nn.Sigmoid()),
     "hardsigmoid": ((nn.Hardsigmoid,), lambda m: {}, lambda: nn.Hardsigmoid()),
     "tanh": ((nn.Tanh,), lambda m: {}, lambda: nn.Tanh()),
+    "softmax": ((nn.Softmax,), lambda m: {"dim": m.dim}, lambda dim: nn.Softmax(dim)),
+    "log_softmax": ((nn.LogSoftmax,), lambda m: {"dim": m.dim}, lambda dim: nn.LogSoftmax(dim)),
     "add": ((Add,), lambda m: {}, Add),
+    "sub": ((Sub,), lambda m: {}, Sub),
     "mul": ((Mul,), lambda m: {}, Mul),
     "reshape": ((Reshape,), lambda m: {"shape": list(m.shape)}, Reshape),
     "cat": ((Cat,), lambda m: {"dim": m.dim}, Cat),
@@ -230,7 +243,7 @@ SIMPLE_OPS: dict[str, tuple[tuple[type, ...], Callable[[nn.Module], dict], Calla
 }
 
 #: ``(least, most)`` inputs of an op (``None``: no upper bound); every other op takes one.
-ARITY: dict[str, tuple[int, int | None]] = {"add": (2, 2), "mul": (2, 2), "cat": (2, None)}
+ARITY: dict[str, tuple[int, int | None]] = {"add": (2, 2), "sub": (2, 2), "mul": (2, 2), "cat": (2, None)}
 
 
 def arity(op: str) -> tuple[int, int | None]:
@@ -250,6 +263,8 @@ def simple_record(module: nn.Module) -> tuple[str, dict] | None:
         if type(module) in types:
             if isinstance(module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) and module.return_indices:
                 raise unsupported(f"{type(module).__name__} with return_indices=True")
+            if isinstance(module, (nn.Softmax, nn.LogSoftmax)) and not isinstance(module.dim, int):
+                raise unsupported(f"{type(module).__name__} with dim={module.dim!r} (name the dim)")
             return op, attrs(module)
     return None
 

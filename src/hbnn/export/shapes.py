@@ -14,7 +14,8 @@ module is built, for a batch of ``N`` inputs of ``input_shape``::
     reshape      [N, *s] -> [N, *shape],                 prod(s) = prod(shape)
     relu, hardtanh, leaky_relu, silu, hardswish, sigmoid, hardsigmoid, tanh, identity: unchanged
     prelu        [N, C, ...] unchanged, C = num_parameters (or num_parameters = 1)
-    add          two inputs of one shape -> that shape
+    softmax, log_softmax: unchanged; dim (negative: from the end) not the batch dimension
+    add, sub     two inputs of one shape -> that shape
     mul          [N, *a], [N, *b] of one rank, one broadcast to the other -> the larger
     cat          [N, ...] equal but for dim d >= 1 -> that dim summed
     add_constant, mul_constant, div_constant: [N, *s] unchanged; the constant's shape
@@ -155,6 +156,12 @@ def _mul(rec: dict, a: Shape, b: Shape) -> Shape:
     return a if fits(b, a) else b
 
 
+def _softmax(rec: dict, s: Shape) -> Shape:
+    d = rec["attrs"]["dim"]
+    _need(1 <= (d if d >= 0 else d + len(s) + 1) <= len(s), f"a dim {d} other than the batch dimension")
+    return s
+
+
 def _reshape(rec: dict, s: Shape) -> Shape:
     shape = tuple(rec["attrs"]["shape"])
     _need(math.prod(shape) == math.prod(s), f"{math.prod(shape)} elements per input for shape {list(shape)}")
@@ -194,8 +201,8 @@ _OUT: dict[str, Callable[..., Shape]] = {
     "max_pool2d": _pool, "avg_pool2d": _pool, "adaptive_avg_pool2d": _adaptive, "adaptive_max_pool2d": _adaptive,
     "flatten": _flatten, "reshape": _reshape,
     "relu": _same, "hardtanh": _same, "identity": _same, "leaky_relu": _same, "silu": _same, "hardswish": _same,
-    "sigmoid": _same, "hardsigmoid": _same, "tanh": _same,
-    "add": _add, "mul": _mul, "cat": _cat, "global_avg_pool": _global, "subsample": _subsample,
+    "sigmoid": _same, "hardsigmoid": _same, "tanh": _same, "softmax": _softmax, "log_softmax": _softmax,
+    "add": _add, "sub": _add, "mul": _mul, "cat": _cat, "global_avg_pool": _global, "subsample": _subsample,
     "pad_channels": _pad_channels, "add_constant": _constant, "mul_constant": _constant, "div_constant": _constant,
 }
 

@@ -63,8 +63,8 @@ from hbnn.quant.checks import HEURISTICS
 from hbnn.quant.mix import MAX_BITS, MIN_BITS, BitMix
 from hbnn.quant.structure import Structure
 
-__all__ = ["EXPORT_COMMAND", "RECREATE", "OPS", "OPS_V2", "MAX_PAD_CHANNELS", "MAX_RANK", "MAX_INT", "MAX_INPUT_ELEMENTS", "MAX_SIDE", "ACT_HEURISTICS",
-           "check_header", "check_tensors", "tensor_specs"]
+__all__ = ["EXPORT_COMMAND", "RECREATE", "OPS", "OPS_V2", "MAX_PAD_CHANNELS", "MAX_RANK", "MAX_INT",
+           "MAX_INPUT_ELEMENTS", "MAX_SIDE", "ACT_HEURISTICS", "check_header", "check_tensors", "tensor_specs"]
 
 #: The command that writes a packed file (told to whoever holds one this hbnn cannot read).
 EXPORT_COMMAND = "hbnn export RUN --out FILE"
@@ -378,6 +378,12 @@ def _cat(at: At, attrs: Any) -> None:
     at.int("attrs.dim", attrs["dim"], 1, MAX_RANK)  # never 0, the batch dimension
 
 
+def _softmax(at: At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("dim",))
+    if at.int("attrs.dim", attrs["dim"], -MAX_RANK, MAX_RANK) == 0:
+        raise at.fail("attrs.dim", 0, f"an integer in -{MAX_RANK}..{MAX_RANK} other than 0 (the batch dimension)")
+
+
 def _reshape(at: At, attrs: Any) -> None:
     at.keys("attrs.", attrs, ("shape",))
     _check_dims(at, "attrs.shape", attrs["shape"], 1)
@@ -400,15 +406,10 @@ def _pad_channels(at: At, attrs: Any) -> None:
 
 
 _ATTRS = {
-    "relu": _no_attrs,
-    "identity": _no_attrs,
-    "silu": _no_attrs,
-    "hardswish": _no_attrs,
-    "add": _no_attrs,
-    "mul": _no_attrs,
-    "sigmoid": _no_attrs,
-    "hardsigmoid": _no_attrs,
-    "tanh": _no_attrs,
+    **dict.fromkeys(("relu", "identity", "silu", "hardswish", "sigmoid", "hardsigmoid", "tanh", "add", "sub", "mul"),
+                    _no_attrs),
+    "softmax": _softmax,
+    "log_softmax": _softmax,
     "reshape": _reshape,
     "leaky_relu": _leaky_relu,
     "cat": _cat,
