@@ -53,11 +53,11 @@ import torch
 from torch import Tensor
 
 from hbnn.kernels import PackedPlanes, PreparedWeight, binary_conv2d, binary_linear, pack_activations
+from hbnn.kernels.layout import WORD_BITS, valid_words
+from hbnn.kernels.reference import conv_output_hw
 
 __all__ = ["pack_activations_op", "binary_linear_op", "binary_conv2d_op", "planes_args", "weight_args",
-           "as_planes", "as_weight", "conv_output_hw"]
-
-_WORD_BITS = 64
+           "as_planes", "as_weight"]
 
 
 # ------------------------------------------------------------------ crossing the boundary
@@ -92,13 +92,6 @@ def as_weight(signs, masks, full, scales, shape, names: str, tensors: list, perm
     return PreparedWeight(as_planes(signs, masks, full, scales, shape), panels)
 
 
-def conv_output_hw(h, w, kernel, stride, padding, dilation) -> tuple:
-    """``(OH, OW)`` of ``F.conv2d`` on an ``h x w`` input (ints or symbolic sizes)."""
-    oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    return oh, ow
-
-
 # ---------------------------------------------------------------------- pack_activations
 @torch.library.custom_op("hbnn::pack_activations", mutates_args=())
 def pack_activations_op(x: Tensor, scales: Tensor, bitmap: Tensor | None, backend: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -111,26 +104,17 @@ def pack_activations_op(x: Tensor, scales: Tensor, bitmap: Tensor | None, backen
     if bitmap is None:
         masks = p.signs.new_empty((0,))
     elif p.masks is None:
-        masks = _valid_words(p.k, p.signs.device).expand(p.signs.shape).contiguous()
+        masks = valid_words(p.k).to(p.signs.device).expand(p.signs.shape).contiguous()
     else:
         masks = p.masks
     return p.signs, masks, torch.tensor(p.full, dtype=torch.bool, device=p.signs.device)
-
-
-def _valid_words(k: int, device) -> Tensor:
-    """int64 ``[ceil(k/64)]``: the packed row of ``k`` active entries (bits past ``k`` zero)."""
-    words = [-1] * (k // _WORD_BITS)
-    if k % _WORD_BITS:
-        tail = (1 << (k % _WORD_BITS)) - 1
-        words.append(tail - (1 << 64) if tail >= 1 << 63 else tail)
-    return torch.tensor(words, dtype=torch.int64, device=device)
 
 
 @pack_activations_op.register_fake
 def _(x, scales, bitmap, backend):
     n, k = scales.numel(), x.shape[1]
     rows = x.shape[0] if x.dim() == 2 else x.shape[0] * x.shape[2] * x.shape[3]
-    words = (k + _WORD_BITS - 1) // _WORD_BITS
+    words = (k + WORD_BITS - 1) // WORD_BITS
     signs = x.new_empty((n, rows, words), dtype=torch.int64)
     masks = x.new_empty((0,) if bitmap is None else (n, rows, words), dtype=torch.int64)
     return signs, masks, x.new_empty((n,), dtype=torch.bool)
