@@ -175,6 +175,29 @@ def test_pixel_activations_in_a_larger_conv(c_variants, gen, wstruct):
             assert torch.equal(binary_conv2d(x, w, backend="c", variant=v, **args), y), v
 
 
+@pytest.mark.parametrize("density", [(0.3, 0.1), (0.9, 0.02)])
+def test_pixel_planes_skip_packing_exactly(c_variants, gen, density):
+    # Pixel planes (every input pixel all-or-nothing) take the tap path from the pixel states
+    # alone (no micro-panels packed) when cheaper; C = 100 (a partial last word), per-sample
+    # scales, borders, stride/dilation, an all-absent fourth plane, and a dense plane (90%)
+    # that stays on the packed path next to a sparse one.
+    b, c, h, wd, o = 2, 100, 17, 19, 40
+    u = torch.rand(b, 1, h, wd, generator=gen)
+    act = torch.stack([torch.ones_like(u, dtype=torch.bool), u < density[0], u < density[1],
+                       torch.zeros_like(u, dtype=torch.bool)]).expand(4, b, c, h, wd)
+    xt = (torch.rand(4, b, c, h, wd, generator=gen) > 0.5, act.clone(), torch.rand(4, b, generator=gen) + 0.25)
+    wt = planes_from_bits(weight_bits("channel", o, 9, c, gen).reshape(o, 3, 3, c).permute(0, 3, 1, 2), gen,
+                          per_row=True)
+    x, w = pack_conv_input(*xt), pack_conv_weight(*wt)
+    pw = prepare_weight(wt)
+    for args in (dict(padding=1), dict(stride=2, padding=2, dilation=2), dict(padding=0)):
+        counts, y = ref.binary_conv2d_counts_ref(x, w, **args), ref.binary_conv2d_ref(x, w, **args)
+        for v in c_variants:
+            for ww in (w, pw):
+                assert torch.equal(binary_conv2d_counts(x, ww, backend="c", variant=v, **args), counts), v
+                assert torch.equal(binary_conv2d(x, ww, backend="c", variant=v, **args), y), v
+
+
 def test_all_absent_planes_and_single_plane(c_variants, gen):
     # Every row 1 bit except one: planes 2-3 are absent on all panels but the first.
     o, k = 33, 90

@@ -229,6 +229,20 @@ static void uksw_avx512(int G, int mm, int64_t n, const int32_t *idx, const uint
 }
 #define HBNN_HAVE_UKS 1
 
+/* One tile row into an output row by the panel's blocks (gemm_body.c put_row contract): per
+ * block one vpermd placing the lanes and one masked 64-byte store. */
+static inline void put_row_avx512(void *dst, const void *src, const hbnn_blk *b, int nb) {
+    const __m512i v = _mm512_loadu_si512(src);
+    int e;
+    for (e = 0; e < nb; e++) {
+        int32_t *d = (int32_t *)dst + b[e].base;
+        const __m512i p = _mm512_permutexvar_epi32(_mm512_loadu_si512(b[e].idx), v);
+        if (b[e].mask == 0xFFFFu) _mm512_storeu_si512(d, p);
+        else _mm512_mask_storeu_epi32(d, (__mmask16)b[e].mask, p);
+    }
+}
+#define HBNN_HAVE_PUT 1
+
 #undef HBNN_CASES6
 #undef HBNN_CASES12
 #undef HBNN_XOR_AND
@@ -237,6 +251,7 @@ static void uksw_avx512(int G, int mm, int64_t n, const int32_t *idx, const uint
 #include "tap_body.c"
 #include "gemm_body.c"
 #undef HBNN_HAVE_UKS
+#undef HBNN_HAVE_PUT
 #include "pack_body.c"
 #define HBNN_SEL_ISA 2
 #include "select_body.c"

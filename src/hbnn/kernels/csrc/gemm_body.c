@@ -56,6 +56,7 @@ static void FN(pack_row)(const hbnn_gemm_args *a, const hbnn_row *rw, int interi
     for (j = 0; j < a->nx; j++) {
         const int64_t jm = j * nm + m, base = jm * kwt;
         const int masked = ch->xmsk[jm] != HBNN_ST_FULL, full = a->x_full[j];
+        if (ch->xpix[j]) continue; /* packed per tap by tap_lists (pix_lists set its row data) */
         const uint64_t *xs = a->x_signs + j * rin * cw, *xm = full ? NULL : a->x_masks + j * rin * cw;
         int32_t *idx = ch->xidx + (jm * HBNN_NR + rr) * kwt, ni = 0;
         int64_t pop = 0;
@@ -120,11 +121,12 @@ static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_
     ch->nm = nm;
     ch->r0 = r0;
     ch->r1 = r1;
+    for (j = 0; j < a->nx; j++) ch->xpix[j] = ch->pixp && ch->pixp[j] && FN(pix_lists)(a, rows, ch, j, kwt);
     for (m = 0; m < nm; m++) {
         const int64_t first = r0 + m * HBNN_NR, last = hbnn_min64(r1, first + HBNN_NR) - 1;
         const int border = last >= n_int;
         for (j = 0; j < a->nx; j++)
-            ch->xmsk[j * nm + m] = !a->x_full[j] || border ? HBNN_ST_MASKED : HBNN_ST_FULL;
+            if (!ch->xpix[j]) ch->xmsk[j * nm + m] = !a->x_full[j] || border ? HBNN_ST_MASKED : HBNN_ST_FULL;
         for (rr = 0; rr < HBNN_NR; rr++) {
             const int64_t idx = first + rr;
             if (idx <= last) {
@@ -133,6 +135,7 @@ static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_
             }
             for (j = 0; j < a->nx; j++) { /* padding row of the last micro-panel */
                 const int64_t jm = j * nm + m;
+                if (ch->xpix[j]) continue;
                 for (k = 0; k < kwt; k++) {
                     ch->xs[(jm * kwt + k) * HBNN_NR + rr] = 0;
                     if (ch->xmsk[jm] != HBNN_ST_FULL) ch->xm[(jm * kwt + k) * HBNN_NR + rr] = 0;
@@ -142,9 +145,10 @@ static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_
                 ch->xsc[jm * HBNN_NR + rr] = 0.0f;
             }
         }
-        for (j = 0; j < a->nx; j++) ch->xsum[j * nm + m] = 0;
         for (j = 0; j < a->nx; j++)
-            if (ch->xmsk[j * nm + m] != HBNN_ST_FULL) FN(x_status)(ch, j * nm + m, (int)(last - first + 1), kwt, kfull);
+            if (!ch->xpix[j]) ch->xsum[j * nm + m] = 0;
+        for (j = 0; j < a->nx; j++)
+            if (!ch->xpix[j] && ch->xmsk[j * nm + m] != HBNN_ST_FULL) FN(x_status)(ch, j * nm + m, (int)(last - first + 1), kwt, kfull);
     }
 }
 
@@ -293,29 +297,35 @@ static void FN(wlist)(const hbnn_gemm_args *a, int64_t kwt, int64_t pan, int64_t
     }
 }
 
-/* Row r of a tile (ov lanes) into the output row `dst` (float or int32 elements of `size`
- * bytes), lane l going to column perm[l] when the weight rows are permuted. */
-static inline void FN(put_row)(void *dst, const void *src, int64_t ov, const int64_t *perm, size_t size) {
-    int64_t l;
-    if (!perm) {
-        memcpy(dst, src, (size_t)ov * size);
-        return;
+#ifndef HBNN_HAVE_PUT
+/* One tile row src[0..16) (32-bit floats or counts) into the output row dst by the panel's
+ * blocks b[0..nb) (hbnn_blk): dst[base + c] = src[idx[c]] for each bit c of mask. */
+static inline void FN(put_row)(void *dst, const void *src, const hbnn_blk *b, int nb) {
+    int e;
+    for (e = 0; e < nb; e++) {
+        uint32_t m = b[e].mask;
+        while (m) {
+            const int c = __builtin_ctz(m);
+            memcpy((char *)dst + (b[e].base + c) * 4, (const char *)src + b[e].idx[c] * 4, 4);
+            m &= m - 1;
+        }
     }
-    for (l = 0; l < ov; l++) memcpy((char *)dst + perm[l] * size, (const char *)src + l * size, size);
 }
+#endif
 
 /* Tiles of panel q (panel rows 16q..16q+15) x micro-panels m0..m0+gn-1 (gn <= HBNN_G) of ch,
  * all plane pairs in the order i (weights) outer, j (activations) inner for every output
  * element.  A pair with an ABSENT side is skipped: its counts are 0 and y + (a_w a_x) * 0 == y
  * exactly (y starts at +0.0 and round-to-nearest never makes it -0.0; scales are finite). */
 static void FN(tiles)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, int64_t kwt,
-                      int64_t nq, int64_t q, const hbnn_chunk *ch, int64_t m0, int gn) {
+                      int64_t nq, int64_t q, const hbnn_chunk *ch, int64_t m0, int gn, const hbnn_plan *pl) {
     int32_t P[HBNN_G][HBNN_NR * HBNN_LANES], T[HBNN_G][HBNN_NR * HBNN_LANES], ct[HBNN_NR * HBNN_LANES];
     float yt[HBNN_G][HBNN_NR * HBNN_LANES];
     const int64_t o0 = q * HBNN_LANES, ov = hbnn_min64(HBNN_LANES, a->O - o0), Op = nq * HBNN_LANES;
     const int64_t nm = ch->nm;
     const int32_t kfull = (int32_t)(a->kh * a->kw * a->C);
-    const int64_t *perm = a->p_permuted ? a->p_perm + o0 : NULL;
+    const hbnn_blk *blk = pl->blk + pl->bstart[q];
+    const int nblk = pl->bstart[q + 1] - pl->bstart[q];
     int nr[HBNN_G], yinit[HBNN_G], mode[HBNN_G], lf[HBNN_G], lm[HBNN_G];
     const int32_t *pp[HBNN_G], *tp[HBNN_G]; /* P / T of micro-panel e: P[e] or the tap sums */
     int64_t i, j, r;
@@ -371,8 +381,8 @@ static void FN(tiles)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, 
                 }
                 if (a->counts)
                     for (r = 0; r < nr[e]; r++)
-                        FN(put_row)(a->counts + ((i * a->nx + j) * R + rows[first + r].p) * a->O + (perm ? 0 : o0),
-                                    ct + r * HBNN_LANES, ov, perm, sizeof(int32_t));
+                        FN(put_row)(a->counts + ((i * a->nx + j) * R + rows[first + r].p) * a->O, ct + r * HBNN_LANES,
+                                    blk, nblk);
             }
         }
     }
@@ -381,8 +391,7 @@ static void FN(tiles)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, 
         const int64_t first = ch->r0 + (m0 + e) * HBNN_NR;
         if (!yinit[e]) memset(yt[e], 0, sizeof(yt[e]));
         for (r = 0; r < nr[e]; r++)
-            FN(put_row)(a->y + rows[first + r].p * a->O + (perm ? 0 : o0), yt[e] + r * HBNN_LANES, ov, perm,
-                        sizeof(float));
+            FN(put_row)(a->y + rows[first + r].p * a->O, yt[e] + r * HBNN_LANES, blk, nblk);
     }
 }
 
@@ -394,16 +403,30 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     int64_t nch, og, n_int;
     int failed = 0;
     hbnn_row *rows;
+    hbnn_plan plan;
+    uint8_t *ps = NULL, pixp[8] = {0};
+    int64_t j;
+    int any_masked = 0;
     if (R == 0) return 0;
     nch = (R + chunk - 1) / chunk;
     og = nch >= 2 * nt ? 1 : hbnn_min64(nq, nt);
     rows = (hbnn_row *)hbnn_alloc((size_t)R * sizeof(hbnn_row));
     if (!rows) return -2;
-    n_int = FN(row_order)(a, rows);
-    if (FN(x_sort)(a, rows, n_int, R) != 0) {
+    if (hbnn_out_plan(a, nq, &plan) != 0) {
         free(rows);
         return -2;
     }
+    n_int = FN(row_order)(a, rows);
+    for (j = 0; j < a->nx; j++) any_masked |= !a->x_full[j];
+    if (any_masked) {
+        ps = (uint8_t *)hbnn_alloc((size_t)(a->nx * a->B * a->H * a->W));
+        if (ps) FN(pixel_states)(a, ps, pixp);
+    }
+    if ((any_masked && !ps) || FN(x_sort)(a, ps, rows, n_int, R) != 0) {
+        free(rows); free(plan.qord); free(plan.bstart); free(plan.blk); free(ps);
+        return -2;
+    }
+    if (a->kh * a->kw == 1) memset(pixp, 0, sizeof(pixp)); /* no taps to compact in a GEMM */
     /* One parallel region with no barrier but its end: on a busy machine every barrier
      * waits for a descheduled thread. */
 #pragma omp parallel num_threads(nt)
@@ -422,6 +445,9 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         ch.xsum = (int64_t *)hbnn_alloc((size_t)(a->nx * nm_max) * 8);
         ch.xmsk = (uint8_t *)hbnn_alloc((size_t)(a->nx * nm_max));
         ch.nmax = nm_max;
+        ch.ps = ps;
+        ch.pixp = pixp;
+        ch.xpix = (uint8_t *)hbnn_alloc((size_t)a->nx);
         ch.xtap = (uint8_t *)hbnn_alloc((size_t)a->nx);
         ch.trow = (int32_t *)hbnn_alloc((size_t)(a->nx * a->kh * a->kw * nm_max * HBNN_NR) * 4);
         ch.tcnt = (int32_t *)hbnn_alloc((size_t)(a->nx * a->kh * a->kw) * 4);
@@ -430,7 +456,7 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         ch.pacc = (int32_t *)hbnn_alloc((size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
         ch.tacc = (int32_t *)hbnn_alloc((size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
         bad = !ch.xs || !ch.xm || !ch.xidx || !ch.popx || !ch.xn || !ch.xsc || !ch.xsum || !ch.xmsk || !ch.xtap ||
-              !ch.trow || !ch.tcnt || !ch.ts || !ch.tm || !ch.pacc || !ch.tacc;
+              !ch.trow || !ch.tcnt || !ch.ts || !ch.tm || !ch.pacc || !ch.tacc || !ch.xpix;
         if (bad) {
 #pragma omp atomic write
             failed = 1;
@@ -443,19 +469,20 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
             int any_tap = 0;
             if (bad) continue; /* reported through `failed` */
             FN(pack_x)(a, rows, n_int, r0, r1, kwt, &ch);
-            FN(tap_lists)(a, &ch, kwt);
+            FN(tap_lists)(a, rows, &ch, kwt);
             for (j = 0; j < a->nx; j++) any_tap |= ch.xtap[j];
             for (q = g * nq / og; q < (g + 1) * nq / og; q++) {
-                if (any_tap) FN(tap_counts)(a, &ch, kwt, nq, q);
+                const int64_t qq = plan.qord[q];
+                if (any_tap) FN(tap_counts)(a, &ch, kwt, nq, qq);
                 for (m = 0; m < ch.nm; m += HBNN_G)
-                    FN(tiles)(a, rows, R, kwt, nq, q, &ch, m, (int)hbnn_min64(HBNN_G, ch.nm - m));
+                    FN(tiles)(a, rows, R, kwt, nq, qq, &ch, m, (int)hbnn_min64(HBNN_G, ch.nm - m), &plan);
             }
         }
         free(ch.xs); free(ch.xm); free(ch.xidx); free(ch.popx); free(ch.xn); free(ch.xsc); free(ch.xsum);
         free(ch.xmsk); free(ch.xtap); free(ch.trow); free(ch.tcnt); free(ch.ts); free(ch.tm); free(ch.pacc);
-        free(ch.tacc);
+        free(ch.tacc); free(ch.xpix);
     }
-    free(rows);
+    free(rows); free(ps); free(plan.qord); free(plan.bstart); free(plan.blk);
     return failed ? -2 : 0;
 }
 

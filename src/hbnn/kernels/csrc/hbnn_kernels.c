@@ -89,6 +89,25 @@ typedef struct {
     int64_t p_permuted; /* 1 when p_perm is not the identity */
 } hbnn_gemm_args;
 
+/* Where a tile row's 16 lanes go in an output row: one entry per 16-column block of the
+ * row that the panel's lanes touch; lane idx[c] goes to column base + c for each bit c of
+ * mask (lanes of a permuted panel land in a few blocks; an unpermuted panel in one). */
+typedef struct {
+    int32_t idx[HBNN_LANES];
+    int64_t base;
+    uint32_t mask;
+} hbnn_blk;
+
+/* Output placement of the weight panels for one call (hbnn_out_plan): the panels in the
+ * order the items visit them (permuted panels by their first output column, so the few
+ * panels that write one cache line of an output row run close together in time and the
+ * line stays in L1/L2) and each panel's blocks blk[bstart[q] .. bstart[q+1]). */
+typedef struct {
+    int64_t *qord;
+    int32_t *bstart;
+    hbnn_blk *blk;
+} hbnn_plan;
+
 /* An output row (pixel p = (b, oy, ox)) and the top-left input position of its window. */
 typedef struct {
     int64_t p, b, y0, x0;
@@ -109,6 +128,11 @@ typedef struct {
     int32_t *tcnt;       /* [nx][taps] their number */
     uint64_t *ts, *tm;   /* [nx][taps][nmax][cw][HBNN_NR] those rows' tap words, 12 per micro-panel */
     int32_t *pacc, *tacc;/* [nw][nx][12 nmax][HBNN_LANES] P / T of a weight panel summed over taps */
+    /* Pixel planes (every input pixel ABSENT or FULL: per-pixel bitwidths) of a conv take the
+     * tap path without packing their micro-panels (tap_body.c pix_lists). */
+    const uint8_t *ps;   /* [nx][B*H*W] pixel states (prep_body.c pixel_states) or NULL */
+    const uint8_t *pixp; /* [nx] plane j is a pixel plane */
+    uint8_t *xpix;       /* [nx] plane j is a pixel plane on the tap path in this chunk */
     int64_t nm, r0, r1;  /* micro-panels in the chunk, its rows rows[r0..r1) */
     int64_t nmax;        /* micro-panels the buffers hold */
 } hbnn_chunk;
@@ -153,6 +177,52 @@ static inline uint64_t hbnn_valid_word(int64_t c, int64_t cw, int64_t C) {
     int64_t tail = C - 64 * (cw - 1);
     if (c < cw - 1 || tail == 64) return ~0ULL;
     return (1ULL << tail) - 1ULL;
+}
+
+static int hbnn_cmp_key(const void *x, const void *y) {
+    const int64_t *u = (const int64_t *)x, *v = (const int64_t *)y;
+    return u[0] != v[0] ? (u[0] < v[0] ? -1 : 1) : (u[1] < v[1] ? -1 : u[1] > v[1]);
+}
+
+/* The output plan of a call (hbnn_plan): panel order and per-panel blocks from p_perm (or
+ * the identity).  Returns 0 or -2 (out of memory; nothing to free then). */
+static int hbnn_out_plan(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
+    int64_t *key = (int64_t *)hbnn_alloc((size_t)nq * 16), q;
+    int32_t nb = 0;
+    pl->qord = (int64_t *)hbnn_alloc((size_t)nq * 8);
+    pl->bstart = (int32_t *)hbnn_alloc((size_t)(nq + 1) * 4);
+    pl->blk = (hbnn_blk *)hbnn_alloc((size_t)nq * HBNN_LANES * sizeof(hbnn_blk));
+    if (!key || !pl->qord || !pl->bstart || !pl->blk) {
+        free(key); free(pl->qord); free(pl->bstart); free(pl->blk);
+        return -2;
+    }
+    for (q = 0; q < nq; q++) {
+        int64_t l, first = a->O;
+        pl->bstart[q] = nb;
+        for (l = 0; l < HBNN_LANES; l++) {
+            const int64_t row = q * HBNN_LANES + l;
+            const int64_t o = a->p_permuted ? a->p_perm[row] : row < a->O ? row : -1;
+            int32_t b;
+            if (o < 0) continue;
+            first = o < first ? o : first;
+            for (b = pl->bstart[q]; b < nb && pl->blk[b].base != o / HBNN_LANES * HBNN_LANES; b++) {}
+            if (b == nb) {
+                pl->blk[nb].base = o / HBNN_LANES * HBNN_LANES;
+                pl->blk[nb].mask = 0;
+                memset(pl->blk[nb].idx, 0, sizeof(pl->blk[nb].idx));
+                nb++;
+            }
+            pl->blk[b].mask |= 1u << (o % HBNN_LANES);
+            pl->blk[b].idx[o % HBNN_LANES] = (int32_t)l;
+        }
+        key[2 * q] = a->p_permuted ? first : q;
+        key[2 * q + 1] = q;
+    }
+    pl->bstart[nq] = nb;
+    qsort(key, (size_t)nq, 16, hbnn_cmp_key);
+    for (q = 0; q < nq; q++) pl->qord[q] = key[2 * q + 1];
+    free(key);
+    return 0;
 }
 
 /* AVX2 left-pack table for the selection gather: lane indices of the set bits of m, first. */

@@ -169,12 +169,15 @@ static int64_t FN(row_order)(const hbnn_gemm_args *a, hbnn_row *rows) {
     return n_int;
 }
 
-/* State (ABSENT / FULL / MASKED) of every input pixel in each masked activation plane. */
-static void FN(pixel_states)(const hbnn_gemm_args *a, uint8_t *ps) {
+/* State (ABSENT / FULL / MASKED) of every input pixel in each masked activation plane;
+ * pixp[j] = 1 when no pixel of masked plane j is MASKED (a pixel plane). */
+static void FN(pixel_states)(const hbnn_gemm_args *a, uint8_t *ps, uint8_t *pixp) {
     const int64_t rin = a->B * a->H * a->W, cw = a->cw;
     int64_t j, p, c;
     for (j = 0; j < a->nx; j++) {
+        pixp[j] = 0;
         if (a->x_full[j]) continue;
+        pixp[j] = 1;
         for (p = 0; p < rin; p++) {
             const uint64_t *m = a->x_masks + (j * rin + p) * cw;
             int nz = 0, full = 1;
@@ -183,6 +186,7 @@ static void FN(pixel_states)(const hbnn_gemm_args *a, uint8_t *ps) {
                 full &= m[c] == hbnn_valid_word(c, cw, a->C);
             }
             ps[j * rin + p] = (uint8_t)(full ? HBNN_ST_FULL : nz ? HBNN_ST_MASKED : HBNN_ST_ABSENT);
+            pixp[j] &= full || !nz;
         }
     }
 }
@@ -228,12 +232,10 @@ static void FN(sort_range)(hbnn_row *rows, const int64_t *key, int64_t r0, int64
 
 /* Sort interior and border rows by row_key when at least half of the rows are uniform and
  * the keys differ (see the file comment; a 64-row sample with under a quarter uniform rows
- * stops early).  Returns 0 or -2 (out of memory). */
-static int FN(x_sort)(const hbnn_gemm_args *a, hbnn_row *rows, int64_t n_int, int64_t R) {
-    const int64_t rin = a->B * a->H * a->W;
+ * stops early); ps: the pixel states (pixel_states).  Returns 0 or -2 (out of memory). */
+static int FN(x_sort)(const hbnn_gemm_args *a, const uint8_t *ps, hbnn_row *rows, int64_t n_int, int64_t R) {
     int64_t j, r, nkeys = 1, nuni = 0;
     int any = 0, differ = 0, uni;
-    uint8_t *ps;
     int64_t *key, *start;
     hbnn_row *tmp;
     for (j = 0; j < a->nx; j++) {
@@ -241,25 +243,20 @@ static int FN(x_sort)(const hbnn_gemm_args *a, hbnn_row *rows, int64_t n_int, in
         if (!a->x_full[j]) nkeys *= 3;
     }
     if (!any) return 0;
-    ps = (uint8_t *)hbnn_alloc((size_t)(a->nx * rin));
-    key = (int64_t *)hbnn_alloc((size_t)R * 8);
-    start = (int64_t *)hbnn_alloc((size_t)(nkeys + 1) * 8);
-    tmp = (hbnn_row *)hbnn_alloc((size_t)R * sizeof(hbnn_row));
-    if (!ps || !key || !start || !tmp) {
-        free(ps); free(key); free(start); free(tmp);
-        return -2;
-    }
-    FN(pixel_states)(a, ps);
     if (R >= 256) { /* a sample of 64 rows first: most inputs (per-entry maps) stop here */
         int64_t nu = 0;
         for (r = 0; r < 64; r++) {
             FN(row_key)(a, ps, rows + r * (R / 64), &uni);
             nu += uni;
         }
-        if (4 * nu < 64) {
-            free(ps); free(key); free(start); free(tmp);
-            return 0;
-        }
+        if (4 * nu < 64) return 0;
+    }
+    key = (int64_t *)hbnn_alloc((size_t)R * 8);
+    start = (int64_t *)hbnn_alloc((size_t)(nkeys + 1) * 8);
+    tmp = (hbnn_row *)hbnn_alloc((size_t)R * sizeof(hbnn_row));
+    if (!key || !start || !tmp) {
+        free(key); free(start); free(tmp);
+        return -2;
     }
     for (r = 0; r < R; r++) {
         key[r] = FN(row_key)(a, ps, rows + r, &uni);
@@ -270,7 +267,7 @@ static int FN(x_sort)(const hbnn_gemm_args *a, hbnn_row *rows, int64_t n_int, in
         FN(sort_range)(rows, key, 0, n_int, nkeys, start, tmp);
         FN(sort_range)(rows, key, n_int, R, nkeys, start, tmp);
     }
-    free(ps); free(key); free(start); free(tmp);
+    free(key); free(start); free(tmp);
     return 0;
 }
 

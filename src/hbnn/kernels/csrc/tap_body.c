@@ -14,17 +14,92 @@
 #define HBNN_CAT(a, b) HBNN_CAT2(a, b)
 #define FN(name) HBNN_CAT(name, HBNN_SUFFIX)
 
+/* Pixel plane j (every input pixel ABSENT or FULL) of the chunk: the rows whose input pixel at
+ * tap t is FULL (trow / tcnt, from the pixel states alone), and each row's popcount (C per such
+ * tap), present words, scale and the micro-panels' statuses (ABSENT or MASKED).  Returns 1 if
+ * the tap path is cheaper than the micro-panels' own paths (HBNN_SP_*): then the plane's
+ * micro-panels are never packed (pack_row skips it) and tap_lists copies its tap words straight
+ * from the NHWC planes; else 0 and the plane is packed as any masked plane. */
+static int FN(pix_lists)(const hbnn_gemm_args *a, const hbnn_row *rows, hbnn_chunk *ch, int64_t j, int64_t kwt) {
+    const int64_t taps = a->kh * a->kw, cw = a->cw, nm = ch->nm, nrow = ch->r1 - ch->r0, rp = ch->nmax * HBNN_NR;
+    const uint8_t *ps = ch->ps + j * a->B * a->H * a->W;
+    int32_t *tcnt = ch->tcnt + j * taps, *trow = ch->trow + j * taps * rp;
+    int64_t cost_t = 0, cost_m = 0, t, m, r, ki, kj;
+    for (t = 0; t < taps; t++) tcnt[t] = 0;
+    for (m = 0; m < nm; m++) {
+        const int64_t jm = j * nm + m;
+        int64_t words = 0;
+        for (r = 0; r < HBNN_NR; r++) {
+            const int64_t rr = m * HBNN_NR + r, o = jm * HBNN_NR + r;
+            const hbnn_row *rw = rows + ch->r0 + rr;
+            int32_t n = 0;
+            if (rr >= nrow) {
+                ch->popx[o] = ch->xn[o] = 0;
+                ch->xsc[o] = 0.0f;
+                continue;
+            }
+            for (ki = 0, t = 0; ki < a->kh; ki++) {
+                const int64_t iy = rw->y0 + ki * a->dh;
+                for (kj = 0; kj < a->kw; kj++, t++) {
+                    const int64_t ix = rw->x0 + kj * a->dw;
+                    if (iy < 0 || iy >= a->H || ix < 0 || ix >= a->W) continue;
+                    if (ps[(rw->b * a->H + iy) * a->W + ix] != HBNN_ST_FULL) continue;
+                    trow[t * rp + tcnt[t]++] = (int32_t)rr;
+                    n++;
+                }
+            }
+            ch->popx[o] = n * (int32_t)a->C;
+            ch->xn[o] = n * (int32_t)cw;
+            ch->xsc[o] = a->x_scales[a->x_scale_per_row ? j * a->B + rw->b : j];
+            words += n * cw;
+        }
+        ch->xsum[jm] = words;
+        ch->xmsk[jm] = (uint8_t)(words ? HBNN_ST_MASKED : HBNN_ST_ABSENT);
+        cost_m += !words ? 0 : hbnn_min64(HBNN_SP_UNIT * kwt, HBNN_SP_FIX_X + words * HBNN_SP_WORD);
+    }
+    for (t = 0; t < taps; t++)
+        cost_t += (tcnt[t] + HBNN_NR - 1) / HBNN_NR * (HBNN_SP_FIX_T + HBNN_SP_UNIT * cw) + tcnt[t] * HBNN_SP_WORD;
+    return cost_t < cost_m;
+}
+
+/* Tap words of pixel plane j (pix_lists): signs straight from the NHWC planes, masks the
+ * valid-bit pattern (the pixels are FULL), 12 rows to a micro-panel, padding rows zero. */
+static void FN(pix_words)(const hbnn_gemm_args *a, const hbnn_row *rows, hbnn_chunk *ch, int64_t j) {
+    const int64_t taps = a->kh * a->kw, cw = a->cw, rp = ch->nmax * HBNN_NR;
+    const uint64_t *xs = a->x_signs + j * a->B * a->H * a->W * cw;
+    int64_t t, e, c;
+    for (t = 0; t < taps; t++) {
+        const int64_t n = ch->tcnt[j * taps + t], np = (n + HBNN_NR - 1) / HBNN_NR * HBNN_NR;
+        const int64_t dy = t / a->kw * a->dh, dx = t % a->kw * a->dw;
+        const int32_t *tr = ch->trow + (j * taps + t) * rp;
+        uint64_t *ds = ch->ts + (j * taps + t) * ch->nmax * cw * HBNN_NR, *dm = ch->tm + (ds - ch->ts);
+        for (e = 0; e < np; e++) {
+            const int64_t dst0 = (e / HBNN_NR) * cw * HBNN_NR + e % HBNN_NR;
+            const hbnn_row *rw = e < n ? rows + ch->r0 + tr[e] : NULL;
+            const uint64_t *src = rw ? xs + ((rw->b * a->H + rw->y0 + dy) * a->W + rw->x0 + dx) * cw : NULL;
+            for (c = 0; c < cw; c++) {
+                ds[dst0 + c * HBNN_NR] = src ? src[c] : 0;
+                dm[dst0 + c * HBNN_NR] = src ? hbnn_valid_word(c, cw, a->C) : 0;
+            }
+        }
+    }
+}
+
 /* Tap path, lists: for each masked plane j and tap t, the chunk rows whose input pixel at tap
  * t has plane j (a nonzero mask word), in order; the plane takes the tap path when its cost
  * (HBNN_SP_FIX_T per compacted micro-panel and tap + the tap's words + HBNN_SP_WORD per row)
  * is below that of the micro-panels' own paths; then ts/tm hold the rows' tap words packed
  * 12 to a micro-panel (padding rows zero). */
-static void FN(tap_lists)(const hbnn_gemm_args *a, hbnn_chunk *ch, int64_t kwt) {
+static void FN(tap_lists)(const hbnn_gemm_args *a, const hbnn_row *rows, hbnn_chunk *ch, int64_t kwt) {
     const int64_t taps = a->kh * a->kw, cw = a->cw, nm = ch->nm, nrow = ch->r1 - ch->r0, rp = ch->nmax * HBNN_NR;
     int64_t j, t, rr, e, m, c;
     for (j = 0; j < a->nx; j++) {
         int64_t cost_t = 0, cost_m = 0;
-        ch->xtap[j] = 0;
+        ch->xtap[j] = ch->xpix[j];
+        if (ch->xpix[j]) {
+            FN(pix_words)(a, rows, ch, j);
+            continue;
+        }
         if (a->x_full[j]) continue;
         for (t = 0; t < taps; t++) ch->tcnt[j * taps + t] = 0;
         for (rr = 0; rr < nrow; rr++) {
