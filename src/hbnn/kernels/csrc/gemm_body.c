@@ -412,7 +412,7 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     og = nch >= 2 * nt ? 1 : hbnn_min64(nq, nt);
     rows = (hbnn_row *)hbnn_alloc((size_t)R * sizeof(hbnn_row));
     if (!rows) return -2;
-    if (hbnn_out_plan(a, nq, &plan) != 0) {
+    if (FN(out_plan)(a, nq, &plan) != 0) {
         free(rows);
         return -2;
     }

@@ -98,7 +98,7 @@ typedef struct {
     uint32_t mask;
 } hbnn_blk;
 
-/* Output placement of the weight panels for one call (hbnn_out_plan): the panels in the
+/* Output placement of the weight panels for one call (prep_body.c out_plan): the panels in the
  * order the items visit them (permuted panels by their first output column, so the few
  * panels that write one cache line of an output row run close together in time and the
  * line stays in L1/L2) and each panel's blocks blk[bstart[q] .. bstart[q+1]). */
@@ -177,52 +177,6 @@ static inline uint64_t hbnn_valid_word(int64_t c, int64_t cw, int64_t C) {
     int64_t tail = C - 64 * (cw - 1);
     if (c < cw - 1 || tail == 64) return ~0ULL;
     return (1ULL << tail) - 1ULL;
-}
-
-static int hbnn_cmp_key(const void *x, const void *y) {
-    const int64_t *u = (const int64_t *)x, *v = (const int64_t *)y;
-    return u[0] != v[0] ? (u[0] < v[0] ? -1 : 1) : (u[1] < v[1] ? -1 : u[1] > v[1]);
-}
-
-/* The output plan of a call (hbnn_plan): panel order and per-panel blocks from p_perm (or
- * the identity).  Returns 0 or -2 (out of memory; nothing to free then). */
-static int hbnn_out_plan(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
-    int64_t *key = (int64_t *)hbnn_alloc((size_t)nq * 16), q;
-    int32_t nb = 0;
-    pl->qord = (int64_t *)hbnn_alloc((size_t)nq * 8);
-    pl->bstart = (int32_t *)hbnn_alloc((size_t)(nq + 1) * 4);
-    pl->blk = (hbnn_blk *)hbnn_alloc((size_t)nq * HBNN_LANES * sizeof(hbnn_blk));
-    if (!key || !pl->qord || !pl->bstart || !pl->blk) {
-        free(key); free(pl->qord); free(pl->bstart); free(pl->blk);
-        return -2;
-    }
-    for (q = 0; q < nq; q++) {
-        int64_t l, first = a->O;
-        pl->bstart[q] = nb;
-        for (l = 0; l < HBNN_LANES; l++) {
-            const int64_t row = q * HBNN_LANES + l;
-            const int64_t o = a->p_permuted ? a->p_perm[row] : row < a->O ? row : -1;
-            int32_t b;
-            if (o < 0) continue;
-            first = o < first ? o : first;
-            for (b = pl->bstart[q]; b < nb && pl->blk[b].base != o / HBNN_LANES * HBNN_LANES; b++) {}
-            if (b == nb) {
-                pl->blk[nb].base = o / HBNN_LANES * HBNN_LANES;
-                pl->blk[nb].mask = 0;
-                memset(pl->blk[nb].idx, 0, sizeof(pl->blk[nb].idx));
-                nb++;
-            }
-            pl->blk[b].mask |= 1u << (o % HBNN_LANES);
-            pl->blk[b].idx[o % HBNN_LANES] = (int32_t)l;
-        }
-        key[2 * q] = a->p_permuted ? first : q;
-        key[2 * q + 1] = q;
-    }
-    pl->bstart[nq] = nb;
-    qsort(key, (size_t)nq, 16, hbnn_cmp_key);
-    for (q = 0; q < nq; q++) pl->qord[q] = key[2 * q + 1];
-    free(key);
-    return 0;
 }
 
 /* AVX2 left-pack table for the selection gather: lane indices of the set bits of m, first. */

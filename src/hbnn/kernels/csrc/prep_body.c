@@ -271,6 +271,52 @@ static int FN(x_sort)(const hbnn_gemm_args *a, const uint8_t *ps, hbnn_row *rows
     return 0;
 }
 
+static int FN(cmp_key)(const void *x, const void *y) {
+    const int64_t *u = (const int64_t *)x, *v = (const int64_t *)y;
+    return u[0] != v[0] ? (u[0] < v[0] ? -1 : 1) : (u[1] < v[1] ? -1 : u[1] > v[1]);
+}
+
+/* The output plan of a call (hbnn_plan, hbnn_kernels.c): panel order and per-panel blocks from p_perm (or
+ * the identity).  Returns 0 or -2 (out of memory; nothing to free then). */
+static int FN(out_plan)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
+    int64_t *key = (int64_t *)hbnn_alloc((size_t)nq * 16), q;
+    int32_t nb = 0;
+    pl->qord = (int64_t *)hbnn_alloc((size_t)nq * 8);
+    pl->bstart = (int32_t *)hbnn_alloc((size_t)(nq + 1) * 4);
+    pl->blk = (hbnn_blk *)hbnn_alloc((size_t)nq * HBNN_LANES * sizeof(hbnn_blk));
+    if (!key || !pl->qord || !pl->bstart || !pl->blk) {
+        free(key); free(pl->qord); free(pl->bstart); free(pl->blk);
+        return -2;
+    }
+    for (q = 0; q < nq; q++) {
+        int64_t l, first = a->O;
+        pl->bstart[q] = nb;
+        for (l = 0; l < HBNN_LANES; l++) {
+            const int64_t row = q * HBNN_LANES + l;
+            const int64_t o = a->p_permuted ? a->p_perm[row] : row < a->O ? row : -1;
+            int32_t b;
+            if (o < 0) continue;
+            first = o < first ? o : first;
+            for (b = pl->bstart[q]; b < nb && pl->blk[b].base != o / HBNN_LANES * HBNN_LANES; b++) {}
+            if (b == nb) {
+                pl->blk[nb].base = o / HBNN_LANES * HBNN_LANES;
+                pl->blk[nb].mask = 0;
+                memset(pl->blk[nb].idx, 0, sizeof(pl->blk[nb].idx));
+                nb++;
+            }
+            pl->blk[b].mask |= 1u << (o % HBNN_LANES);
+            pl->blk[b].idx[o % HBNN_LANES] = (int32_t)l;
+        }
+        key[2 * q] = a->p_permuted ? first : q;
+        key[2 * q + 1] = q;
+    }
+    pl->bstart[nq] = nb;
+    qsort(key, (size_t)nq, 16, FN(cmp_key));
+    for (q = 0; q < nq; q++) pl->qord[q] = key[2 * q + 1];
+    free(key);
+    return 0;
+}
+
 #undef FN
 #undef HBNN_CAT
 #undef HBNN_CAT2
