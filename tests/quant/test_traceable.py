@@ -317,3 +317,25 @@ def test_compiled_training_compiles_once_more_for_a_new_batch_size_then_never():
         F.cross_entropy(compiled(torch.randn(b, 1, 6, 6)), torch.randint(0, 10, (b,))).backward()
         graphs.append(counters["stats"]["unique_graphs"] - before)
     assert graphs == [1, 0, 1, 0, 0, 0]
+
+
+@pytest.mark.slow
+def test_calibrating_a_compiled_model_compiles_one_graph_and_equals_eager():
+    """The calibration count is a tensor counted in the graph (a Python int would be a guard:
+    a graph per batch); the cumulative averages equal eager calibration bit for bit."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Hardtanh(), nn.Conv2d(4, 8, 3, padding=1), nn.Hardtanh(),
+                          nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    hbnn.quantize_(model, ENTRY)
+    twin = copy.deepcopy(model)
+    batches = [torch.randn(8, 1, 6, 6) * (1 + 0.3 * i) for i in range(5)]
+    hbnn.calibrate(model, batches)
+    torch._dynamo.reset()
+    counters.clear()
+    hbnn.calibrate(torch.compile(twin, backend="aot_eager"), batches)
+    assert counters["stats"]["unique_graphs"] == 1
+    for a, b in zip(model.buffers(), twin.buffers()):
+        assert torch.equal(a, b)
+    assert all(q.calibration_batches is None for q in twin.modules() if isinstance(q, hbnn.quant.ActQuantizer))

@@ -19,7 +19,8 @@ ops (:mod:`hbnn.quant.ops`) and join ``x_hat`` to ``x`` with the tensor-only
 :func:`hbnn.quant.ste.clipped_ste`, so ``torch.compile`` and ``torch.export`` see one graph.
 Python-side state is left out of traced graphs: the eval weight-map cache (a compiled or
 exported graph recomputes the map, the same map) and the eval branch on
-``num_batches_tracked == 0`` (a ``torch.cond`` on the buffer under compile/export; under
+``num_batches_tracked == 0`` (a ``torch.cond`` on the buffer under compile/export; the
+EMA weights and calibration's batch count are tensors, so no step changes a guard; under
 ``torch.jit.trace`` the current state and the weight maps are constants, and activation
 maps use :func:`hbnn.quant.ops.threshold_map_torch`, plain torch ops).
 """
@@ -158,8 +159,10 @@ class ActQuantizer(nn.Module):
         ConfigError: a weight-only structure or ``allocate: error``.
     """
 
-    #: Batches folded in since :meth:`start_calibration`; None outside calibration (not saved).
-    calibration_batches: int | None = None
+    # Calibration state (not saved): whether it runs, and its batch count as a float64 0-dim
+    # tensor, counted inside a compiled graph (a Python int would be a guard: a graph per batch).
+    _calibrating: bool = False
+    _calibration_count: torch.Tensor | None = None
 
     def __init__(self, spec: QuantSpec | dict | float | int, feature_dim: int = 1):
         super().__init__()
@@ -217,17 +220,25 @@ class ActQuantizer(nn.Module):
 
     def start_calibration(self) -> None:
         """Make the next training-mode batches set the estimates to their cumulative average."""
-        self.calibration_batches = 0
+        count = self._calibration_count
+        if count is None or count.device != self.running_scales.device:
+            self._calibration_count = count = torch.zeros((), dtype=torch.float64, device=self.running_scales.device)
+        count.zero_()
+        self._calibrating = True
+
+    @property
+    def calibration_batches(self) -> int | None:
+        """Batches folded in since :meth:`start_calibration`; None outside calibration (not saved)."""
+        return int(self._calibration_count) if self._calibrating else None
 
     def stop_calibration(self) -> int:
         """End calibration; return the number of batches it folded in (momentum EMA again)."""
-        count, self.calibration_batches = self.calibration_batches or 0, None
+        count, self._calibrating = self.calibration_batches or 0, False
         return count
 
     def _update(self, scales, thresholds, mean_abs, bitmap) -> None:
-        if self.calibration_batches is not None:
-            self.calibration_batches += 1
-            m = 1.0 / self.calibration_batches
+        if self._calibrating:  # 1 / k for the k-th batch, in float64 as Python computes it
+            m = 1.0 / self._calibration_count.add_(1)
         else:  # 1 for the first batch, else the momentum: a float64 0-dim tensor (no host read)
             count = self.num_batches_tracked
             one, momentum = (torch.tensor(v, dtype=torch.float64, device=count.device) for v in (1.0, self.spec.momentum))
