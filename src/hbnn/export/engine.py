@@ -39,12 +39,12 @@ from hbnn.kernels import (
     pack_planes,
     prepare_weight,
 )
-from hbnn.export.ops import Subsample
+from hbnn.export.ops import Add, Cat, ConstantOp, GlobalAvgPool, Mul, PadChannels, Reshape
 from hbnn.export.topology import last_uses
 from hbnn.quant import ActQuantizer, QuantSpec
 
-__all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "make_act_quantizer", "optimize_chain",
-           "optimize_graph", "chain_inputs"]
+__all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "AddInto", "MaxPool2x2", "make_act_quantizer",
+           "optimize_chain", "optimize_graph", "chain_inputs"]
 
 
 def make_act_quantizer(bits, fractions, heuristic: str, scales, thresholds, mean_abs,
@@ -120,13 +120,32 @@ class PackedLayer(nn.Module):
         :func:`hbnn.kernels.pack_conv_input` produces -- so a channels-last input (what
         the engine passes between layers) is packed without a transpose.
         """
-        act = self.act
         if x.dim() != 4:
-            return pack_activations(x, act.running_scales, act.running_bitmap(x), backend=self.backend)
+            return self._pack_rows(x, self.act.running_bitmap(x))
         b, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view when x is channels-last
-        p = pack_activations(rows, act.running_scales, act.running_bitmap(rows), backend=self.backend)
+        p = self._pack_rows(rows, self.act.running_bitmap(rows))
         return PackedPlanes(p.signs, p.masks, p.full, p.scales, (b, h, w, c))
+
+    def _pack_rows(self, rows: torch.Tensor, bitmap: torch.Tensor | None) -> PackedPlanes:
+        """:func:`hbnn.kernels.pack_activations` of ``[R, C]`` rows (and their map), narrow rows merged.
+
+        Rows of ``C < 64`` entries with ``64 % C == 0`` (16 or 32 channels) fill one word
+        each, mostly padding, and packing them costs per row; so ``g = 64 / C`` consecutive
+        rows are packed as one row of 64 entries (the same elementwise Eq. 5 residuals at
+        the same scales, so the same bits) and each word is then cut into its ``g`` rows,
+        ``word_r = (W >> C (r mod g)) & (2^C - 1)`` with ``W`` the merged word of ``r // g``
+        -- exactly the words of the row-by-row packing (padding bits zero in both).
+        """
+        r, c = rows.shape
+        g = 64 // c if c < 64 and 64 % c == 0 else 1
+        if g == 1 or r % g:
+            return pack_activations(rows, self.act.running_scales, bitmap, backend=self.backend)
+        wide = None if bitmap is None else bitmap.reshape(r // g, 64)
+        p = pack_activations(rows.reshape(r // g, 64), self.act.running_scales, wide, backend=self.backend)
+        shifts = torch.arange(0, 64, c, dtype=torch.int64)
+        cut = (lambda words: None if words is None else ((words >> shifts) & ((1 << c) - 1)).reshape(-1, r, 1))
+        return PackedPlanes(cut(p.signs), cut(p.masks), p.full, p.scales, (r, c))
 
     CHANNEL_SHAPE: tuple[int, ...] = (1, -1)
 
@@ -202,16 +221,14 @@ class PackedConv2d(PackedLayer):
         (the map computed on the whole input first)."""
         if self.group_weights is None:
             return super().pack_input(x)
-        act = self.act
         b, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        bitmap = act.running_bitmap(rows)
+        bitmap = self.act.running_bitmap(rows)
         cg = c // self.groups
         parts = []
         for k in range(self.groups):
             sel = slice(k * cg, (k + 1) * cg)
-            p = pack_activations(rows[:, sel], act.running_scales, None if bitmap is None else bitmap[:, sel],
-                                 backend=self.backend)
+            p = self._pack_rows(rows[:, sel], None if bitmap is None else bitmap[:, sel])
             parts.append(PackedPlanes(p.signs, p.masks, p.full, p.scales, (b, h, w, cg)))
         return parts
 
@@ -260,8 +277,60 @@ class PackedLinear(PackedLayer):
 
 
 _MONOTONE = (nn.ReLU, nn.Hardtanh)
-#: Ops whose output may be a view of their input (an in-place op after them could touch another value).
-_ALIASING = (nn.Identity, nn.Flatten, Subsample)
+#: Ops whose output is a new tensor, never a view of an input (so an in-place op after them
+#: touches no other value); an activation made in-place only writes into such a value too.
+_FRESH = (PackedLayer, Add, Mul, ConstantOp, Cat, PadChannels, Reshape, GlobalAvgPool, nn.MaxPool2d, nn.AvgPool2d,
+          nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Conv2d, nn.Linear, *_MONOTONE)
+
+
+class AddInto(Add):
+    """``a + b`` written into input ``into`` (0: ``a``, 1: ``b``), a fresh value nothing else reads.
+
+    IEEE addition is commutative, so ``a.add_(b)`` and ``b.add_(a)`` equal ``a + b`` bit for
+    bit; no output buffer is allocated. Falls back to ``a + b`` when the sum would broadcast
+    or change dtype.
+    """
+
+    def __init__(self, into: int):
+        super().__init__()
+        self.into = into
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        dst, src = (a, b) if self.into == 0 else (b, a)
+        if dst.shape != src.shape or dst.dtype != src.dtype:
+            return a + b
+        return dst.add_(src)
+
+    def extra_repr(self) -> str:
+        return f"into={self.into}"
+
+
+class MaxPool2x2(nn.MaxPool2d):
+    """``MaxPool2d(2)`` as two elementwise maxima of strided views of a channels-last input.
+
+    ``y[n, c, i, j] = max(max(x[2i, 2j], x[2i, 2j+1]), max(x[2i+1, 2j], x[2i+1, 2j+1]))``
+    (floor mode: an odd last row/column is dropped); ``max`` is exact and ``torch.maximum``
+    propagates NaN as the pool does, so the result is the pool's. Other layouts run
+    ``F.max_pool2d``.
+    """
+
+    def __init__(self):
+        super().__init__(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last) or min(x.shape[2:]) < 2:
+            return super().forward(x)
+        h, w = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+        top = torch.maximum(x[:, :, 0:h:2, 0:w:2], x[:, :, 0:h:2, 1:w:2])
+        return torch.maximum(top, torch.maximum(x[:, :, 1:h:2, 0:w:2], x[:, :, 1:h:2, 1:w:2]), out=top)
+
+
+def _is_pool2x2(m: nn.Module) -> bool:
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    return (type(m) is nn.MaxPool2d and pair(m.kernel_size) == (2, 2) and pair(m.stride) == (2, 2)
+            and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices)
 
 
 def _with_inplace(act: nn.Module) -> nn.Module:
@@ -284,7 +353,10 @@ def optimize_graph(layers: list[tuple[str, nn.Module]], inputs: list[list[int]])
       exactly, and ``f`` then touches a quarter of the values (for 2x2 pools). Every pool
       window holds at least one input. The two nodes swap modules.
     * An activation runs in place when its input is a fresh tensor (not the model input,
-      not a view made by identity/flatten/subsample) that nothing else consumes.
+      not a view: the output of a conv/linear, batch norm, pool, add, mul, a constant op,
+      cat, channel padding, reshape (a copy) or activation) that nothing else consumes; so does a residual add (:class:`AddInto`)
+      when one of its inputs is such a tensor.
+    * A 2x2/2 max-pool becomes :class:`MaxPool2x2` (the same maxima, faster on channels-last).
     """
     out = list(layers)
     users = _consumers(inputs)
@@ -294,11 +366,18 @@ def optimize_graph(layers: list[tuple[str, nn.Module]], inputs: list[list[int]])
             k = after[0]
             if isinstance(out[k][1], nn.MaxPool2d) and inputs[k] == [i]:
                 out[i], out[k] = out[k], out[i]
+    def owned(j: int) -> bool:  # a fresh value read by one node, once
+        return j >= 0 and len(users[j]) == 1 and isinstance(out[j][1], _FRESH)
+
     for i, (name, m) in enumerate(out):
-        if isinstance(m, _MONOTONE) and len(inputs[i]) == 1:
-            j = inputs[i][0]
-            if j >= 0 and len(users[j]) == 1 and not isinstance(out[j][1], _ALIASING):
-                out[i] = (name, _with_inplace(m))
+        if isinstance(m, _MONOTONE) and len(inputs[i]) == 1 and owned(inputs[i][0]):
+            out[i] = (name, _with_inplace(m))
+        elif type(m) is Add:
+            into = [k for k, j in enumerate(inputs[i]) if owned(j)]
+            if into:
+                out[i] = (name, AddInto(into[0]))
+        elif _is_pool2x2(m):
+            out[i] = (name, MaxPool2x2())
     return out
 
 
