@@ -271,7 +271,9 @@ REFUSED = {
                    r"does not keep the batch dimension first \(\[2, 32\] for a batch of 2, \[2, 48\] for 3\)"),
     "view -1": (lambda m, x: m.conv(x).view(-1).unsqueeze(1), r"does not keep the batch dimension first"),
     "squeeze": (lambda m, x: m.conv(x).mean((2, 3), keepdim=True).squeeze(), r"squeeze\(\) without dims"),
-    "spatial pad": (lambda m, x: F.pad(m.conv(x), (1, 1, 0, 0)).flatten(1), r"F.pad\(pad=\(1, 1, 0, 0\)"),
+    "reflect pad": (lambda m, x: F.pad(m.conv(x), (1, 1, 0, 0), mode="reflect").flatten(1),
+                    r"F.pad\(pad=\(1, 1, 0, 0\), mode='reflect', value=None\) \(zeros"),
+    "negative pad": (lambda m, x: F.pad(m.conv(x), (-1, 0)).flatten(1), r"F.pad\(pad=\(-1, 0\)"),
     "offset slice": (lambda m, x: m.conv(x)[:, :, 1::2, ::2].flatten(1), r"indexing x\["),
     "constant minus": (lambda m, x: (1 - m.conv(x)).flatten(1), r"a subtraction of anything but a tensor and a "
                                                                   r"tensor or constant \(constant first: not allowed"),

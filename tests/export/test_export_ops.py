@@ -74,6 +74,21 @@ class Heads(nn.Module):
         return F.log_softmax(self.fc3(h), dim=1)
 
 
+class Padded(nn.Module):
+    """Zero padding as a layer and as F.pad of W only, of H and W, and of channels (option A)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((1, 0, 2, 1))
+        self.conv1, self.conv2 = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(7, 3)
+
+    def forward(self, x):
+        y = self.conv1(self.pad(x))                                  # [N, 4, 7, 5]
+        y = self.conv2(F.pad(F.pad(y, (1, 1)), (0, 0, 1, 0)))         # [N, 4, 6, 5]
+        return self.fc(F.pad(y, (0, 0, 0, 0, 1, 2)).mean((2, 3)))
+
+
 class BasicBlock(nn.Module):
     """torchvision's basic block: in-place ReLU modules, ``out += identity``, a Sequential downsample."""
 
@@ -166,7 +181,7 @@ class InvertedSE(nn.Module):
         h = self.dw(self.expand(x))
         b, c, _, _ = h.size()
         s = torch.sigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(h, 1).view(b, c)))))
-        x = x + self.project(h * s.view(b, c, 1, 1))
+        x = x + self.project(s.view(b, c, 1, 1) * h)  # MobileNetV3 writes scale * input
         return self.head(x.mean((2, 3)))
 
 
@@ -178,7 +193,7 @@ def _binarized(model: nn.Module, shape, calibrate) -> nn.Module:
 
 
 FLOAT = {"functional": (Functional, (3, 8, 8)), "shapes": (Shapes, (2, 6, 6)),
-         "heads": (Heads, (1, 6, 6)), "torchvision": (TorchvisionStyle, (3, 8, 8)), "reactnet": (ReActStyle, (3, 8, 8)),
+         "heads": (Heads, (1, 6, 6)), "padded": (Padded, (2, 6, 6)), "torchvision": (TorchvisionStyle, (3, 8, 8)), "reactnet": (ReActStyle, (3, 8, 8)),
          "inverted_se": (InvertedSE, (3, 8, 8))}
 BINARIZED = ["torchvision", "reactnet", "inverted_se"]
 
@@ -277,6 +292,15 @@ def test_head_records(exported):
     assert recs["sub"]["inputs"] == ["fc1", "fc2"] and recs["softmax"]["attrs"] == {"dim": -1}
 
 
+def test_pad_records(exported):
+    recs = _records(exported, "padded")
+    assert recs["pad"]["attrs"] == {"padding": [1, 0, 2, 1, 0, 0]}
+    assert recs["pad_1"]["attrs"] == {"padding": [1, 1, 0, 0, 0, 0]}
+    assert recs["pad_2"]["attrs"] == {"padding": [0, 0, 1, 0, 0, 0]}
+    assert recs["pad_3"] == {"op": "pad_channels", "name": "pad_3", "attrs": {"before": 1, "after": 2},
+                             "inputs": ["conv2"]}
+
+
 def test_reactnet_learnable_biases_are_constants(exported):
     recs = _records(exported, "reactnet_hb")
     shifts = [r for r in recs.values() if r["op"] == "add_constant"]
@@ -338,6 +362,8 @@ BAD = {
     "constant keys": ("functional", _edit("add", attrs={}), r"\(add\): attrs: unknown field"),
     "mul arity": ("functional", lambda h: next(r for r in h["layers"] if r["op"] == "mul").update(inputs=["dw"]),
                   r"inputs: mul takes 2 inputs, the record names 1"),
+    "pad negative": ("padded", _attrs("pad", padding=[1, 0, 2, -1, 0, 0]), r"\(pad\): attrs.padding: invalid value"),
+    "pad size": ("padded", _attrs("pad", padding=[1, 0, 2, 1]), r"\(pad\): attrs.padding: invalid value"),
     "softmax batch": ("heads", _attrs("softmax", dim=0),
                       r"\(softmax\): attrs.dim: invalid value 0; allowed: an integer in -4\.\.4 other than 0"),
     "softmax rank": ("heads", _attrs("softmax", dim=2),

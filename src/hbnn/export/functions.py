@@ -24,7 +24,8 @@ constants) that checks the arguments and returns the equivalent module of
   ``[2, *shape]`` and ``[3, *shape]`` (so ``x.view(-1, K)`` with ``K = C H W`` is a flatten
   and ``x.view(2, -1)`` is refused); ``x.squeeze()`` without dims is refused (at batch 1 it
   drops the batch dimension);
-* ``x[:, :, ::s, ::s]`` -> ``Subsample``; ``F.pad(x, (0, 0, 0, 0, a, b))`` -> ``PadChannels``;
+* ``x[:, :, ::s, ::s]`` -> ``Subsample``; ``F.pad(x, (0, 0, 0, 0, a, b))`` -> ``PadChannels``; other zero
+  padding ``F.pad(x, (l, r[, t, b[, f, k]]))`` -> ``ZeroPad``;
   ``F.dropout(x, training=False)``, ``x.contiguous()``, ``x.clone()``, ``x.detach()`` -> identity.
 """
 
@@ -50,6 +51,7 @@ from hbnn.export.ops import (
     Reshape,
     Sub,
     Subsample,
+    ZeroPad,
 )
 
 __all__ = ["Unsupported", "Context", "FUNCTIONS", "METHODS", "VIEWS", "is_batch", "is_sizes", "is_shape_expr",
@@ -246,10 +248,12 @@ def _slice(node, ctx: Context) -> nn.Module:
 def _pad(node, ctx: Context) -> nn.Module:
     _no_extra(node, ("mode", "value"))
     pad, mode, value = _arg(node, 1, "pad"), _arg(node, 2, "mode", "constant"), _arg(node, 3, "value", None)
-    ok = (isinstance(pad, (list, tuple)) and len(pad) == 6 and list(pad[:4]) == [0, 0, 0, 0]
-          and all(isinstance(p, int) and p >= 0 for p in pad[4:]) and mode == "constant" and value in (None, 0, 0.0))
-    _need(ok, f"F.pad(pad={pad!r}, mode={mode!r}, value={value!r}) (zero channels: (0, 0, 0, 0, before, after))")
-    return PadChannels(pad[4], pad[5])
+    ok = (isinstance(pad, (list, tuple)) and len(pad) in (2, 4, 6) and mode == "constant" and value in (None, 0, 0.0)
+          and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pad))
+    _need(ok, f"F.pad(pad={pad!r}, mode={mode!r}, value={value!r}) (zeros, (left, right[, top, bottom[, front, "
+              "back]]) >= 0)")
+    full = [*pad, 0, 0, 0, 0][:6]
+    return PadChannels(full[4], full[5]) if full[:4] == [0, 0, 0, 0] else ZeroPad(full)
 
 
 # ----------------------------------------------------------------------------- activations and pools

@@ -15,7 +15,7 @@ which is the same float32 arithmetic as ``hbnn.quant`` at inference, so onnxrunt
 the same ``x_hat`` and the convolutions differ from the packed kernels only by
 summation order. The graph's nodes map one to one (``add`` / ``sub`` / ``mul`` -> ``Add`` /
 ``Sub`` / ``Mul``, ``cat`` -> ``Concat``, ``global_avg_pool`` -> ``ReduceMean``,
-``subsample`` -> ``Slice`` with steps, ``pad_channels`` -> ``Pad``, ``reshape`` ->
+``subsample`` -> ``Slice`` with steps, ``pad_channels`` / ``zero_pad`` -> ``Pad``, ``reshape`` ->
 ``Reshape`` to ``[0, *shape]`` (0: the batch kept), ``add_constant`` / ``mul_constant`` /
 ``div_constant`` -> ``Add`` / ``Mul`` / ``Div`` with the constant, ``leaky_relu`` ->
 ``LeakyRelu``, ``prelu`` -> ``PRelu``, ``silu`` -> ``Mul(x, Sigmoid(x))``, ``hardswish`` ->
@@ -49,6 +49,7 @@ from hbnn.export.ops import (
     Reshape,
     Sub,
     Subsample,
+    ZeroPad,
     unsupported,
 )
 from hbnn.quant.functional import broadcast_scale
@@ -203,6 +204,9 @@ def _graph_op(g: _Graph, xs: list[str], m: nn.Module, rank: int) -> str | None:
         big = np.iinfo(np.int64).max
         return g.op("Slice", [x, g.const(_i64([0, 0])), g.const(_i64([big, big])), g.const(_i64([2, 3])),
                               g.const(_i64(list(m.stride)))])
+    if isinstance(m, ZeroPad):
+        left, right, top, bottom, front, back = m.padding
+        return g.op("Pad", [x, g.const(_i64([0, front, top, left, 0, back, bottom, right]))], mode="constant")
     if isinstance(m, PadChannels):
         return g.op("Pad", [x, g.const(_i64([0, m.before, 0, 0, 0, m.after, 0, 0]))], mode="constant")
     if isinstance(m, nn.LeakyReLU):

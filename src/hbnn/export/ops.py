@@ -13,6 +13,7 @@ Convolutions, linear layers, batch norm, PReLU and the constant ops carry tensor
     global_avg_pool x.mean((2, 3), keepdim)             -> [N, C] or [N, C, 1, 1]
     subsample       x[:, :, ::s_h, ::s_w]               -> [N, C, ceil(H / s_h), ceil(W / s_w)]
     pad_channels    F.pad(x, (0, 0, 0, 0, before, after)), zeros -> [N, before + C + after, H, W]
+    zero_pad        F.pad(x, (l, r, t, b, f, k)), zeros  -> [N, f + C + k, t + H + b, l + W + r]
     reshape         x.reshape(N, *shape)                (the batch dimension kept)
     leaky_relu      max(x, 0) + negative_slope min(x, 0)
     silu, hardswish x sigmoid(x), x relu6(x + 3) / 6
@@ -36,8 +37,8 @@ from torch import nn
 from hbnn.errors import FormatError
 
 __all__ = ["INPUT", "SUPPORTED_LAYERS", "SUPPORTED_FUNCTIONS", "SIMPLE_OPS", "CONSTANT_OPS", "ARITY", "Add", "Sub",
-           "Mul", "Cat", "GlobalAvgPool", "Subsample", "PadChannels", "Reshape", "ConstantOp", "AddConstant", "MulConstant",
-           "DivConstant", "simple_record", "build_simple", "unsupported", "arity"]
+           "Mul", "Cat", "GlobalAvgPool", "Subsample", "PadChannels", "ZeroPad", "Reshape", "ConstantOp",
+           "AddConstant", "MulConstant", "DivConstant", "simple_record", "build_simple", "unsupported", "arity"]
 
 #: The name by which graph nodes refer to the model input.
 INPUT = "input"
@@ -48,7 +49,7 @@ SUPPORTED_LAYERS = (
     "HBConv2d", "HBLinear", "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh",
     "LeakyReLU", "PReLU", "SiLU", "Hardswish", "Sigmoid", "Hardsigmoid", "Tanh", "Softmax", "LogSoftmax",
     "MaxPool2d", "AvgPool2d",
-    "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Flatten", "Dropout", "Dropout1d", "Dropout2d", "Identity",
+    "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ZeroPad2d", "Flatten", "Dropout", "Dropout1d", "Dropout2d", "Identity",
 )
 #: Functions and tensor methods a model's ``forward`` may call (:mod:`hbnn.export.capture`).
 SUPPORTED_FUNCTIONS = (
@@ -59,7 +60,7 @@ SUPPORTED_FUNCTIONS = (
     "F.max_pool2d", "F.avg_pool2d",
     "F.adaptive_avg_pool2d", "F.adaptive_max_pool2d", "F.dropout (eval)", "x.mean((2, 3)) (global pooling)",
     "flatten / view / reshape / squeeze(d) / unsqueeze(d) keeping the batch dimension", "x[:, :, ::s, ::s]",
-    "F.pad of channels with zeros", "x.contiguous()",
+    "F.pad with zeros (any of W, H, C)", "x.contiguous()",
 )
 
 
@@ -138,6 +139,20 @@ class PadChannels(nn.Module):
 
     def extra_repr(self) -> str:
         return f"before={self.before}, after={self.after}"
+
+
+class ZeroPad(nn.Module):
+    """``F.pad(x, (left, right, top, bottom, front, back))`` with zeros (``nn.ZeroPad2d``: front = back = 0)."""
+
+    def __init__(self, padding):
+        super().__init__()
+        self.padding = tuple(int(p) for p in padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.padding)
+
+    def extra_repr(self) -> str:
+        return f"padding={list(self.padding)}"
 
 
 class Reshape(nn.Module):
@@ -240,6 +255,7 @@ SIMPLE_OPS: dict[str, tuple[tuple[type, ...], Callable[[nn.Module], dict], Calla
     "global_avg_pool": ((GlobalAvgPool,), lambda m: {"keepdim": m.keepdim}, GlobalAvgPool),
     "subsample": ((Subsample,), lambda m: {"stride": list(m.stride)}, Subsample),
     "pad_channels": ((PadChannels,), lambda m: {"before": m.before, "after": m.after}, PadChannels),
+    "zero_pad": ((ZeroPad, nn.ZeroPad2d), lambda m: {"padding": [*m.padding, 0, 0][:6]}, ZeroPad),
 }
 
 #: ``(least, most)`` inputs of an op (``None``: no upper bound); every other op takes one.

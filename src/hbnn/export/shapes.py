@@ -23,6 +23,7 @@ module is built, for a batch of ``N`` inputs of ``input_shape``::
     global_avg_pool [N, C, H, W] -> [N, C] (keepdim: [N, C, 1, 1])
     subsample    [N, C, H, W] -> [N, C, ceil(H / s_h), ceil(W / s_w)]
     pad_channels [N, C, H, W] -> [N, before + C + after, H, W]
+    zero_pad     [N, C, H, W] -> [N, f + C + k, t + H + b, l + W + r],  padding (l, r, t, b, f, k)
 
 Nodes take their inputs' shapes (:func:`hbnn.export.topology.input_indices`; a chain's
 is the previous layer's), and the last output must be ``[N, K]`` (logits; ``K = model.num_classes`` when recorded).
@@ -192,6 +193,12 @@ def _pad_channels(rec: dict, s: Shape) -> Shape:
     return (a["before"] + s[0] + a["after"], *s[1:])
 
 
+def _zero_pad(rec: dict, s: Shape) -> Shape:
+    _image(s, None, "zero_pad")
+    l, r, t, b, f, k = rec["attrs"]["padding"]
+    return (f + s[0] + k, t + s[1] + b, l + s[2] + r)
+
+
 def _same(rec: dict, s: Shape) -> Shape:
     return s
 
@@ -203,7 +210,8 @@ _OUT: dict[str, Callable[..., Shape]] = {
     "relu": _same, "hardtanh": _same, "identity": _same, "leaky_relu": _same, "silu": _same, "hardswish": _same,
     "sigmoid": _same, "hardsigmoid": _same, "tanh": _same, "softmax": _softmax, "log_softmax": _softmax,
     "add": _add, "sub": _add, "mul": _mul, "cat": _cat, "global_avg_pool": _global, "subsample": _subsample,
-    "pad_channels": _pad_channels, "add_constant": _constant, "mul_constant": _constant, "div_constant": _constant,
+    "pad_channels": _pad_channels, "zero_pad": _zero_pad, "add_constant": _constant,
+    "mul_constant": _constant, "div_constant": _constant,
 }
 
 

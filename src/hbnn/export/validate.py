@@ -75,7 +75,7 @@ OPS = ("conv2d", "linear", "batch_norm", *SIMPLE_OPS, "prelu", *CONSTANT_OPS)
 #: Layer op names of a version-2 file (a chain of these).
 OPS_V2 = ("conv2d", "linear", "batch_norm", "relu", "hardtanh", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
           "flatten", "identity")
-#: Largest number of zero channels a ``pad_channels`` op may add on either side.
+#: Largest number of zeros a ``pad_channels`` or ``zero_pad`` op may add on either side of a dimension.
 MAX_PAD_CHANNELS = 2 ** 16
 #: Most dimensions of a ``reshape`` target (the batch dimension left out) and of a constant.
 MAX_RANK = 4
@@ -399,6 +399,13 @@ def _subsample(at: At, attrs: Any) -> None:
     at.ints("attrs.stride", attrs["stride"], 1)
 
 
+def _zero_pad(at: At, attrs: Any) -> None:
+    at.keys("attrs.", attrs, ("padding",))
+    pads = at.ints("attrs.padding", attrs["padding"], 0, n=6)
+    if max(pads) > MAX_PAD_CHANNELS:
+        raise at.fail("attrs.padding", pads, f"6 integers in 0..{MAX_PAD_CHANNELS}")
+
+
 def _pad_channels(at: At, attrs: Any) -> None:
     at.keys("attrs.", attrs, ("before", "after"))
     at.int("attrs.before", attrs["before"], 0, MAX_PAD_CHANNELS)
@@ -416,6 +423,7 @@ _ATTRS = {
     "global_avg_pool": _global_avg_pool,
     "subsample": _subsample,
     "pad_channels": _pad_channels,
+    "zero_pad": _zero_pad,
     "hardtanh": _hardtanh,
     "max_pool2d": lambda at, a: _pool(at, a, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
     "avg_pool2d": lambda at, a: _pool(at, a, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
