@@ -287,6 +287,8 @@ REFUSED = {
     "softmax batch": (lambda m, x: F.softmax(m.conv(x).flatten(1), 0), r"softmax in forward with dim=0 \(the "
                                                                         r"batch dimension\)"),
     "softmax no dim": (lambda m, x: F.softmax(m.conv(x).flatten(1)), r"with dim=None \(a named dim"),
+    "conv of inputs": (lambda m, x: F.conv2d(m.conv(x), x).flatten(1), r"torch.conv2d in forward with a weight or "
+                                                                        r"bias that is not a float32 constant"),
     "one-sided clamp": (lambda m, x: m.conv(x).clamp(max=1).flatten(1), r"clamp\(min=None, max=1\)"),
     "in-place read again": (_inplace_reread, r"in-place function torch.nn.functional.relu in forward on a tensor "
                                              r"that is read again after it \(by add\)"),

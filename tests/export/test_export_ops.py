@@ -1,7 +1,8 @@
 """Ops plain-PyTorch models use, through ``export_model`` -> ``load`` -> ONNX: functional pools,
 arithmetic with constants (ReActNet's learnable biases), SE scaling, shape ops that keep the
-batch dimension, ``torch.cat`` along any non-batch dim, in-place activations, nested
-``Sequential``, eval-mode tracing; validation of the new records."""
+batch dimension, ``torch.cat`` along any non-batch dim, zero padding, softmax heads,
+functional conv/linear with constant weights, in-place activations, nested ``Sequential``,
+eval-mode tracing; validation of the new records."""
 
 from __future__ import annotations
 
@@ -87,6 +88,20 @@ class Padded(nn.Module):
         y = self.conv1(self.pad(x))                                  # [N, 4, 7, 5]
         y = self.conv2(F.pad(F.pad(y, (1, 1)), (0, 0, 1, 0)))         # [N, 4, 6, 5]
         return self.fc(F.pad(y, (0, 0, 0, 0, 1, 2)).mean((2, 3)))
+
+
+class WeightStandardized(nn.Module):
+    """A weight-standardized conv and a linear layer written with F.conv2d / F.linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 1, 3, 3))
+        self.w_fc, self.b_fc = nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        w = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+        y = F.conv2d(x, w / (w.std((1, 2, 3), keepdim=True) + 1e-5), None, 1, 1, 1, 2)
+        return F.linear(y.mean((2, 3)), self.w_fc, self.b_fc)
 
 
 class BasicBlock(nn.Module):
@@ -192,8 +207,9 @@ def _binarized(model: nn.Module, shape, calibrate) -> nn.Module:
     return calibrate(model, shape, batches=3, seed=1)
 
 
-FLOAT = {"functional": (Functional, (3, 8, 8)), "shapes": (Shapes, (2, 6, 6)),
-         "heads": (Heads, (1, 6, 6)), "padded": (Padded, (2, 6, 6)), "torchvision": (TorchvisionStyle, (3, 8, 8)), "reactnet": (ReActStyle, (3, 8, 8)),
+FLOAT = {"functional": (Functional, (3, 8, 8)), "shapes": (Shapes, (2, 6, 6)), "heads": (Heads, (1, 6, 6)),
+         "padded": (Padded, (2, 6, 6)), "standardized": (WeightStandardized, (2, 5, 5)),
+         "torchvision": (TorchvisionStyle, (3, 8, 8)), "reactnet": (ReActStyle, (3, 8, 8)),
          "inverted_se": (InvertedSE, (3, 8, 8))}
 BINARIZED = ["torchvision", "reactnet", "inverted_se"]
 
@@ -299,6 +315,16 @@ def test_pad_records(exported):
     assert recs["pad_2"]["attrs"] == {"padding": [0, 0, 1, 0, 0, 0]}
     assert recs["pad_3"] == {"op": "pad_channels", "name": "pad_3", "attrs": {"before": 1, "after": 2},
                              "inputs": ["conv2"]}
+
+
+def test_functional_layers_store_their_constant_weights(exported):
+    model = exported["standardized"][0]
+    header, tensors, _ = read_packed(exported["standardized"][2])
+    conv, linear = header["layers"][0], header["layers"][2]
+    assert conv["op"] == "conv2d" and conv["geometry"]["groups"] == 2 and not conv["bias"]
+    w = model.weight - model.weight.mean((1, 2, 3), keepdim=True)
+    assert torch.equal(tensors["0.weight"], (w / (w.std((1, 2, 3), keepdim=True) + 1e-5)).detach())
+    assert linear["op"] == "linear" and torch.equal(tensors["2.weight"], model.w_fc.detach())
 
 
 def test_reactnet_learnable_biases_are_constants(exported):

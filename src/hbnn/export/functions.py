@@ -24,6 +24,9 @@ constants) that checks the arguments and returns the equivalent module of
   ``[2, *shape]`` and ``[3, *shape]`` (so ``x.view(-1, K)`` with ``K = C H W`` is a flatten
   and ``x.view(2, -1)`` is refused); ``x.squeeze()`` without dims is refused (at batch 1 it
   drops the batch dimension);
+* ``F.conv2d(x, w, b, stride, padding, dilation, groups)`` / ``F.linear(x, w, b)`` with a
+  constant float32 weight and bias (parameters, or expressions of them: a weight-standardized
+  ``w``) -> a float ``nn.Conv2d`` / ``nn.Linear`` holding them;
 * ``x[:, :, ::s, ::s]`` -> ``Subsample``; ``F.pad(x, (0, 0, 0, 0, a, b))`` -> ``PadChannels``; other zero
   padding ``F.pad(x, (l, r[, t, b[, f, k]]))`` -> ``ZeroPad``;
   ``F.dropout(x, training=False)``, ``x.contiguous()``, ``x.clone()``, ``x.detach()`` -> identity.
@@ -306,6 +309,44 @@ def _softmax(make):
     return maker
 
 
+def _weights(node, ctx: Context, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The constant float32 weight and bias (or None) of a functional conv/linear node."""
+    _no_extra(node, names)
+    _need(len(node.args) <= 1 + len(names), "extra positional arguments")
+    w, b = _arg(node, 1, "weight"), _arg(node, 2, "bias")
+    weight, bias = ctx.const(w), (None if b is None else ctx.const(b))
+    _need(isinstance(weight, torch.Tensor) and weight.dtype == torch.float32 and (
+        b is None or isinstance(bias, torch.Tensor) and bias.dtype == torch.float32),
+        "a weight or bias that is not a float32 constant (a parameter or an expression of parameters)")
+    return weight, bias
+
+
+def _functional_conv(node, ctx: Context):
+    names = ("weight", "bias", "stride", "padding", "dilation", "groups")
+    weight, bias = _weights(node, ctx, names)
+    geo = {k: _arg(node, 3 + i, k, d) for i, (k, d) in enumerate(zip(names[2:], (1, 0, 1, 1)))}
+    _need(weight.dim() == 4 and not isinstance(geo["padding"], str), "a weight other than [O, I/g, kh, kw] or "
+                                                                     "string padding")
+    conv = nn.Conv2d(weight.shape[1] * geo["groups"], weight.shape[0], tuple(weight.shape[2:]), bias=bias is not None,
+                     **geo)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv.eval(), [node.args[0]]
+
+
+def _functional_linear(node, ctx: Context):
+    weight, bias = _weights(node, ctx, ("weight", "bias"))
+    _need(weight.dim() == 2, "a weight other than [O, I]")
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear.eval(), [node.args[0]]
+
+
 def _dropout(node, ctx: Context) -> nn.Module:
     _need(_arg(node, 2, "training", True) is False, "F.dropout in training mode")
     return nn.Identity()
@@ -337,6 +378,7 @@ FUNCTIONS: dict[Any, Callable] = {
     torch.log_softmax: _softmax(nn.LogSoftmax), F.max_pool2d: _MAX_POOL, F.avg_pool2d: _AVG_POOL,
     F.adaptive_avg_pool2d: _act(nn.AdaptiveAvgPool2d, ("output_size", 1, None)),
     F.adaptive_max_pool2d: _pool(nn.AdaptiveMaxPool2d, ("output_size",), "return_indices"),
+    F.conv2d: _functional_conv, F.linear: _functional_linear,
     F.dropout: _dropout, F.dropout1d: _dropout, F.dropout2d: _dropout,
 }
 #: fx ``call_method`` targets (tensor methods) -> makers.

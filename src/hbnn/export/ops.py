@@ -60,7 +60,7 @@ SUPPORTED_FUNCTIONS = (
     "F.max_pool2d", "F.avg_pool2d",
     "F.adaptive_avg_pool2d", "F.adaptive_max_pool2d", "F.dropout (eval)", "x.mean((2, 3)) (global pooling)",
     "flatten / view / reshape / squeeze(d) / unsqueeze(d) keeping the batch dimension", "x[:, :, ::s, ::s]",
-    "F.pad with zeros (any of W, H, C)", "x.contiguous()",
+    "F.pad with zeros (any of W, H, C)", "F.conv2d / F.linear with constant weights", "x.contiguous()",
 )
 
 
