@@ -16,13 +16,21 @@
 /* vpternlogq truth table of (a ^ b) & c. */
 #define HBNN_XOR_AND 0x28
 
+/* Row r's 16 counts (int64 lanes a0[r], a1[r]) as int32: stored to P + 16 r, or with rows
+ * (the tap path) added to P + 16 rows[r]. */
 static inline __attribute__((always_inline)) void
-hbnn_store_rows512(const __m512i *a0, const __m512i *a1, int32_t *P, const int NR) {
+hbnn_store_rows512(const __m512i *a0, const __m512i *a1, int32_t *P, const int32_t *rows, const int NR) {
 #pragma GCC unroll 12
     for (int r = 0; r < NR; r++) {
         /* one 64-byte store, so the epilogue's 64-byte load is store-forwarded */
         const __m512i lo = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(a0[r]));
-        _mm512_storeu_si512(P + r * HBNN_LANES, _mm512_inserti64x4(lo, _mm512_cvtepi64_epi32(a1[r]), 1));
+        const __m512i v = _mm512_inserti64x4(lo, _mm512_cvtepi64_epi32(a1[r]), 1);
+        if (rows) {
+            int32_t *d = P + rows[r] * HBNN_LANES;
+            _mm512_storeu_si512(d, _mm512_add_epi32(_mm512_loadu_si512(d), v));
+        } else {
+            _mm512_storeu_si512(P + r * HBNN_LANES, v);
+        }
     }
 }
 
@@ -30,7 +38,7 @@ hbnn_store_rows512(const __m512i *a0, const __m512i *a1, int32_t *P, const int N
  * registers once NR and MODE are constants. */
 static inline __attribute__((always_inline)) void
 hbnn_uk512_one(const int MODE, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
-               const uint64_t *xm, int64_t kwt, int32_t *P, const int NR) {
+               const uint64_t *xm, int64_t kwt, int32_t *P, const int32_t *rows, const int NR) {
     __m512i a0[12], a1[12];
 #pragma GCC unroll 12
     for (int r = 0; r < NR; r++) a0[r] = a1[r] = _mm512_setzero_si512();
@@ -61,13 +69,13 @@ hbnn_uk512_one(const int MODE, const uint64_t *ws, const uint64_t *wm, const uin
             a1[r] = _mm512_add_epi64(a1[r], _mm512_popcnt_epi64(d1));
         }
     }
-    hbnn_store_rows512(a0, a1, P, NR);
+    hbnn_store_rows512(a0, a1, P, rows, NR);
 }
 
 /* Mode MM with NR <= 6 rows: P counts (ws ^ xs) & t, T counts t = wm & xm. */
 static inline __attribute__((always_inline)) void
 hbnn_uk512_mm(const uint64_t *ws, const uint64_t *wm, const uint64_t *xs, const uint64_t *xm,
-              int64_t kwt, int32_t *P, int32_t *T, const int NR) {
+              int64_t kwt, int32_t *P, int32_t *T, const int32_t *rows, const int NR) {
     __m512i a0[6], a1[6], t0[6], t1[6];
 #pragma GCC unroll 6
     for (int r = 0; r < NR; r++) a0[r] = a1[r] = t0[r] = t1[r] = _mm512_setzero_si512();
@@ -87,8 +95,8 @@ hbnn_uk512_mm(const uint64_t *ws, const uint64_t *wm, const uint64_t *xs, const 
             t1[r] = _mm512_add_epi64(t1[r], _mm512_popcnt_epi64(e1));
         }
     }
-    hbnn_store_rows512(a0, a1, P, NR);
-    hbnn_store_rows512(t0, t1, T, NR);
+    hbnn_store_rows512(a0, a1, P, rows, NR);
+    hbnn_store_rows512(t0, t1, T, rows, NR);
 }
 
 #define HBNN_CASES6(CALL) \
@@ -98,46 +106,59 @@ hbnn_uk512_mm(const uint64_t *ws, const uint64_t *wm, const uint64_t *xs, const 
     case 7: CALL(7); break; case 8: CALL(8); break; case 9: CALL(9); break; \
     case 10: CALL(10); break; case 11: CALL(11); break; case 12: CALL(12); break;
 
-static void hbnn_uk512_ff(const uint64_t *ws, const uint64_t *xs, int64_t kwt, int nr, int32_t *P) {
-#define HBNN_CALL(N) hbnn_uk512_one(0, ws, NULL, xs, NULL, kwt, P, N)
+static void hbnn_uk512_ff(const uint64_t *ws, const uint64_t *xs, int64_t kwt, int nr, int32_t *P, const int32_t *rows) {
+#define HBNN_CALL(N) hbnn_uk512_one(0, ws, NULL, xs, NULL, kwt, P, rows, N)
     switch (nr) { HBNN_CASES12(HBNN_CALL) }
 #undef HBNN_CALL
 }
 
 static void hbnn_uk512_fm(const uint64_t *ws, const uint64_t *xs, const uint64_t *xm,
-                          int64_t kwt, int nr, int32_t *P) {
-#define HBNN_CALL(N) hbnn_uk512_one(1, ws, NULL, xs, xm, kwt, P, N)
+                          int64_t kwt, int nr, int32_t *P, const int32_t *rows) {
+#define HBNN_CALL(N) hbnn_uk512_one(1, ws, NULL, xs, xm, kwt, P, rows, N)
     switch (nr) { HBNN_CASES12(HBNN_CALL) }
 #undef HBNN_CALL
 }
 
 static void hbnn_uk512_mf(const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
-                          int64_t kwt, int nr, int32_t *P) {
-#define HBNN_CALL(N) hbnn_uk512_one(2, ws, wm, xs, NULL, kwt, P, N)
+                          int64_t kwt, int nr, int32_t *P, const int32_t *rows) {
+#define HBNN_CALL(N) hbnn_uk512_one(2, ws, wm, xs, NULL, kwt, P, rows, N)
     switch (nr) { HBNN_CASES12(HBNN_CALL) }
 #undef HBNN_CALL
 }
 
 static void hbnn_uk512_mm6(const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
-                           const uint64_t *xm, int64_t kwt, int nr, int32_t *P, int32_t *T) {
-#define HBNN_CALL(N) hbnn_uk512_mm(ws, wm, xs, xm, kwt, P, T, N)
+                           const uint64_t *xm, int64_t kwt, int nr, int32_t *P, int32_t *T, const int32_t *rows) {
+#define HBNN_CALL(N) hbnn_uk512_mm(ws, wm, xs, xm, kwt, P, T, rows, N)
     switch (nr) { HBNN_CASES6(HBNN_CALL) }
 #undef HBNN_CALL
 }
 
-static void uk_avx512(int mode, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
-                      const uint64_t *xm, int64_t kwt, int nr, int32_t *P, int32_t *T) {
+/* The micro-kernel (rows NULL: P / T rows stored) and its tap form (ukt: row r's counts added
+ * to P / T + 16 rows[r] instead; gemm_body.c / tap_body.c contracts). */
+static inline void hbnn_uk512(int mode, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
+                              const uint64_t *xm, int64_t kwt, int nr, int32_t *P, int32_t *T, const int32_t *rows) {
     switch (mode) {
-    case 0: hbnn_uk512_ff(ws, xs, kwt, nr, P); break;
-    case 1: hbnn_uk512_fm(ws, xs, xm, kwt, nr, P); break;
-    case 2: hbnn_uk512_mf(ws, wm, xs, kwt, nr, P); break;
+    case 0: hbnn_uk512_ff(ws, xs, kwt, nr, P, rows); break;
+    case 1: hbnn_uk512_fm(ws, xs, xm, kwt, nr, P, rows); break;
+    case 2: hbnn_uk512_mf(ws, wm, xs, kwt, nr, P, rows); break;
     default:
-        hbnn_uk512_mm6(ws, wm, xs, xm, kwt, nr < 6 ? nr : 6, P, T);
+        hbnn_uk512_mm6(ws, wm, xs, xm, kwt, nr < 6 ? nr : 6, P, T, rows);
         if (nr > 6)
-            hbnn_uk512_mm6(ws, wm, xs + 6, xm + 6, kwt, nr - 6, P + 6 * HBNN_LANES,
-                           T + 6 * HBNN_LANES);
+            hbnn_uk512_mm6(ws, wm, xs + 6, xm + 6, kwt, nr - 6, rows ? P : P + 6 * HBNN_LANES,
+                           rows ? T : T + 6 * HBNN_LANES, rows ? rows + 6 : NULL);
     }
 }
+
+static void uk_avx512(int mode, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
+                      const uint64_t *xm, int64_t kwt, int nr, int32_t *P, int32_t *T) {
+    hbnn_uk512(mode, ws, wm, xs, xm, kwt, nr, P, T, NULL);
+}
+
+static void ukt_avx512(int mode, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs,
+                       const uint64_t *xm, int64_t kwt, int nr, const int32_t *rows, int32_t *pa, int32_t *ta) {
+    hbnn_uk512(mode, ws, wm, xs, xm, kwt, nr, pa, ta, rows);
+}
+#define HBNN_HAVE_UKT 1
 
 /* Word-list kernel, activation side (gemm_body.c uksx contract): the row's word and mask are
  * broadcast against the two zmm of the 16-lane weight panel; one 64-byte store per output. */
@@ -163,8 +184,8 @@ hbnn_uksx512(const int MM, int64_t n, const int32_t *idx, const uint64_t *ss, co
             a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(d1, sb, mb, HBNN_XOR_AND)));
         }
     }
-    hbnn_store_rows512(&a0, &a1, P, 1);
-    if (MM) hbnn_store_rows512(&t0, &t1, T, 1);
+    hbnn_store_rows512(&a0, &a1, P, NULL, 1);
+    if (MM) hbnn_store_rows512(&t0, &t1, T, NULL, 1);
 }
 
 static void uksx_avx512(int64_t n, const int32_t *idx, const uint64_t *ss, const uint64_t *sm, int64_t sst,
@@ -243,6 +264,30 @@ static inline void put_row_avx512(void *dst, const void *src, const hbnn_blk *b,
 }
 #define HBNN_HAVE_PUT 1
 
+/* The chunk's staged rows (panel order, ch->stg, 16 floats of slack at its end) into y: output
+ * block n of a row merges its runs (hbnn_plan) with one load + vexpandps each, then one
+ * (tail: masked) 64-byte store. */
+static void unperm_avx512(const hbnn_gemm_args *a, const hbnn_row *rows, const hbnn_chunk *ch, const hbnn_plan *pl,
+                          int64_t Op) {
+    const int64_t nn = (a->O + HBNN_LANES - 1) / HBNN_LANES;
+    const __mmask16 tail = (__mmask16)(a->O % HBNN_LANES ? (1u << (a->O % HBNN_LANES)) - 1u : 0xFFFFu);
+    int64_t rr, n;
+    int32_t k;
+    for (rr = 0; rr < ch->r1 - ch->r0; rr++) {
+        const float *src = ch->stg + rr * Op;
+        float *dst = a->y + rows[ch->r0 + rr].p * a->O;
+        for (n = 0; n < nn; n++) {
+            __m512 v = _mm512_setzero_ps();
+            for (k = pl->rstart[n]; k < pl->rstart[n + 1]; k++)
+                v = _mm512_mask_expand_ps(v, (__mmask16)pl->run[k].mask, _mm512_loadu_ps(src + pl->run[k].start));
+            if (n < nn - 1) _mm512_storeu_ps(dst + n * HBNN_LANES, v);
+            else _mm512_mask_storeu_ps(dst + n * HBNN_LANES, tail, v);
+        }
+    }
+}
+#define HBNN_HAVE_UNPERM 1
+#define HBNN_UNPERM 1
+
 #undef HBNN_CASES6
 #undef HBNN_CASES12
 #undef HBNN_XOR_AND
@@ -252,6 +297,8 @@ static inline void put_row_avx512(void *dst, const void *src, const hbnn_blk *b,
 #include "gemm_body.c"
 #undef HBNN_HAVE_UKS
 #undef HBNN_HAVE_PUT
+#undef HBNN_HAVE_UKT
+#undef HBNN_HAVE_UNPERM
 #include "pack_body.c"
 #define HBNN_SEL_ISA 2
 #include "select_body.c"

@@ -247,6 +247,7 @@ static inline void FN(epilogue)(int mode, int nr, int32_t kfull, const int32_t *
     }
 }
 
+
 #define HBNN_G 4 /* activation micro-panels per tile group (weight-side word lists share them) */
 
 /* P (and T) of pair (i, j) on micro-panel jm by the dense micro-kernel or the activation-side
@@ -297,21 +298,6 @@ static void FN(wlist)(const hbnn_gemm_args *a, int64_t kwt, int64_t pan, int64_t
     }
 }
 
-#ifndef HBNN_HAVE_PUT
-/* One tile row src[0..16) (32-bit floats or counts) into the output row dst by the panel's
- * blocks b[0..nb) (hbnn_blk): dst[base + c] = src[idx[c]] for each bit c of mask. */
-static inline void FN(put_row)(void *dst, const void *src, const hbnn_blk *b, int nb) {
-    int e;
-    for (e = 0; e < nb; e++) {
-        uint32_t m = b[e].mask;
-        while (m) {
-            const int c = __builtin_ctz(m);
-            memcpy((char *)dst + (b[e].base + c) * 4, (const char *)src + b[e].idx[c] * 4, 4);
-            m &= m - 1;
-        }
-    }
-}
-#endif
 
 /* Tiles of panel q (panel rows 16q..16q+15) x micro-panels m0..m0+gn-1 (gn <= HBNN_G) of ch,
  * all plane pairs in the order i (weights) outer, j (activations) inner for every output
@@ -390,8 +376,12 @@ static void FN(tiles)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, 
     for (e = 0; e < gn; e++) {
         const int64_t first = ch->r0 + (m0 + e) * HBNN_NR;
         if (!yinit[e]) memset(yt[e], 0, sizeof(yt[e]));
-        for (r = 0; r < nr[e]; r++)
-            FN(put_row)(a->y + rows[first + r].p * a->O, yt[e] + r * HBNN_LANES, blk, nblk);
+        for (r = 0; r < nr[e]; r++) {
+            if (ch->stg) /* staged in panel order; unpermuted once the chunk is done */
+                memcpy(ch->stg + (first + r - ch->r0) * Op + o0, yt[e] + r * HBNN_LANES, HBNN_LANES * sizeof(float));
+            else
+                FN(put_row)(a->y + rows[first + r].p * a->O, yt[e] + r * HBNN_LANES, blk, nblk);
+        }
     }
 }
 
@@ -406,10 +396,13 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     hbnn_plan plan;
     uint8_t *ps = NULL, pixp[8] = {0};
     int64_t j;
-    int any_masked = 0;
+    int any_masked = 0, stage;
     if (R == 0) return 0;
     nch = (R + chunk - 1) / chunk;
     og = nch >= 2 * nt ? 1 : hbnn_min64(nq, nt);
+    /* Permuted weights with a whole chunk per item: stage y in panel order when the chunk's
+     * rows fit in L2 (HBNN_STAGE_BYTES) and unpermute each finished row (AVX-512 only). */
+    stage = HBNN_UNPERM && a->y && a->p_permuted && og == 1 && chunk * nq * HBNN_LANES * 4 <= HBNN_STAGE_BYTES;
     rows = (hbnn_row *)hbnn_alloc((size_t)R * sizeof(hbnn_row));
     if (!rows) return -2;
     if (FN(out_plan)(a, nq, &plan) != 0) {
@@ -423,7 +416,7 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         if (ps) FN(pixel_states)(a, ps, pixp);
     }
     if ((any_masked && !ps) || FN(x_sort)(a, ps, rows, n_int, R) != 0) {
-        free(rows); free(plan.qord); free(plan.bstart); free(plan.blk); free(ps);
+        free(rows); free(plan.qord); free(plan.bstart); free(plan.blk); free(ps); free(plan.rstart); free(plan.run);
         return -2;
     }
     if (a->kh * a->kw == 1) memset(pixp, 0, sizeof(pixp)); /* no taps to compact in a GEMM */
@@ -448,6 +441,7 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         ch.ps = ps;
         ch.pixp = pixp;
         ch.xpix = (uint8_t *)hbnn_alloc((size_t)a->nx);
+        ch.stg = stage ? (float *)hbnn_alloc((size_t)((chunk + 1) * nq * HBNN_LANES) * sizeof(float)) : NULL;
         ch.xtap = (uint8_t *)hbnn_alloc((size_t)a->nx);
         ch.trow = (int32_t *)hbnn_alloc((size_t)(a->nx * a->kh * a->kw * nm_max * HBNN_NR) * 4);
         ch.tcnt = (int32_t *)hbnn_alloc((size_t)(a->nx * a->kh * a->kw) * 4);
@@ -456,7 +450,7 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         ch.pacc = (int32_t *)hbnn_alloc((size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
         ch.tacc = (int32_t *)hbnn_alloc((size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
         bad = !ch.xs || !ch.xm || !ch.xidx || !ch.popx || !ch.xn || !ch.xsc || !ch.xsum || !ch.xmsk || !ch.xtap ||
-              !ch.trow || !ch.tcnt || !ch.ts || !ch.tm || !ch.pacc || !ch.tacc || !ch.xpix;
+              !ch.trow || !ch.tcnt || !ch.ts || !ch.tm || !ch.pacc || !ch.tacc || !ch.xpix || (stage && !ch.stg);
         if (bad) {
 #pragma omp atomic write
             failed = 1;
@@ -477,16 +471,18 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
                 for (m = 0; m < ch.nm; m += HBNN_G)
                     FN(tiles)(a, rows, R, kwt, nq, qq, &ch, m, (int)hbnn_min64(HBNN_G, ch.nm - m), &plan);
             }
+            if (ch.stg) FN(unperm)(a, rows, &ch, &plan, nq * HBNN_LANES);
         }
         free(ch.xs); free(ch.xm); free(ch.xidx); free(ch.popx); free(ch.xn); free(ch.xsc); free(ch.xsum);
         free(ch.xmsk); free(ch.xtap); free(ch.trow); free(ch.tcnt); free(ch.ts); free(ch.tm); free(ch.pacc);
-        free(ch.tacc); free(ch.xpix);
+        free(ch.tacc); free(ch.xpix); free(ch.stg);
     }
     free(rows); free(ps); free(plan.qord); free(plan.bstart); free(plan.blk);
     return failed ? -2 : 0;
 }
 
 #undef HBNN_G
+#undef HBNN_UNPERM /* defined by gemm_avx512.c (1) or prep_body.c (0) */
 #undef FN
 #undef HBNN_CAT
 #undef HBNN_CAT2

@@ -28,6 +28,7 @@
 #define HBNN_SEL_MAXCUTS 7 /* bit-map selection: at most 8 bitwidths in a mix */
 #define HBNN_NR 12     /* activation rows per micro-panel */
 #define HBNN_LANES 16  /* weight rows per panel */
+#define HBNN_STAGE_BYTES (256 * 1024) /* largest chunk of y staged in panel order (gemm_body.c) */
 
 /* Status of a (weight plane, 16-row panel) or an (activation plane, 12-row micro-panel):
  * ABSENT: every live row inactive (the pair contributes exactly 0 and is skipped);
@@ -106,6 +107,11 @@ typedef struct {
     int64_t *qord;
     int32_t *bstart;
     hbnn_blk *blk;
+    /* Permuted weights: output block n (columns 16n..16n+15) gathers the runs run[rstart[n] ..
+     * rstart[n+1]) of a row staged in panel order: the columns of bits of mask, in order, take
+     * the consecutive staged values from start on (AVX-512 unpermute: one vpexpandd each). */
+    int32_t *rstart;
+    struct { int32_t start; uint32_t mask; } *run;
 } hbnn_plan;
 
 /* An output row (pixel p = (b, oy, ox)) and the top-left input position of its window. */
@@ -133,6 +139,7 @@ typedef struct {
     const uint8_t *ps;   /* [nx][B*H*W] pixel states (prep_body.c pixel_states) or NULL */
     const uint8_t *pixp; /* [nx] plane j is a pixel plane */
     uint8_t *xpix;       /* [nx] plane j is a pixel plane on the tap path in this chunk */
+    float *stg;          /* [chunk rows][16 nq] y of the chunk in panel order, or NULL (gemm_body.c) */
     int64_t nm, r0, r1;  /* micro-panels in the chunk, its rows rows[r0..r1) */
     int64_t nmax;        /* micro-panels the buffers hold */
 } hbnn_chunk;

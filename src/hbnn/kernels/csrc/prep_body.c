@@ -276,6 +276,39 @@ static int FN(cmp_key)(const void *x, const void *y) {
     return u[0] != v[0] ? (u[0] < v[0] ? -1 : 1) : (u[1] < v[1] ? -1 : u[1] > v[1]);
 }
 
+/* Runs of the plan (hbnn_plan rstart / run) from p_perm: a run is a stretch of consecutive
+ * panel rows whose columns rise within one 16-column output block.  Returns 0 or -2. */
+static int FN(out_runs)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
+    const int64_t Op = nq * HBNN_LANES, nn = (a->O + HBNN_LANES - 1) / HBNN_LANES;
+    int64_t *inv = (int64_t *)hbnn_alloc((size_t)a->O * 8), n, o, r;
+    int32_t nr = 0;
+    pl->rstart = (int32_t *)hbnn_alloc((size_t)(nn + 1) * 4);
+    pl->run = hbnn_alloc((size_t)(a->O + 1) * sizeof(pl->run[0]));
+    if (!inv || !pl->rstart || !pl->run) {
+        free(inv); free(pl->rstart); free(pl->run);
+        return -2;
+    }
+    for (r = 0; r < Op; r++)
+        if (a->p_perm[r] >= 0) inv[a->p_perm[r]] = r;
+    for (n = 0; n < nn; n++) { /* columns in ascending order: a run's staged rows rise too */
+        pl->rstart[n] = nr;
+        for (o = n * HBNN_LANES; o < hbnn_min64(a->O, (n + 1) * HBNN_LANES); o++) {
+            int64_t k;
+            for (k = pl->rstart[n]; k < nr; k++) /* the run this staged row extends, if any */
+                if (pl->run[k].start + __builtin_popcount(pl->run[k].mask) == inv[o]) break;
+            if (k == nr) {
+                pl->run[nr].start = (int32_t)inv[o];
+                pl->run[nr].mask = 0;
+                nr++;
+            }
+            pl->run[k].mask |= 1u << (o % HBNN_LANES);
+        }
+    }
+    pl->rstart[nn] = nr;
+    free(inv);
+    return 0;
+}
+
 /* The output plan of a call (hbnn_plan, hbnn_kernels.c): panel order and per-panel blocks from p_perm (or
  * the identity).  Returns 0 or -2 (out of memory; nothing to free then). */
 static int FN(out_plan)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
@@ -311,11 +344,41 @@ static int FN(out_plan)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
         key[2 * q + 1] = q;
     }
     pl->bstart[nq] = nb;
+    pl->rstart = NULL;
+    pl->run = NULL;
+    if (a->p_permuted && FN(out_runs)(a, nq, pl) != 0) {
+        free(key); free(pl->qord); free(pl->bstart); free(pl->blk);
+        return -2;
+    }
     qsort(key, (size_t)nq, 16, FN(cmp_key));
     for (q = 0; q < nq; q++) pl->qord[q] = key[2 * q + 1];
     free(key);
     return 0;
 }
+
+#ifndef HBNN_HAVE_PUT
+/* One tile row src[0..16) (32-bit floats or counts) into the output row dst by the panel's
+ * blocks b[0..nb) (hbnn_blk): dst[base + c] = src[idx[c]] for each bit c of mask. */
+static inline void FN(put_row)(void *dst, const void *src, const hbnn_blk *b, int nb) {
+    int e;
+    for (e = 0; e < nb; e++) {
+        uint32_t m = b[e].mask;
+        while (m) {
+            const int c = __builtin_ctz(m);
+            memcpy((char *)dst + (b[e].base + c) * 4, (const char *)src + b[e].idx[c] * 4, 4);
+            m &= m - 1;
+        }
+    }
+}
+#endif
+
+#ifndef HBNN_HAVE_UNPERM
+#define HBNN_UNPERM 0
+static void FN(unperm)(const hbnn_gemm_args *a, const hbnn_row *rows, const hbnn_chunk *ch, const hbnn_plan *pl,
+                       int64_t Op) {
+    (void)a; (void)rows; (void)ch; (void)pl; (void)Op; /* staging is AVX-512 only */
+}
+#endif
 
 #undef FN
 #undef HBNN_CAT

@@ -66,7 +66,7 @@ static int FN(pix_lists)(const hbnn_gemm_args *a, const hbnn_row *rows, hbnn_chu
  * valid-bit pattern (the pixels are FULL), 12 rows to a micro-panel, padding rows zero. */
 static void FN(pix_words)(const hbnn_gemm_args *a, const hbnn_row *rows, hbnn_chunk *ch, int64_t j) {
     const int64_t taps = a->kh * a->kw, cw = a->cw, rp = ch->nmax * HBNN_NR;
-    const uint64_t *xs = a->x_signs + j * a->B * a->H * a->W * cw;
+    const uint64_t *xs = a->x_signs + j * a->B * a->H * a->W * cw, vlast = hbnn_valid_word(cw - 1, cw, a->C);
     int64_t t, e, c;
     for (t = 0; t < taps; t++) {
         const int64_t n = ch->tcnt[j * taps + t], np = (n + HBNN_NR - 1) / HBNN_NR * HBNN_NR;
@@ -79,7 +79,7 @@ static void FN(pix_words)(const hbnn_gemm_args *a, const hbnn_row *rows, hbnn_ch
             const uint64_t *src = rw ? xs + ((rw->b * a->H + rw->y0 + dy) * a->W + rw->x0 + dx) * cw : NULL;
             for (c = 0; c < cw; c++) {
                 ds[dst0 + c * HBNN_NR] = src ? src[c] : 0;
-                dm[dst0 + c * HBNN_NR] = src ? hbnn_valid_word(c, cw, a->C) : 0;
+                dm[dst0 + c * HBNN_NR] = !src ? 0 : c < cw - 1 ? ~0ULL : vlast;
             }
         }
     }
@@ -150,14 +150,28 @@ static inline void FN(add16)(int32_t *restrict d, const int32_t *restrict s) {
     memcpy(d, &dv, sizeof(dv));
 }
 
+#ifndef HBNN_HAVE_UKT
+/* The micro-kernel with row r's P (and T for MM) added to pa / ta + 16 rows[r] (generic: uk
+ * into a tile, then one add per row). */
+static void FN(ukt)(int mode, const uint64_t *ws, const uint64_t *wm, const uint64_t *xs, const uint64_t *xm,
+                    int64_t kwt, int nr, const int32_t *rows, int32_t *pa, int32_t *ta) {
+    int32_t P[HBNN_NR * HBNN_LANES], T[HBNN_NR * HBNN_LANES];
+    int r;
+    FN(uk)(mode, ws, wm, xs, xm, kwt, nr, P, T);
+    for (r = 0; r < nr; r++) {
+        FN(add16)(pa + rows[r] * HBNN_LANES, P + r * HBNN_LANES);
+        if (mode == 3) FN(add16)(ta + rows[r] * HBNN_LANES, T + r * HBNN_LANES);
+    }
+}
+#endif
+
 /* Tap path, counts of weight panel q: for every pair (i, j) with j on the tap path, P (and T
  * for a masked panel) of every chunk row summed over taps: the dense micro-kernel on tap t's
  * cw words of the compacted micro-panels (modes FM / MM: their masks hold the exact active
  * entries), scatter-added into the rows.  Integer sums, so the order is free. */
 static void FN(tap_counts)(const hbnn_gemm_args *a, hbnn_chunk *ch, int64_t kwt, int64_t nq, int64_t q) {
     const int64_t taps = a->kh * a->kw, cw = a->cw, rp = ch->nmax * HBNN_NR, nrow = ch->nm * HBNN_NR;
-    int32_t P[HBNN_NR * HBNN_LANES], T[HBNN_NR * HBNN_LANES];
-    int64_t i, j, t, c, r;
+    int64_t i, j, t, c;
     for (i = 0; i < a->nw; i++) {
         const int wst = a->p_wst[i * nq + q], wm_on = wst >= HBNN_ST_MASKED;
         const int64_t pan = (i * nq + q) * kwt * HBNN_LANES;
@@ -173,12 +187,8 @@ static void FN(tap_counts)(const hbnn_gemm_args *a, hbnn_chunk *ch, int64_t kwt,
                 for (c = 0; c * HBNN_NR < n; c++) {
                     const int nr = (int)hbnn_min64(HBNN_NR, n - c * HBNN_NR);
                     const int64_t xoff = ((j * taps + t) * ch->nmax + c) * cw * HBNN_NR;
-                    FN(uk)(wm_on ? 3 : 1, a->p_ws + woff, wm_on ? a->p_wm + woff : NULL, ch->ts + xoff, ch->tm + xoff,
-                           cw, nr, P, T);
-                    for (r = 0; r < nr; r++) {
-                        FN(add16)(pa + rows[c * HBNN_NR + r] * HBNN_LANES, P + r * HBNN_LANES);
-                        if (wm_on) FN(add16)(ta + rows[c * HBNN_NR + r] * HBNN_LANES, T + r * HBNN_LANES);
-                    }
+                    FN(ukt)(wm_on ? 3 : 1, a->p_ws + woff, wm_on ? a->p_wm + woff : NULL, ch->ts + xoff,
+                            ch->tm + xoff, cw, nr, rows + c * HBNN_NR, pa, ta);
                 }
             }
         }
