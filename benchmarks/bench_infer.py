@@ -29,12 +29,12 @@ measured together. ``targets`` lists the issues' whole-net goals with their meas
 ratios (``met``).
 
 ``profile_ms`` splits one packed forward pass by stage, timing each node of the engine's
-graph on its real inputs (warm buffers; medians, ``profile_min_ms`` the fastest runs): ``float_layers`` (float convs/linears),
-``act_binarize_pack`` (binarize + pack the input of a bit-serial layer), ``binary_kernels``
-(bit-serial conv/linear and bias), ``residual_add``, ``shortcut`` (nodes of shortcut paths:
-subsample, channel padding, identity, projection conv) and ``other`` (pooling, activations,
-flatten). Parity of each engine against its model is checked on the batch (prediction
-mismatches, largest logit difference).
+graph on its real inputs (warm buffers; medians, ``profile_min_ms`` the fastest runs):
+``float_layers`` (float convs/linears), ``act_binarize_pack`` (binarize + pack the input of
+a bit-serial layer), ``binary_kernels`` (bit-serial conv/linear and bias), ``residual_add``,
+``shortcut`` (nodes of shortcut paths: subsample, channel padding, identity, projection
+conv) and ``other`` (pooling, activations, flatten). Parity of each engine against its model
+is checked on the batch (prediction mismatches, largest logit difference).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ import torch
 from benchmarks._emit import emit
 from benchmarks.bench_kernels import cpu_model
 
-__all__ = ["MODELS", "CASE_NAMES", "case_specs", "bench_infer", "profile_packed", "targets", "main"]
+__all__ = ["MODELS", "CASE_NAMES", "STAGES", "case_specs", "narrowest_binarized_input", "bench_infer", "profile_packed",
+           "targets", "main"]
 
 MODELS = ("cifar_fc4", "resnet20")
 CASE_NAMES = ("W1A1", "W2A2", "W1.4A1.4", "W1.4A1.4-channel-pixel", "W1.4A1.4-block64-group")
@@ -304,7 +305,8 @@ def bench_infer(*, model: str = "cifar_fc4", batch: int = 64, reps: int = 9, thr
     x = torch.randn(batch, *shape, generator=gen)
     calib = torch.randn(64 if quick else 128, *shape, generator=gen)
     fp32 = _float_model(model, shape, widths, seed).eval()
-    fp32_cl, x_cl = copy.deepcopy(fp32).to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    fp32_cl = copy.deepcopy(fp32).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     fns = {"fp32": lambda: fp32(x), "fp32_cl": lambda: fp32_cl(x_cl)}
     built = {}
     with tempfile.TemporaryDirectory(prefix="hbnn-bench-") as tmp:

@@ -36,8 +36,8 @@ def _binary_conv(c: int, act, backend: str) -> PackedConv2d:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("c", [1, 8, 16, 32, 48])
-@pytest.mark.parametrize("act", [((1,), (1.0,), "entry"), ((2,), (1.0,), "entry"), ((1, 2, 3), (0.7, 0.2, 0.1), "entry"),
-                                 ((1, 2, 3), (0.7, 0.2, 0.1), "pixel")])
+@pytest.mark.parametrize("act", [((1,), (1.0,), "entry"), ((2,), (1.0,), "entry"),
+                                 ((1, 2, 3), (0.7, 0.2, 0.1), "entry"), ((1, 2, 3), (0.7, 0.2, 0.1), "pixel")])
 def test_packed_input_words_equal_row_by_row_packing(backend, c, act):
     """Narrow rows (C | 64) are packed 64/C at a time and cut apart: the same words, masks and counts."""
     layer = _binary_conv(c, _act(*act), backend)

@@ -352,10 +352,10 @@ def optimize_graph(layers: list[tuple[str, nn.Module]], inputs: list[list[int]])
       (ReLU, Hardtanh) whose only consumer is the pool: ``max_k f(x_k) = f(max_k x_k)``
       exactly, and ``f`` then touches a quarter of the values (for 2x2 pools). Every pool
       window holds at least one input. The two nodes swap modules.
-    * An activation runs in place when its input is a fresh tensor (not the model input,
-      not a view: the output of a conv/linear, batch norm, pool, add, mul, a constant op,
-      cat, channel padding, reshape (a copy) or activation) that nothing else consumes; so does a residual add (:class:`AddInto`)
-      when one of its inputs is such a tensor.
+    * An activation runs in place when its input is a fresh tensor (not the model input, not
+      a view: the output of a conv/linear, batch norm, pool, add, mul, a constant op, cat,
+      channel padding, reshape (a copy) or activation) that nothing else consumes; so does a
+      residual add (:class:`AddInto`) when one of its inputs is such a tensor.
     * A 2x2/2 max-pool becomes :class:`MaxPool2x2` (the same maxima, faster on channels-last).
     """
     out = list(layers)
