@@ -6,7 +6,11 @@ Run: ``python -m benchmarks.run_all [--only NAME ...] [--quick] [--out-dir resul
 - ``core``: Algorithm 1 by thresholds vs a full sort, quantizer cost (:mod:`benchmarks.bench_core`);
 - ``train``: training-step time of HBNN vs float (:mod:`benchmarks.bench_train`);
 - ``kernels``: bit-serial GEMM/conv kernels vs fp32 (:mod:`benchmarks.bench_kernels`);
-- ``infer``: the whole packed ``cifar_fc4`` vs fp32 (:mod:`benchmarks.bench_infer`).
+- ``infer``: the whole packed ``cifar_fc4`` vs fp32 (:mod:`benchmarks.bench_infer`);
+- ``infer_resnet20``: the whole packed ResNet-20 (residual DAG) vs fp32 (:mod:`benchmarks.bench_infer`
+  ``--model resnet20``);
+- ``compile``: ``torch.compile`` of the training model: graph breaks, recompiles, compiled vs eager
+  step time (:mod:`benchmarks.bench_train` ``--compile``).
 
 Each runs in its own process (``python -m benchmarks.bench_<name> ... --out FILE``), so
 thread settings and kernel caches of one never affect the next, and writes
@@ -52,7 +56,11 @@ def _kernels(r: dict) -> str:
 def _infer(r: dict) -> str:
     cases = ", ".join(f"{c['config']} {c['speedup_vs_fp32']:.2f}x" for c in r["cases"])
     mismatches = sum(c["mismatches"] for c in r["cases"])
-    return f"packed vs fp32: {cases}; {mismatches} prediction mismatches"
+    return f"packed {r.get('model', 'cifar_fc4')} vs fp32: {cases}; {mismatches} prediction mismatches"
+
+
+def _compile(r: dict) -> str:
+    return f"torch.compile targets {'all met' if r.get('all_targets_met') else 'NOT all met'}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--quick", "--reps", "1", "--threads", "1"), _kernels),
     Benchmark("infer", "benchmarks.bench_infer", ("--reps", "5"),
               ("--quick", "--cases", "W1A1", "--batch", "4"), _infer),
+    Benchmark("infer_resnet20", "benchmarks.bench_infer", ("--model", "resnet20", "--reps", "5", "--no-simulated"),
+              ("--model", "resnet20", "--quick", "--cases", "W1A1", "--batch", "4", "--image-size", "8"), _infer),
+    Benchmark("compile", "benchmarks.bench_train", ("--compile", "--threads", "1"),
+              ("--compile", "--settings", "w1a1", "--batch-size", "4", "--rounds", "1", "--steps", "2",
+               "--warmup", "1", "--threads", "1"), _compile),
 )
 
 

@@ -70,7 +70,8 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
     assert run_all.main(["--dry-run", "--out-dir", str(out_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" -m ")[1].split()[0] for line in lines] == [f"benchmarks.bench_{n}" for n in
-                                                                     ("core", "train", "kernels", "infer")]
+                                                                     ("core", "train", "kernels", "infer", "infer",
+                                                                      "train")]
     assert all(line.endswith(f"--out {out_dir / (b.name + '.json')}") for line, b in zip(lines, BENCHMARKS))
     assert run_all.main(["--dry-run", "--quick", "--only", "infer", "--out-dir", str(out_dir)]) == 0
     assert "benchmarks.bench_infer --quick --cases W1A1 --batch 4 --out" in capsys.readouterr().out

@@ -66,7 +66,8 @@ def test_every_logit_difference_is_a_flip_at_a_rounding_gap(exported_run, load_s
         else:
             assert 0 < rec["max_gap_flipped"] <= ROUNDING_GAP and rec["flipped"] >= 1
     flips = sum(r["layer"] is not None for r in records)
-    assert 0 < flips < len(records)  # both branches checked (float kernels of another CPU may flip others)
+    assert flips < len(records) // 4  # flips are rare near-ties (2 of 256 on the AMD EPYC it was written on);
+    # how many occur depends on the CPU's float kernels, so their presence is not asserted
 
 
 def test_script_writes_the_parity_json(trained_run, tmp_path, load_script, capsys):
