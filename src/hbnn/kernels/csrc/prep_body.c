@@ -276,6 +276,25 @@ static int FN(cmp_key)(const void *x, const void *y) {
     return u[0] != v[0] ? (u[0] < v[0] ? -1 : 1) : (u[1] < v[1] ? -1 : u[1] > v[1]);
 }
 
+/* Pads every block's runs to the largest count with empty runs (mask 0: no-ops), so the
+ * unpermute loop has one trip count per call (no mispredicted exits).  Returns 0 or -2. */
+static int FN(pad_runs)(int64_t nn, hbnn_plan *pl) {
+    int32_t most = 0, n, k;
+    for (n = 0; n < nn; n++) most = pl->rstart[n + 1] - pl->rstart[n] > most ? pl->rstart[n + 1] - pl->rstart[n] : most;
+    {
+        void *run = hbnn_alloc((size_t)(nn * most) * sizeof(pl->run[0]));
+        if (!run) return -2;
+        memset(run, 0, (size_t)(nn * most) * sizeof(pl->run[0]));
+        for (n = 0; n < nn; n++)
+            for (k = pl->rstart[n]; k < pl->rstart[n + 1]; k++)
+                memcpy((char *)run + (n * most + k - pl->rstart[n]) * sizeof(pl->run[0]), &pl->run[k], sizeof(pl->run[0]));
+        free(pl->run);
+        pl->run = run;
+    }
+    for (n = 0; n <= nn; n++) pl->rstart[n] = n * most;
+    return 0;
+}
+
 /* Runs of the plan (hbnn_plan rstart / run) from p_perm: a run is a stretch of consecutive
  * panel rows whose columns rise within one 16-column output block.  Returns 0 or -2. */
 static int FN(out_runs)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
@@ -286,6 +305,8 @@ static int FN(out_runs)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
     pl->run = hbnn_alloc((size_t)(a->O + 1) * sizeof(pl->run[0]));
     if (!inv || !pl->rstart || !pl->run) {
         free(inv); free(pl->rstart); free(pl->run);
+        pl->rstart = NULL;
+        pl->run = NULL;
         return -2;
     }
     for (r = 0; r < Op; r++)
@@ -306,7 +327,7 @@ static int FN(out_runs)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
     }
     pl->rstart[nn] = nr;
     free(inv);
-    return 0;
+    return FN(pad_runs)(nn, pl);
 }
 
 /* The output plan of a call (hbnn_plan, hbnn_kernels.c): panel order and per-panel blocks from p_perm (or
@@ -347,7 +368,7 @@ static int FN(out_plan)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
     pl->rstart = NULL;
     pl->run = NULL;
     if (a->p_permuted && FN(out_runs)(a, nq, pl) != 0) {
-        free(key); free(pl->qord); free(pl->bstart); free(pl->blk);
+        free(key); free(pl->qord); free(pl->bstart); free(pl->blk); free(pl->rstart); free(pl->run);
         return -2;
     }
     qsort(key, (size_t)nq, 16, FN(cmp_key));
