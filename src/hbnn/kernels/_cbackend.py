@@ -37,7 +37,7 @@ class _GemmArgs(ctypes.Structure):
     )] + [(name, _I) for name in (
         "nw", "nx", "O", "B", "H", "W", "C", "cw", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow",
         "w_scale_per_row", "x_scale_per_row", "nthreads",
-    )] + [("p_" + name, _P) for name in _PREPARED] + [("p_permuted", _I)]
+    )] + [("p_" + name, _P) for name in _PREPARED] + [("p_permuted", _I), ("dense", _I)]
 
 
 @dataclass(frozen=True)
@@ -184,9 +184,13 @@ def prepare(lib: ctypes.CDLL, w: PackedPlanes, variant: str | None = None) -> di
 
 def gemm(
     lib: ctypes.CDLL, x: PackedPlanes, w: PackedPlanes, prepared: dict, geom: ConvGeometry, channels: int,
-    *, want_y: bool, want_counts: bool, variant: str | None = None,
+    *, want_y: bool, want_counts: bool, variant: str | None = None, dense: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
-    """Run ``hbnn_gemm`` with ``w`` prepared by :func:`prepare`: ``(y [R, O] float32, counts [nw, nx, R, O] int32, variant)``."""
+    """Run ``hbnn_gemm`` with ``w`` prepared by :func:`prepare`: ``(y [R, O] float32, counts [nw, nx, R, O] int32, variant)``.
+
+    ``dense``: dense taps (csrc/dense_body.c); ``prepared`` must then be the panels of the
+    weight's ``(O, kh*kw*C)`` flatten (``prepared["dense"]`` of a conv weight with C < 64).
+    """
     vid = variant_id(lib, variant)
     oh, ow = geom.out_hw
     rows, o = geom.B * oh * ow, w.shape[0]
@@ -200,7 +204,7 @@ def gemm(
         C=channels, cw=x.signs.shape[-1], kh=geom.kh, kw=geom.kw, sh=geom.sh, sw=geom.sw,
         ph=geom.ph, pw=geom.pw, dh=geom.dh, dw=geom.dw, oh=oh, ow=ow,
         w_scale_per_row=int(w.per_row_scales), x_scale_per_row=int(x.per_row_scales),
-        nthreads=torch.get_num_threads(), p_permuted=int(prepared["permuted"]),
+        nthreads=torch.get_num_threads(), p_permuted=int(prepared["permuted"]), dense=int(dense),
         **{"p_" + k: _ptr(prepared[k]) for k in _PREPARED},
     )
     rc = lib.hbnn_gemm(vid, ctypes.byref(a))

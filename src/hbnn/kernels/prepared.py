@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 
 from hbnn.kernels import _cbackend
-from hbnn.kernels.layout import PackedPlanes
+from hbnn.kernels.layout import PackedPlanes, pack_bits, unpack_bits
 from hbnn.kernels.packing import pack_conv_weight, pack_planes
 
-__all__ = ["PreparedWeight", "prepare_weight", "STATUS_NAMES"]
+__all__ = ["PreparedWeight", "prepare_weight", "dense_conv_weight", "dense_panels", "dense_taps_ok", "STATUS_NAMES"]
 
 STATUS_NAMES = ("absent", "full", "masked", "sparse")
 
@@ -46,7 +46,9 @@ class PreparedWeight:
     Attributes:
         planes: the packed weight itself (the reference path and the shape checks read it).
         panels: ``{"ws", "wm", "popw", "wsc", "perm", "wst", "widx", "wn", "permuted"}`` as
-            built by ``hbnn_prepare_weight`` (csrc/hbnn_kernels.c), or None.
+            built by ``hbnn_prepare_weight`` (csrc/hbnn_kernels.c), or None; a conv weight
+            with C < 64 and kh*kw > 1 also holds the same panels of its dense-tap flatten
+            (:func:`dense_conv_weight`) under ``"d_" + name`` (``d_permuted`` a bool tensor).
     """
 
     planes: PackedPlanes
@@ -92,6 +94,30 @@ def _as_planes(w, backend: str) -> PackedPlanes:
     raise TypeError(f"prepare_weight: expected PackedPlanes or a (signs, masks, scales) tuple, got {type(w).__name__}")
 
 
+def dense_taps_ok(shape) -> bool:
+    """Whether a conv weight of ``shape`` ``(O, kh, kw, C)`` gets dense-tap panels: C < 64, kh*kw > 1."""
+    return len(shape) == 4 and shape[3] < 64 and shape[1] * shape[2] > 1
+
+
+def _dense_words(words: torch.Tensor | None, n: int, o: int, taps: int, c: int) -> torch.Tensor | None:
+    """int64 ``[n, O*taps, 1]`` (one word per tap) -> ``[n, O, ceil(taps*C/64)]`` (entry ``t*C + ch``)."""
+    if words is None:
+        return None
+    return pack_bits(unpack_bits(words, c).reshape(n, o, taps * c)).contiguous()
+
+
+def dense_conv_weight(w: PackedPlanes) -> PackedPlanes:
+    """A conv weight ``(O, kh, kw, C)``, C < 64, repacked as its OHWI flatten ``(O, kh*kw*C)``.
+
+    Entry ``k = (ki*kw + kj)*C + c`` of row ``o`` is ``w[o, ki, kj, c]``: the dense-tap order
+    of csrc/dense_body.c, so ``sum_k`` over it is the same dot count as over the taps.
+    """
+    o, kh, kw, c = w.shape
+    sw = _dense_words(w.signs, w.n, o, kh * kw, c)
+    mw = _dense_words(w.masks, w.n, o, kh * kw, c)
+    return PackedPlanes(sw, mw, w.full, w.scales, (o, kh * kw * c))
+
+
 def prepare_weight(w, *, backend: str = "auto", variant: str | None = None) -> PreparedWeight:
     """Prepare a weight once for repeated :func:`binary_linear` / :func:`binary_conv2d` calls.
 
@@ -113,4 +139,20 @@ def prepare_weight(w, *, backend: str = "auto", variant: str | None = None) -> P
     if len(planes.shape) not in (2, 4):
         raise ValueError(f"prepare_weight: w must be packed (O, K) or (O, kh, kw, C), got shape {planes.shape}")
     lib = _cbackend.library(backend)
-    return PreparedWeight(planes, None if lib is None else _cbackend.prepare(lib, planes, variant))
+    if lib is None:
+        return PreparedWeight(planes, None)
+    panels = _cbackend.prepare(lib, planes, variant)
+    if dense_taps_ok(planes.shape):  # narrow conv: also the dense-tap panels, keys "d_*" (flat: tensors only)
+        dense = _cbackend.prepare(lib, dense_conv_weight(planes), variant)
+        dense["permuted"] = torch.tensor(dense["permuted"])
+        panels.update({"d_" + k: v for k, v in dense.items()})
+    return PreparedWeight(planes, panels)
+
+
+def dense_panels(panels: dict) -> dict | None:
+    """The dense-tap panels stored under ``d_*`` keys by :func:`prepare_weight` (None if absent)."""
+    if "d_ws" not in panels:
+        return None
+    dense = {k[2:]: v for k, v in panels.items() if k.startswith("d_")}
+    dense["permuted"] = bool(dense["permuted"])
+    return dense

@@ -45,6 +45,8 @@
 #define HBNN_CAT(a, b) HBNN_CAT2(a, b)
 #define FN(name) HBNN_CAT(name, HBNN_SUFFIX)
 
+#include "dense_body.c"
+
 /* One output row of the panel: its words (and masks) for every plane, gathered from the
  * input pixels it sees; out-of-image positions (border rows only) are zero words.  For a
  * plane treated as masked, also its mask popcount and its present (nonzero-mask) words. */
@@ -57,6 +59,10 @@ static void FN(pack_row)(const hbnn_gemm_args *a, const hbnn_row *rw, int interi
         const int64_t jm = j * nm + m, base = jm * kwt;
         const int masked = ch->xmsk[jm] != HBNN_ST_FULL, full = a->x_full[j];
         if (ch->xpix[j]) continue; /* packed per tap by tap_lists (pix_lists set its row data) */
+        if (a->dense) {
+            FN(pack_row_dense)(a, rw, interior, kwt, ch, j, jm, rr);
+            continue;
+        }
         const uint64_t *xs = a->x_signs + j * rin * cw, *xm = full ? NULL : a->x_masks + j * rin * cw;
         int32_t *idx = ch->xidx + (jm * HBNN_NR + rr) * kwt, ni = 0;
         int64_t pop = 0;
@@ -386,7 +392,8 @@ static void FN(tiles)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, 
 }
 
 static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
-    const int64_t kwt = a->kh * a->kw * a->cw, R = a->B * a->oh * a->ow;
+    const int64_t kwt = a->dense ? (a->kh * a->kw * a->C + 63) / 64 : a->kh * a->kw * a->cw;
+    const int64_t R = a->B * a->oh * a->ow;
     const int64_t nq = (a->O + HBNN_LANES - 1) / HBNN_LANES;
     const int nt = a->nthreads > 0 ? (int)a->nthreads : 1;
     const int64_t chunk = hbnn_chunk_rows(kwt, a->nx, R, nt);
@@ -411,6 +418,10 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     }
     n_int = FN(row_order)(a, rows);
     for (j = 0; j < a->nx; j++) any_masked |= !a->x_full[j];
+    if (a->dense && any_masked) { /* dense taps take full activation planes only */
+        free(rows); free(plan.qord); free(plan.bstart); free(plan.blk); free(plan.rstart); free(plan.run);
+        return -3;
+    }
     if (any_masked) {
         ps = (uint8_t *)hbnn_alloc((size_t)(a->nx * a->B * a->H * a->W));
         if (ps) FN(pixel_states)(a, ps, pixp);

@@ -88,6 +88,10 @@ typedef struct {
     int32_t *p_widx;  /* [nw][Op][kwt] present words of the rows of SPARSE panels (NULL: none masked) */
     int32_t *p_wn;    /* [nw][Op] their number */
     int64_t p_permuted; /* 1 when p_perm is not the identity */
+    /* 1: dense taps (conv, C < 64 so cw = 1): a row's K = kh*kw*C bits are packed densely
+     * in tap-major, channel-minor (OHWI) order, kwt = ceil(kh*kw*C/64) words, and the
+     * prepared weight is the (O, kh*kw*C) flatten packed the same way (dense_body.c). */
+    int64_t dense;
 } hbnn_gemm_args;
 
 /* Where a tile row's 16 lanes go in an output row: one entry per 16-column block of the
@@ -326,6 +330,7 @@ int hbnn_max_threads(void) {
 static int hbnn_geometry_ok(const hbnn_gemm_args *a) {
     if (a->nw < 1 || a->nx < 1 || a->O < 1 || a->cw < 1 || a->kh < 1 || a->kw < 1) return 0;
     if (a->sh < 1 || a->sw < 1 || a->dh < 1 || a->dw < 1 || a->ph < 0 || a->pw < 0) return 0;
+    if (a->dense && (a->cw != 1 || a->C > 64)) return 0; /* dense taps: one word per pixel */
     return 1;
 }
 

@@ -1,0 +1,96 @@
+"""Dense taps for narrow convs (C < 64, csrc/dense_body.c): the kh*kw*C bits of a receptive
+field packed densely must give counts and floats bit-identical to the reference on every
+SIMD variant, and the path must actually be taken for full activation planes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hbnn.kernels import _cbackend, binary_conv2d, binary_conv2d_counts, pack_conv_input, pack_conv_weight
+from hbnn.kernels import prepare_weight
+from hbnn.kernels import reference as ref
+from hbnn.kernels.prepared import dense_conv_weight, dense_panels
+
+CASES = [  # (C, k, stride, pad, nw, nx, B, H, W, O): B*OH*OW not a multiple of 12
+    (1, 3, 1, 1, 1, 1, 2, 5, 7, 5),
+    (3, 3, 1, 0, 2, 3, 3, 7, 9, 21),
+    (16, 3, 1, 1, 1, 1, 2, 7, 9, 17),
+    (16, 3, 2, 1, 2, 2, 3, 9, 8, 16),
+    (24, 3, 2, 0, 3, 1, 2, 9, 11, 33),
+    (32, 3, 1, 1, 2, 2, 3, 6, 5, 40),
+    (48, 3, 2, 1, 1, 3, 2, 7, 7, 19),
+    (16, 1, 1, 0, 1, 2, 3, 5, 5, 18),
+    (32, 1, 2, 0, 2, 1, 2, 7, 9, 12),
+    (24, 5, 1, 2, 2, 2, 2, 6, 7, 20),  # 600 bits: taps straddle word boundaries
+]
+
+
+@pytest.fixture
+def dense_calls(monkeypatch):
+    """Records the ``dense`` flag of every C GEMM call."""
+    calls, real = [], _cbackend.gemm
+
+    def spy(*args, **kw):
+        calls.append(kw.get("dense", False))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_cbackend, "gemm", spy)
+    return calls
+
+
+def _planes(gen, case, per_row: bool):
+    c, k, _, _, nw, nx, b, h, w, o = case
+    x = pack_conv_input(torch.rand(nx, b, c, h, w, generator=gen) > 0.5, None,
+                        torch.rand((nx, b) if per_row else (nx,), generator=gen) + 0.25)
+    wt = pack_conv_weight(torch.rand(nw, o, c, k, k, generator=gen) > 0.5, None,
+                          torch.rand(nw, o, generator=gen) + 0.25)
+    return x, wt
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "C{}k{}s{}p{}w{}x{}".format(*c[:6]))
+@pytest.mark.parametrize("per_row", [False, True])
+def test_dense_taps_match_reference_every_variant(c_variants, gen, dense_calls, case, per_row):
+    x, w = _planes(gen, case, per_row)
+    s, p = case[2], case[3]
+    want = ref.binary_conv2d_ref(x, w, (s, s), (p, p), (1, 1))
+    want_c = ref.binary_conv2d_counts_ref(x, w, (s, s), (p, p), (1, 1))
+    for v in c_variants:
+        pw = prepare_weight(w, variant=v)
+        assert torch.equal(binary_conv2d(x, pw, stride=s, padding=p, variant=v), want), v
+        assert torch.equal(binary_conv2d_counts(x, pw, stride=s, padding=p, variant=v), want_c), v
+        assert torch.equal(binary_conv2d(x, w, stride=s, padding=p, variant=v), want), v  # unprepared
+    assert all(dense_calls) == (case[1] > 1) and any(dense_calls) == (case[1] > 1)
+
+
+def test_masked_weights_and_masked_activations(c_variants, gen, planes, dense_calls):
+    """Masked weights take the dense path (exact); masked activations fall back to the word-per-tap path."""
+    ws, wm, wsc = planes(gen, 3, (20, 16, 3, 3), True, True)
+    w = pack_conv_weight(ws, wm, wsc)
+    xs, xm, xsc = planes(gen, 2, (2, 16, 6, 7), False, False)
+    xf = pack_conv_input(xs, xm, xsc)
+    xs, xm, xsc = planes(gen, 2, (2, 16, 6, 7), True, False)
+    xmk = pack_conv_input(xs, xm, xsc)
+    for v in c_variants:
+        pw = prepare_weight(w, variant=v)
+        for x in (xf, xmk):
+            want = ref.binary_conv2d_ref(x, w, (1, 1), (1, 1), (1, 1))
+            assert torch.equal(binary_conv2d(x, pw, padding=1, variant=v), want), v
+    assert dense_calls == [True, False] * len(c_variants)
+
+
+def test_dense_weight_is_the_ohwi_flatten(gen):
+    w = pack_conv_weight(torch.rand(2, 5, 16, 3, 3, generator=gen) > 0.5, None, torch.ones(2))
+    signs, _, _ = w.unpack()  # [n, O, kh, kw, C]
+    d = dense_conv_weight(w)
+    assert d.shape == (5, 144) and d.signs.shape == (2, 5, 3)
+    assert torch.equal(d.unpack()[0], signs.reshape(2, 5, 144))
+
+
+def test_prepared_weight_keeps_dense_panels_only_for_narrow_taps(c_variants, gen):
+    narrow = pack_conv_weight(torch.rand(1, 4, 16, 3, 3, generator=gen) > 0.5, None, torch.ones(1))
+    wide = pack_conv_weight(torch.rand(1, 4, 64, 3, 3, generator=gen) > 0.5, None, torch.ones(1))
+    pointwise = pack_conv_weight(torch.rand(1, 4, 16, 1, 1, generator=gen) > 0.5, None, torch.ones(1))
+    assert dense_panels(prepare_weight(narrow).panels) is not None
+    assert dense_panels(prepare_weight(wide).panels) is None
+    assert dense_panels(prepare_weight(pointwise).panels) is None
