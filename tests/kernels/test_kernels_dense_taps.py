@@ -63,6 +63,27 @@ def test_dense_taps_match_reference_every_variant(c_variants, gen, dense_calls, 
     assert all(dense_calls) == (case[1] > 1) and any(dense_calls) == (case[1] > 1)
 
 
+@pytest.mark.parametrize("c, kernel, stride, pad, dil", [
+    (16, (3, 5), (1, 2), (1, 2), (2, 1)),   # window-row fields of 80 bits (2 words)
+    (8, (5, 3), (2, 1), (0, 1), (1, 2)),
+    (24, (2, 3), (1, 1), (1, 0), (1, 3)),   # 72-bit fields straddling words
+    (48, (3, 1), (1, 1), (2, 0), (2, 1)),
+])
+def test_dense_taps_rectangular_dilated_every_variant(c_variants, gen, dense_calls, c, kernel, stride, pad, dil):
+    """Rectangular kernels with dilation and unequal stride / padding per axis: the window-row
+    fields (kh fields of kw*C bits per row) give exactly the reference's counts and floats."""
+    nw, nx, b, h, w_, o = 2, 2, 2, 9, 11, 18
+    x = pack_conv_input(torch.rand(nx, b, c, h, w_, generator=gen) > 0.5, None, torch.rand(nx, generator=gen) + 0.25)
+    w = pack_conv_weight(torch.rand(nw, o, c, *kernel, generator=gen) > 0.5, None, torch.rand(nw, o, generator=gen) + 0.25)
+    want = ref.binary_conv2d_ref(x, w, stride, pad, dil)
+    want_c = ref.binary_conv2d_counts_ref(x, w, stride, pad, dil)
+    for v in c_variants:
+        pw = prepare_weight(w, variant=v)
+        assert torch.equal(binary_conv2d(x, pw, stride=stride, padding=pad, dilation=dil, variant=v), want), v
+        assert torch.equal(binary_conv2d_counts(x, pw, stride=stride, padding=pad, dilation=dil, variant=v), want_c), v
+    assert dense_calls and all(dense_calls)
+
+
 def test_masked_weights_and_masked_activations(c_variants, gen, planes, dense_calls):
     """Masked weights take the dense path (exact); masked activations fall back to the word-per-tap path."""
     ws, wm, wsc = planes(gen, 3, (20, 16, 3, 3), True, True)

@@ -93,6 +93,23 @@ def test_pack_activations_equals_quant_residual_planes(c_variants, gen, shape, h
     torch.testing.assert_close(got, binarize_with_scales(x, bitmap, scales), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("k", [1, 7, 8, 15, 16, 17, 31, 33, 48, 63, 64, 100])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_vector_row_packers_equal_torch_at_every_tail(c_variants, gen, k, n, monkeypatch):
+    """The SIMD row packers (16- and 8-float vectors) == the torch packer bit for bit, at every
+    row tail, with levels outside 1..n in the map (< 1 counts as 1) and exact residual ties."""
+    x = torch.randn(37, k, generator=gen)
+    scales = torch.tensor([0.5, 0.25, 0.125][:n])
+    x.view(-1)[::5] = 0.5  # e - mu_0 == 0 exactly: sign(0) = -1 on plane 1
+    x.view(-1)[1::7] = 0.0
+    bitmap = torch.randint(-1, n + 2, (37, k), generator=gen, dtype=torch.int8)
+    for bm in (None, bitmap):
+        expect = pack_activations(x, scales, bm, backend="torch")
+        for variant in c_variants:
+            monkeypatch.setenv("HBNN_KERNEL_VARIANT", variant)
+            _same(pack_activations(x, scales, bm, backend="c"), expect)
+
+
 def test_invalid_inputs_raise(gen, planes):
     signs, masks, scales = planes(gen, 2, (3, 10), True, per_row=False)
     with pytest.raises(TypeError, match="bool"):

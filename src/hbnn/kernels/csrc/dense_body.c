@@ -16,11 +16,28 @@
  * (the tap-compacted paths of tap_body.c assume the word-per-tap layout).
  */
 
-/* OR the C-bit field v into the strided row dst[k * HBNN_NR] at bit offset off. */
-static inline void FN(dense_put)(uint64_t *dst, int64_t off, int64_t C, uint64_t v) {
-    const int64_t w = off >> 6, b = off & 63;
-    dst[w * HBNN_NR] |= v << b;
-    if (b + C > 64) dst[(w + 1) * HBNN_NR] |= v >> (64 - b);
+/* A bit-stream writer over the strided row dst[k * HBNN_NR]: C-bit fields appended in order
+ * (entry k = t*C + c), whole words written once (no read-modify-write chains through memory). */
+typedef struct {
+    uint64_t *dst, cur;
+    int64_t w, pos;
+} FN(bitw);
+
+static inline void FN(bitw_put)(FN(bitw) *s, int64_t C, uint64_t v) {
+    s->cur |= v << s->pos; /* pos < 64 */
+    if (s->pos + C < 64) {
+        s->pos += C;
+        return;
+    }
+    s->dst[s->w++ * HBNN_NR] = s->cur;
+    s->cur = s->pos + C > 64 ? v >> (64 - s->pos) : 0; /* pos > 0 here, as C < 64 */
+    s->pos += C - 64;
+}
+
+/* Flush the open word and zero the row's remaining words up to kwt. */
+static inline void FN(bitw_end)(FN(bitw) *s, int64_t kwt) {
+    if (s->pos) s->dst[s->w++ * HBNN_NR] = s->cur;
+    for (; s->w < kwt; s->w++) s->dst[s->w * HBNN_NR] = 0;
 }
 
 /* Row rw of plane j (micro-panel slot jm, lane rr) packed densely: signs, and for a plane
@@ -32,25 +49,24 @@ static void FN(pack_row_dense)(const hbnn_gemm_args *a, const hbnn_row *rw, int 
     const int masked = ch->xmsk[jm] != HBNN_ST_FULL;
     const uint64_t valid = C == 64 ? ~0ULL : (1ULL << C) - 1;
     const uint64_t *xs = a->x_signs + j * rin;
-    uint64_t *dst = ch->xs + base * HBNN_NR + rr, *dstm = ch->xm + base * HBNN_NR + rr;
+    FN(bitw) ws = {ch->xs + base * HBNN_NR + rr, 0, 0, 0}, wm = {ch->xm + base * HBNN_NR + rr, 0, 0, 0};
+    const uint64_t *dstm = wm.dst;
     int32_t *idx = ch->xidx + (jm * HBNN_NR + rr) * kwt, ni = 0;
     int64_t ki, kj, k, pop = 0;
-    for (k = 0; k < kwt; k++) dst[k * HBNN_NR] = 0;
-    if (masked)
-        for (k = 0; k < kwt; k++) dstm[k * HBNN_NR] = 0;
     for (ki = 0; ki < a->kh; ki++) {
         const int64_t iy = rw->y0 + ki * a->dh;
         for (kj = 0; kj < a->kw; kj++) {
-            const int64_t ix = rw->x0 + kj * a->dw, off = (ki * a->kw + kj) * C;
+            const int64_t ix = rw->x0 + kj * a->dw;
             const int inb = interior || (iy >= 0 && iy < a->H && ix >= 0 && ix < a->W);
-            if (!inb) continue;
-            FN(dense_put)(dst, off, C, xs[pix0 + ki * a->dh * a->W + kj * a->dw]);
+            FN(bitw_put)(&ws, C, inb ? xs[pix0 + ki * a->dh * a->W + kj * a->dw] : 0);
             if (masked) {
-                FN(dense_put)(dstm, off, C, valid);
-                pop += C;
+                FN(bitw_put)(&wm, C, inb ? valid : 0);
+                pop += inb ? C : 0;
             }
         }
     }
+    FN(bitw_end)(&ws, kwt);
+    if (masked) FN(bitw_end)(&wm, kwt);
     if (masked)
         for (k = 0; k < kwt; k++) {
             idx[ni] = (int32_t)k;

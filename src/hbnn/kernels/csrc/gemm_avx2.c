@@ -76,7 +76,57 @@ static void uk_avx2(int mode, const uint64_t *ws, const uint64_t *wm, const uint
 #include "prep_body.c"
 #include "tap_body.c"
 #include "gemm_body.c"
+/* One row of up to 64 channels (S = 1), eight 8-float vectors: the scalar residual64 with
+ * compare + blend (the same float32 e - mu / e + mu per active entry, so the same bits). */
+static inline void row64_avx2(const float *x, const int8_t *bitmap, int64_t base, int64_t k1, int n,
+                              const float *mu, uint64_t *sw, uint64_t *mw) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const uint64_t valid = k1 >= 64 ? ~0ULL : (1ULL << k1) - 1;
+    __m256 e[8];
+    __m256i lv[2];
+    int q, p, k;
+    for (q = 0; q < 8; q++) {
+        const int64_t rem = k1 - 8 * q;
+        if (rem >= 8) {
+            e[q] = _mm256_loadu_ps(x + base + 8 * q);
+        } else {
+            float t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (k = 0; k < rem; k++) t[k] = x[base + 8 * q + k];
+            e[q] = _mm256_loadu_ps(t);
+        }
+    }
+    if (bitmap) {
+        int8_t t[64];
+        for (k = 0; k < 64; k++) t[k] = k < k1 ? bitmap[base + k] : 0;
+        lv[0] = _mm256_loadu_si256((const __m256i *)t);
+        lv[1] = _mm256_loadu_si256((const __m256i *)(t + 32));
+    }
+    for (p = 0; p < n; p++) {
+        const __m256 m = _mm256_set1_ps(mu[p]);
+        uint64_t s = 0, a = valid;
+        if (bitmap && p > 0) { /* plane p > 0 where the level exceeds p (plane 0: every entry) */
+            const __m256i pp = _mm256_set1_epi8((char)p);
+            a = (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpgt_epi8(lv[0], pp)) |
+                (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpgt_epi8(lv[1], pp)) << 32;
+            a &= valid;
+        }
+        for (q = 0; q < 8; q++) {
+            const uint32_t on = (uint32_t)(a >> (8 * q)) & 0xFFu;
+            const __m256 pos = _mm256_cmp_ps(e[q], _mm256_setzero_ps(), _CMP_GT_OQ);
+            const __m256i ov = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_set1_epi32((int)on), lane_bit),
+                                                  _mm256_setzero_si256());
+            const __m256 stepped = _mm256_blendv_ps(_mm256_add_ps(e[q], m), _mm256_sub_ps(e[q], m), pos);
+            e[q] = _mm256_blendv_ps(e[q], stepped, _mm256_castsi256_ps(ov));
+            s |= (uint64_t)((uint32_t)_mm256_movemask_ps(pos) & on) << (8 * q);
+        }
+        sw[p] = s;
+        mw[p] = a;
+    }
+}
+#define HBNN_HAVE_ROW64 1
+
 #include "pack_body.c"
+#undef HBNN_HAVE_ROW64
 #define HBNN_SEL_ISA 1
 #include "select_body.c"
 #undef HBNN_SEL_ISA

@@ -299,7 +299,42 @@ static void unperm_avx512(const hbnn_gemm_args *a, const hbnn_row *rows, const h
 #undef HBNN_HAVE_PUT
 #undef HBNN_HAVE_UKT
 #undef HBNN_HAVE_UNPERM
+/* One row of up to 64 channels (S = 1), four 16-float vectors: the scalar residual64 as
+ * masked arithmetic (the same float32 e - mu / e + mu per active entry, so the same bits). */
+static inline void row64_avx512(const float *x, const int8_t *bitmap, int64_t base, int64_t k1, int n,
+                                const float *mu, uint64_t *sw, uint64_t *mw) {
+    __m512 e[4];
+    __m128i lv[4];
+    __mmask16 valid[4];
+    int q, p;
+    for (q = 0; q < 4; q++) {
+        const int64_t rem = k1 - 16 * q;
+        valid[q] = (__mmask16)(rem >= 16 ? 0xFFFFu : rem > 0 ? (1u << rem) - 1u : 0u);
+        e[q] = _mm512_maskz_loadu_ps(valid[q], x + base + 16 * q);
+        if (bitmap) lv[q] = _mm_maskz_loadu_epi8(valid[q], bitmap + base + 16 * q);
+    }
+    for (p = 0; p < n; p++) {
+        const __m512 m = _mm512_set1_ps(mu[p]);
+        const __m128i pp = _mm_set1_epi8((char)p);
+        uint64_t s = 0, a = 0;
+        for (q = 0; q < 4; q++) {
+            /* plane 0 is active on every entry; plane p > 0 where the level exceeds p */
+            const __mmask16 on = p == 0 || !bitmap ? valid[q] : (__mmask16)(valid[q] & _mm_cmpgt_epi8_mask(lv[q], pp));
+            const __mmask16 pos = _mm512_cmp_ps_mask(e[q], _mm512_setzero_ps(), _CMP_GT_OQ);
+            const __mmask16 up = (__mmask16)(on & pos), dn = (__mmask16)(on & ~pos);
+            e[q] = _mm512_mask_sub_ps(e[q], up, e[q], m);
+            e[q] = _mm512_mask_add_ps(e[q], dn, e[q], m);
+            s |= (uint64_t)up << (16 * q);
+            a |= (uint64_t)on << (16 * q);
+        }
+        sw[p] = s;
+        mw[p] = a;
+    }
+}
+#define HBNN_HAVE_ROW64 1
+
 #include "pack_body.c"
+#undef HBNN_HAVE_ROW64
 #define HBNN_SEL_ISA 2
 #include "select_body.c"
 #undef HBNN_SEL_ISA

@@ -488,7 +488,7 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         free(ch.xmsk); free(ch.xtap); free(ch.trow); free(ch.tcnt); free(ch.ts); free(ch.tm); free(ch.pacc);
         free(ch.tacc); free(ch.xpix); free(ch.stg);
     }
-    free(rows); free(ps); free(plan.qord); free(plan.bstart); free(plan.blk);
+    free(rows); free(ps); free(plan.qord); free(plan.bstart); free(plan.blk); free(plan.rstart); free(plan.run);
     return failed ? -2 : 0;
 }
 

@@ -105,6 +105,17 @@ static inline void FN(load_row)(const float *x, const int8_t *bitmap, int64_t ba
     }
 }
 
+#ifndef HBNN_HAVE_ROW64
+/* One row of up to 64 channels (S = 1): residual planes -> sw[p], mw[p] (scalar loops). */
+static inline void FN(row64)(const float *x, const int8_t *bitmap, int64_t base, int64_t k1, int n,
+                             const float *mu, uint64_t *sw, uint64_t *mw) {
+    float e[64];
+    uint8_t lvl[64];
+    FN(load_row)(x, bitmap, base, k1, n, e, lvl);
+    FN(residual64)(e, lvl, n, mu, sw, mw);
+}
+#endif
+
 static void FN(pack_residual)(const float *x, const int8_t *bitmap, int64_t B, int64_t K,
                               int64_t S, int64_t n, const float *mu, uint64_t *signs,
                               uint64_t *masks, int64_t *active, int nt) {
@@ -114,8 +125,8 @@ static void FN(pack_residual)(const float *x, const int8_t *bitmap, int64_t B, i
 #pragma omp parallel num_threads(nt)
     {
         int64_t cnt[8] = {0, 0, 0, 0, 0, 0, 0, 0}, t;
-        float e[64], et[64][HBNN_TS];
-        uint8_t lvl[64], lt[64][HBNN_TS];
+        float et[64][HBNN_TS];
+        uint8_t lt[64][HBNN_TS];
         uint64_t sw[8], mw[8], swt[8][HBNN_TS], mwt[8][HBNN_TS];
 #pragma omp for schedule(guided) nowait
         for (t = 0; t < B * kwords * ntile; t++) {
@@ -124,12 +135,11 @@ static void FN(pack_residual)(const float *x, const int8_t *bitmap, int64_t B, i
             const int64_t base = (b * K + kw * 64) * S + s0;
             int64_t s, p;
             if (S == 1) {
-                FN(load_row)(x, bitmap, base, k1, (int)n, e, lvl);
-                FN(residual64)(e, lvl, n, mu, sw, mw);
+                FN(row64)(x, bitmap, base, k1, (int)n, mu, sw, mw);
                 for (p = 0; p < n; p++) {
                     signs[(p * R + b) * kwords + kw] = sw[p];
                     if (masks) masks[(p * R + b) * kwords + kw] = mw[p];
-                    cnt[p] += hbnn_pop_swar(mw[p]);
+                    cnt[p] += HBNN_POP(mw[p]);
                 }
                 continue;
             }
@@ -140,7 +150,7 @@ static void FN(pack_residual)(const float *x, const int8_t *bitmap, int64_t B, i
                     const int64_t row = b * S + s0 + s;
                     signs[(p * R + row) * kwords + kw] = swt[p][s];
                     if (masks) masks[(p * R + row) * kwords + kw] = mwt[p][s];
-                    cnt[p] += hbnn_pop_swar(mwt[p][s]);
+                    cnt[p] += HBNN_POP(mwt[p][s]);
                 }
             }
         }
