@@ -23,6 +23,8 @@ CASES = [  # (C, k, stride, pad, nw, nx, B, H, W, O): B*OH*OW not a multiple of 
     (16, 1, 1, 0, 1, 2, 3, 5, 5, 18),
     (32, 1, 2, 0, 2, 1, 2, 7, 9, 12),
     (24, 5, 1, 2, 2, 2, 2, 6, 7, 20),  # 600 bits: taps straddle word boundaries
+    (8, 3, 1, 1, 2, 2, 2, 6, 7, 13),   # C 8 / 16 / 32 at 3x3: the unrolled row packers
+    (32, 3, 2, 1, 1, 1, 2, 9, 9, 16),
 ]
 
 

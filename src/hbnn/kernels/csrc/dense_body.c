@@ -16,57 +16,50 @@
  * (the tap-compacted paths of tap_body.c assume the word-per-tap layout).
  */
 
-/* A bit-stream writer over the strided row dst[k * HBNN_NR]: C-bit fields appended in order
- * (entry k = t*C + c), whole words written once (no read-modify-write chains through memory). */
-typedef struct {
-    uint64_t *dst, cur;
-    int64_t w, pos;
-} FN(bitw);
-
-static inline void FN(bitw_put)(FN(bitw) *s, int64_t C, uint64_t v) {
-    s->cur |= v << s->pos; /* pos < 64 */
-    if (s->pos + C < 64) {
-        s->pos += C;
-        return;
-    }
-    s->dst[s->w++ * HBNN_NR] = s->cur;
-    s->cur = s->pos + C > 64 ? v >> (64 - s->pos) : 0; /* pos > 0 here, as C < 64 */
-    s->pos += C - 64;
-}
-
-/* Flush the open word and zero the row's remaining words up to kwt. */
-static inline void FN(bitw_end)(FN(bitw) *s, int64_t kwt) {
-    if (s->pos) s->dst[s->w++ * HBNN_NR] = s->cur;
-    for (; s->w < kwt; s->w++) s->dst[s->w * HBNN_NR] = 0;
-}
-
 /* Row rw of plane j (micro-panel slot jm, lane rr) packed densely: signs, and for a plane
  * treated as masked on this micro-panel its valid bits, their popcount and present words. */
-static void FN(pack_row_dense)(const hbnn_gemm_args *a, const hbnn_row *rw, int interior, int64_t kwt,
-                               hbnn_chunk *ch, int64_t j, int64_t jm, int64_t rr) {
-    const int64_t C = a->C, rin = a->B * a->H * a->W, base = jm * kwt;
-    const int64_t pix0 = (rw->b * a->H + rw->y0) * a->W + rw->x0;
+static inline __attribute__((always_inline)) void
+FN(pack_row_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rw, int interior, int64_t kwt, hbnn_chunk *ch,
+                        int64_t j, int64_t jm, int64_t rr, const int64_t C, const int64_t kh, const int64_t kw) {
+    /* Geometry in locals and the bit-stream state in registers: the stores below go through
+     * restrict pointers, so nothing is reloaded from *a or *ch between taps.  With C, kh, kw
+     * compile-time constants (pack_row_dense) the tap loops unroll and every shift is fixed. */
+    const int64_t dh = a->dh, dw = a->dw, H = a->H, W = a->W;
+    const int64_t y0 = rw->y0, x0 = rw->x0, base = jm * kwt;
     const int masked = ch->xmsk[jm] != HBNN_ST_FULL;
     const uint64_t valid = C == 64 ? ~0ULL : (1ULL << C) - 1;
-    const uint64_t *xs = a->x_signs + j * rin;
-    FN(bitw) ws = {ch->xs + base * HBNN_NR + rr, 0, 0, 0}, wm = {ch->xm + base * HBNN_NR + rr, 0, 0, 0};
-    const uint64_t *dstm = wm.dst;
+    const uint64_t *restrict xs = a->x_signs + j * a->B * H * W + (rw->b * H + y0) * W + x0;
+    uint64_t *restrict dst = ch->xs + base * HBNN_NR + rr, *restrict dstm = ch->xm + base * HBNN_NR + rr;
     int32_t *idx = ch->xidx + (jm * HBNN_NR + rr) * kwt, ni = 0;
-    int64_t ki, kj, k, pop = 0;
-    for (ki = 0; ki < a->kh; ki++) {
-        const int64_t iy = rw->y0 + ki * a->dh;
-        for (kj = 0; kj < a->kw; kj++) {
-            const int64_t ix = rw->x0 + kj * a->dw;
-            const int inb = interior || (iy >= 0 && iy < a->H && ix >= 0 && ix < a->W);
-            FN(bitw_put)(&ws, C, inb ? xs[pix0 + ki * a->dh * a->W + kj * a->dw] : 0);
-            if (masked) {
-                FN(bitw_put)(&wm, C, inb ? valid : 0);
-                pop += inb ? C : 0;
+    uint64_t cs = 0, cm = 0; /* the open word of signs / valid bits, filled from bit pos up */
+    int64_t ki, kj, k, pop = 0, pos = 0, w = 0;
+    for (ki = 0; ki < kh; ki++) {
+        const int64_t iy = y0 + ki * dh;
+        const int row_in = interior || (iy >= 0 && iy < H);
+        for (kj = 0; kj < kw; kj++) {
+            const int64_t ix = x0 + kj * dw;
+            const int inb = interior || (row_in && ix >= 0 && ix < W);
+            const uint64_t v = inb ? xs[ki * dh * W + kj * dw] : 0, mv = inb ? valid : 0;
+            cs |= v << pos; /* pos < 64 */
+            cm |= mv << pos;
+            pop += inb ? C : 0;
+            if (pos + C < 64) {
+                pos += C;
+                continue;
             }
+            dst[w * HBNN_NR] = cs;
+            if (masked) dstm[w * HBNN_NR] = cm;
+            w++;
+            cs = pos + C > 64 ? v >> (64 - pos) : 0; /* pos > 0 here, as C < 64 */
+            cm = pos + C > 64 ? mv >> (64 - pos) : 0;
+            pos += C - 64;
         }
     }
-    FN(bitw_end)(&ws, kwt);
-    if (masked) FN(bitw_end)(&wm, kwt);
+    for (; w < kwt; w++, cs = cm = 0) { /* the open word, then zero words up to kwt */
+        dst[w * HBNN_NR] = cs;
+        if (masked) dstm[w * HBNN_NR] = cm;
+    }
+    if (!masked) pop = 0;
     if (masked)
         for (k = 0; k < kwt; k++) {
             idx[ni] = (int32_t)k;
@@ -75,4 +68,18 @@ static void FN(pack_row_dense)(const hbnn_gemm_args *a, const hbnn_row *rw, int 
     ch->popx[jm * HBNN_NR + rr] = (int32_t)pop;
     ch->xn[jm * HBNN_NR + rr] = ni;
     ch->xsc[jm * HBNN_NR + rr] = a->x_scales[a->x_scale_per_row ? j * a->B + rw->b : j];
+}
+
+/* pack_row_dense_body with the common narrow 3x3 geometries as constants. */
+static void FN(pack_row_dense)(const hbnn_gemm_args *a, const hbnn_row *rw, int interior, int64_t kwt,
+                               hbnn_chunk *ch, int64_t j, int64_t jm, int64_t rr) {
+    if (a->kh == 3 && a->kw == 3) {
+        switch (a->C) {
+        case 8: FN(pack_row_dense_body)(a, rw, interior, kwt, ch, j, jm, rr, 8, 3, 3); return;
+        case 16: FN(pack_row_dense_body)(a, rw, interior, kwt, ch, j, jm, rr, 16, 3, 3); return;
+        case 32: FN(pack_row_dense_body)(a, rw, interior, kwt, ch, j, jm, rr, 32, 3, 3); return;
+        default: FN(pack_row_dense_body)(a, rw, interior, kwt, ch, j, jm, rr, a->C, 3, 3); return;
+        }
+    }
+    FN(pack_row_dense_body)(a, rw, interior, kwt, ch, j, jm, rr, a->C, a->kh, a->kw);
 }
