@@ -11,7 +11,8 @@ from torch import nn
 
 from hbnn.convert import quantize_
 from hbnn.export import export_model, load
-from hbnn.export.engine import AddInto, MaxPool2x2, PackedConv2d, PackedModel, make_act_quantizer, optimize_graph
+from hbnn.export.engine import (AddInto, MaxPool2x2, PackedConv2d, PackedLayer, PackedModel, make_act_quantizer,
+                               optimize_graph)
 from hbnn.export.ops import Add, Subsample
 from hbnn.kernels import available_backends, pack_activations
 from hbnn.models import RESNET_QUANT, build_model
@@ -148,3 +149,50 @@ def test_rewritten_engine_is_bit_identical_to_the_plain_graph(name, kwargs, rule
     assert (AddInto in kinds) == (name == "resnet20") and (MaxPool2x2 in kinds) == (name == "cifar_fc4")
     x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(3))
     assert torch.equal(engine(x), _plain(engine)(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_layers_reuse_their_output_memory_with_equal_results(backend):
+    """A binary layer writes every call into the same buffer (per thread): same results as a
+    fresh allocation, same memory on the second call, a new buffer when the batch changes."""
+    layer = _binary_conv(16, _act((1, 2), (0.6, 0.4)), backend)
+    gen = torch.Generator().manual_seed(3)
+    x1, x2 = (torch.randn(4, 16, 6, 6, generator=gen).contiguous(memory_format=torch.channels_last) for _ in "ab")
+    fresh = _binary_conv(16, _act((1, 2), (0.6, 0.4)), backend)
+    fresh.reuse_output = False
+    y1 = layer(x1)
+    want1 = y1.clone()
+    y2 = layer(x2)
+    assert torch.equal(y2, fresh(x2)) and torch.equal(want1, fresh(x1))
+    if backend == "c":
+        assert y1.data_ptr() == y2.data_ptr()  # the first output was overwritten in place
+        assert layer(x1[:2]).data_ptr() != y2.data_ptr()  # another size: another buffer
+    assert fresh(x1).data_ptr() != fresh(x1).data_ptr() or backend == "torch"
+
+
+def test_model_output_in_a_reused_buffer_is_returned_as_a_copy():
+    """When the last node is a binary layer its buffer is reused, so the engine hands out a
+    copy: an earlier output stays as it was after later calls."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.Hardtanh(), nn.Linear(32, 10))
+    quantize_(model, {"default": {"weight": 1, "act": 1}, "keep_last": False})
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(64, 3, 4, 4))
+    model.eval()
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_model(model, Path(tmp) / "m.hbnn", input_shape=[3, 4, 4])
+        engine = load(Path(tmp) / "m.hbnn")
+    last = engine.layers[-1]
+    assert isinstance(last, PackedLayer) and last.binary
+    x1, x2 = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    out1 = engine(x1)
+    kept = out1.clone()
+    out2 = engine(x2)
+    assert torch.equal(out1, kept) and not torch.equal(out1, out2)
+    assert all(out2.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() for b in last.output_buffers())
+    with torch.no_grad():
+        assert torch.equal(engine(x1), kept)

@@ -23,6 +23,7 @@ is the training-time computation.
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
@@ -86,6 +87,28 @@ class PackedLayer(nn.Module):
         self.planes = planes
         self.backend = backend
         self.kernel_weight: PreparedWeight | None = None
+        #: Write the kernel output into the same memory on every call (per thread): saves the
+        #: allocation and, for multi-MB outputs, the page faults of memory the allocator gave
+        #: back to the OS. A returned output is overwritten by the layer's next call, so
+        #: :class:`PackedModel` copies its final output when it is such a buffer.
+        self.reuse_output = True
+        self._out_bufs: dict[int, torch.Tensor] = {}
+
+    def _out_buffer(self, numel: int) -> torch.Tensor | None:
+        """This thread's output buffer of ``numel`` float32 elements, or None (first call, other
+        size, or ``reuse_output`` off)."""
+        buf = self._out_bufs.get(threading.get_ident()) if self.reuse_output else None
+        return buf if buf is not None and buf.numel() == numel else None
+
+    def _kept(self, flat: torch.Tensor) -> torch.Tensor:
+        """Remember ``flat`` (the kernel's contiguous output buffer) for this thread's next call."""
+        if self.reuse_output:
+            self._out_bufs[threading.get_ident()] = flat
+        return flat
+
+    def output_buffers(self) -> list[torch.Tensor]:
+        """The output buffers this layer reuses (one per calling thread)."""
+        return list(self._out_bufs.values())
 
     @property
     def binary(self) -> bool:
@@ -236,14 +259,24 @@ class PackedConv2d(PackedLayer):
         """``conv2d(x, weight, bias)`` with the layer's geometry."""
         return F.conv2d(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def _conv(self, xp: PackedPlanes, w: PreparedWeight) -> torch.Tensor:
+    def _conv(self, xp: PackedPlanes, w: PreparedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
         return binary_conv2d(xp, w, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                             backend=self.backend)
+                             backend=self.backend, out=out)
+
+    def _out_numel(self, xp: PackedPlanes) -> int:
+        """``B*OH*OW*O`` of this conv on packed input ``xp`` (``F.conv2d``'s output size)."""
+        b, h, w, _ = xp.shape
+        o, _, kh, kw = self.weight.shape
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        return b * oh * ow * o
 
     def kernel_op(self, xp) -> torch.Tensor:
         """``binary_conv2d`` of the packed input and weight (per group, concatenated, for a grouped conv)."""
         if self.group_weights is None:
-            return self._conv(xp, self.kernel_weight)
+            y = self._conv(xp, self.kernel_weight, self._out_buffer(self._out_numel(xp)))
+            self._kept(y.permute(0, 2, 3, 1))  # the contiguous NHWC buffer y views
+            return y
         return torch.cat([self._conv(p, w) for p, w in zip(xp, self.group_weights)], 1)
 
     def extra_repr(self) -> str:
@@ -269,7 +302,8 @@ class PackedLinear(PackedLayer):
 
     def kernel_op(self, xp: PackedPlanes) -> torch.Tensor:
         """``binary_linear`` of the packed input and weight."""
-        return binary_linear(xp, self.kernel_weight, backend=self.backend)
+        out = self._out_buffer(xp.rows * self.weight.shape[0])
+        return self._kept(binary_linear(xp, self.kernel_weight, backend=self.backend, out=out))
 
     def extra_repr(self) -> str:
         o, k = self.weight.shape
@@ -459,7 +493,17 @@ class PackedModel(nn.Module):
         with torch.no_grad():
             if x.dim() == 4:  # NHWC end to end: packing needs no transpose, pools and convs run faster
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self.execute(x)
+            return self._detached(self.execute(x))
+
+    def _detached(self, y: torch.Tensor) -> torch.Tensor:
+        """``y``, or a copy of it when it lies in a layer's reused output buffer (a view of it
+        would change at the next call)."""
+        ptr = y.untyped_storage().data_ptr()
+        for layer in self.layers:
+            if isinstance(layer, PackedLayer) and any(b.untyped_storage().data_ptr() == ptr
+                                                      for b in layer.output_buffers()):
+                return y.clone(memory_format=torch.preserve_format)
+        return y
 
     def train(self, mode: bool = True) -> "PackedModel":
         """A packed model is inference-only: it stays in eval mode."""

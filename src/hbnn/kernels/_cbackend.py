@@ -185,16 +185,19 @@ def prepare(lib: ctypes.CDLL, w: PackedPlanes, variant: str | None = None) -> di
 def gemm(
     lib: ctypes.CDLL, x: PackedPlanes, w: PackedPlanes, prepared: dict, geom: ConvGeometry, channels: int,
     *, want_y: bool, want_counts: bool, variant: str | None = None, dense: bool = False,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
     """Run ``hbnn_gemm`` with ``w`` prepared by :func:`prepare`: ``(y [R, O] float32, counts [nw, nx, R, O] int32, variant)``.
 
     ``dense``: dense taps (csrc/dense_body.c); ``prepared`` must then be the panels of the
     weight's ``(O, kh*kw*C)`` flatten (``prepared["dense"]`` of a conv weight with C < 64).
+    ``out``: a contiguous float32 buffer of ``R*O`` elements that ``y`` is written into (a
+    view of it is returned), checked by the caller.
     """
     vid = variant_id(lib, variant)
     oh, ow = geom.out_hw
     rows, o = geom.B * oh * ow, w.shape[0]
-    y = torch.empty(rows, o, dtype=torch.float32) if want_y else None
+    y = (out.view(rows, o) if out is not None else torch.empty(rows, o, dtype=torch.float32)) if want_y else None
     counts = torch.empty(w.n, x.n, rows, o, dtype=torch.int32) if want_counts else None
     keep = [x.signs.contiguous(), None if x.masks is None else x.masks.contiguous(),
             torch.tensor(x.full, dtype=torch.uint8), x.scales.contiguous()]

@@ -52,7 +52,21 @@ def _as_weight(w: Weight, packer, what: str, backend: str) -> PreparedWeight:
     return PreparedWeight(_as_packed(w, packer, what, backend), None)
 
 
-def _run(lib, x: PackedPlanes, pw: PreparedWeight, geom, channels: int, counts: bool, variant):
+def _check_out(out: torch.Tensor | None, numel: int, what: str) -> None:
+    """ValueError unless ``out`` is None or a contiguous float32 CPU tensor of ``numel`` elements."""
+    if out is None:
+        return
+    if out.dtype != torch.float32 or out.device.type != "cpu" or not out.is_contiguous() or out.numel() != numel:
+        raise ValueError(f"{what}: out must be a contiguous float32 CPU tensor of {numel} elements, got "
+                         f"{out.dtype} {list(out.shape)} on {out.device}")
+
+
+def _into(out: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    """``y`` (a fresh [R, O] result of the reference) written into ``out`` when given."""
+    return y if out is None else out.view(y.shape).copy_(y)
+
+
+def _run(lib, x: PackedPlanes, pw: PreparedWeight, geom, channels: int, counts: bool, variant, out=None):
     if pw.panels is None:  # planes given per call (or prepared without C): build the panels now
         pw = prepare_weight(pw.planes, backend="c", variant=variant)
     # Narrow conv on full activation planes: dense taps (kh*kw*C bits in ceil(kh*kw*C/64) words).
@@ -60,7 +74,7 @@ def _run(lib, x: PackedPlanes, pw: PreparedWeight, geom, channels: int, counts: 
     dense = dp is not None
     panels = dp if dense else pw.panels
     return _cbackend.gemm(lib, x, pw.planes, panels, geom, channels, want_y=not counts, want_counts=counts,
-                          variant=variant, dense=dense)
+                          variant=variant, dense=dense, out=out)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -70,7 +84,7 @@ def _pair(v, name: str) -> tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
-def _linear(x: Planes, w: Weight, backend: str, variant: str | None, counts: bool) -> torch.Tensor:
+def _linear(x: Planes, w: Weight, backend: str, variant: str | None, counts: bool, out=None) -> torch.Tensor:
     x = _as_packed(x, pack_planes, "binary_linear: x", backend)
     pw = _as_weight(w, pack_planes, "binary_linear: w", backend)
     w = pw.planes
@@ -78,20 +92,22 @@ def _linear(x: Planes, w: Weight, backend: str, variant: str | None, counts: boo
         raise ValueError(f"binary_linear: w must be packed as (O, K), got shape {w.shape}")
     if x.k != w.k:
         raise ValueError(f"binary_linear: x has K={x.k} entries per row but w has K={w.k}")
+    _check_out(out, x.rows * w.shape[0], "binary_linear")
     lib = _cbackend.library(backend)
     if lib is None:
-        return ref.binary_linear_counts_ref(x, w) if counts else ref.binary_linear_ref(x, w)
+        return ref.binary_linear_counts_ref(x, w) if counts else _into(out, ref.binary_linear_ref(x, w))
     rows, lead = x.rows, x.shape[:-1]
     # A linear layer is a 1x1 conv on 1x1 images; per-row x scales index shape[0].
     geom = _cbackend.ConvGeometry(B=rows, H=1, W=1)
     if x.per_row_scales and rows != x.shape[0]:
         x = PackedPlanes(x.signs, x.masks, x.full, x.scales.repeat_interleave(rows // x.shape[0], dim=1),
                          (rows, x.k))
-    y, c, _ = _run(lib, x, pw, geom, x.k, counts, variant)
+    y, c, _ = _run(lib, x, pw, geom, x.k, counts, variant, out)
     return c if counts else y.reshape(*lead, w.shape[0])
 
 
-def binary_linear(x: Planes, w: Weight, *, backend: str = "auto", variant: str | None = None) -> torch.Tensor:
+def binary_linear(x: Planes, w: Weight, *, backend: str = "auto", variant: str | None = None,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """Binary linear layer ``y = x_hat @ w_hat.T`` by xnor/and-popcount over bit planes.
 
     ``y[b, o] = sum_i sum_j a_w_i[o] a_x_j[b] sum_k m_w_i m_x_j (+-1)`` (see :mod:`reference`).
@@ -102,11 +118,13 @@ def binary_linear(x: Planes, w: Weight, *, backend: str = "auto", variant: str |
             :class:`~hbnn.kernels.prepared.PreparedWeight` of them.
         backend: ``"auto"``, ``"c"`` or ``"torch"``.
         variant: force a C variant (``"portable"``, ``"avx2"``, ``"avx512"``).
+        out: optional contiguous float32 buffer of ``rows * O`` elements to write into (the
+            result is then a view of it): lets a caller reuse memory across calls.
 
     Returns:
         float32 ``[..., O]`` (add the bias yourself).
     """
-    return _linear(x, w, backend, variant, counts=False)
+    return _linear(x, w, backend, variant, counts=False, out=out)
 
 
 def binary_linear_counts(x: Planes, w: Weight, *, backend: str = "auto", variant: str | None = None) -> torch.Tensor:
@@ -114,7 +132,7 @@ def binary_linear_counts(x: Planes, w: Weight, *, backend: str = "auto", variant
     return _linear(x, w, backend, variant, counts=True)
 
 
-def _conv(x, w, stride, padding, dilation, backend, variant, counts):
+def _conv(x, w, stride, padding, dilation, backend, variant, counts, out=None):
     x = _as_packed(x, pack_conv_input, "binary_conv2d: x", backend)
     pw = _as_weight(w, pack_conv_weight, "binary_conv2d: w", backend)
     w = pw.planes
@@ -127,17 +145,21 @@ def _conv(x, w, stride, padding, dilation, backend, variant, counts):
     oh, ow = ref.conv_output_hw(h, wd, (kh, kw), stride, padding, dilation)
     if oh < 1 or ow < 1:
         raise ValueError(f"binary_conv2d: kernel {kh}x{kw} does not fit the padded {h}x{wd} input")
+    _check_out(out, b * oh * ow * o, "binary_conv2d")
     lib = _cbackend.library(backend)
     if lib is None:
-        f = ref.binary_conv2d_counts_ref if counts else ref.binary_conv2d_ref
-        return f(x, w, stride, padding, dilation)
+        if counts:
+            return ref.binary_conv2d_counts_ref(x, w, stride, padding, dilation)
+        y = ref.binary_conv2d_ref(x, w, stride, padding, dilation)
+        return y if out is None else _into(out, y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     geom = _cbackend.ConvGeometry(b, h, wd, kh, kw, *stride, *padding, *dilation)
-    y, cnt, _ = _run(lib, x, pw, geom, c, counts, variant)
+    y, cnt, _ = _run(lib, x, pw, geom, c, counts, variant, out)
     return cnt if counts else y.reshape(b, oh, ow, o).permute(0, 3, 1, 2)
 
 
 def binary_conv2d(
-    x: Planes, w: Weight, *, stride=1, padding=0, dilation=1, backend: str = "auto", variant: str | None = None
+    x: Planes, w: Weight, *, stride=1, padding=0, dilation=1, backend: str = "auto", variant: str | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary 2-d convolution ``F.conv2d(x_hat, w_hat, stride, padding, dilation)``.
 
@@ -151,11 +173,13 @@ def binary_conv2d(
         w: planes packed ``(O, kh, kw, C)`` (:func:`pack_conv_weight`), an OIHW triple, or a
             :class:`~hbnn.kernels.prepared.PreparedWeight`.
         stride, padding, dilation: as ``F.conv2d`` (groups = 1).
+        out: optional contiguous float32 buffer of ``B*OH*OW*O`` elements, the NHWC buffer
+            the result is a view of (reuse across calls saves the allocation and its page faults).
 
     Returns:
         float32 ``[B, O, OH, OW]`` (a channels-last view of an NHWC buffer).
     """
-    return _conv(x, w, stride, padding, dilation, backend, variant, counts=False)
+    return _conv(x, w, stride, padding, dilation, backend, variant, counts=False, out=out)
 
 
 def binary_conv2d_counts(

@@ -410,16 +410,15 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     /* Permuted weights with a whole chunk per item: stage y in panel order when the chunk's
      * rows fit in L2 (HBNN_STAGE_BYTES) and unpermute each finished row (AVX-512 only). */
     stage = HBNN_UNPERM && a->y && a->p_permuted && og == 1 && chunk * nq * HBNN_LANES * 4 <= HBNN_STAGE_BYTES;
-    rows = (hbnn_row *)hbnn_alloc((size_t)R * sizeof(hbnn_row));
+    rows = (hbnn_row *)hbnn_scratch(HBNN_SCR_ROWS, (size_t)R * sizeof(hbnn_row));
     if (!rows) return -2;
     if (FN(out_plan)(a, nq, &plan) != 0) {
-        free(rows);
         return -2;
     }
     n_int = FN(row_order)(a, rows);
     for (j = 0; j < a->nx; j++) any_masked |= !a->x_full[j];
     if (a->dense && any_masked) { /* dense taps take full activation planes only */
-        free(rows); free(plan.qord); free(plan.bstart); free(plan.blk); free(plan.rstart); free(plan.run);
+        free(plan.qord); free(plan.bstart); free(plan.blk); free(plan.rstart); free(plan.run);
         return -3;
     }
     if (any_masked) {
@@ -427,7 +426,7 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         if (ps) FN(pixel_states)(a, ps, pixp);
     }
     if ((any_masked && !ps) || FN(x_sort)(a, ps, rows, n_int, R) != 0) {
-        free(rows); free(plan.qord); free(plan.bstart); free(plan.blk); free(ps); free(plan.rstart); free(plan.run);
+        free(plan.qord); free(plan.bstart); free(plan.blk); free(ps); free(plan.rstart); free(plan.run);
         return -2;
     }
     if (a->kh * a->kw == 1) memset(pixp, 0, sizeof(pixp)); /* no taps to compact in a GEMM */
@@ -440,26 +439,26 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         hbnn_chunk ch;
         int64_t item;
         int bad;
-        ch.xs = (uint64_t *)hbnn_alloc(panel);
-        ch.xm = (uint64_t *)hbnn_alloc(panel);
-        ch.xidx = (int32_t *)hbnn_alloc(panel / 2);
-        ch.popx = (int32_t *)hbnn_alloc((size_t)(a->nx * nm_max * HBNN_NR) * 4);
-        ch.xn = (int32_t *)hbnn_alloc((size_t)(a->nx * nm_max * HBNN_NR) * 4);
-        ch.xsc = (float *)hbnn_alloc((size_t)(a->nx * nm_max * HBNN_NR) * 4);
-        ch.xsum = (int64_t *)hbnn_alloc((size_t)(a->nx * nm_max) * 8);
-        ch.xmsk = (uint8_t *)hbnn_alloc((size_t)(a->nx * nm_max));
+        ch.xs = (uint64_t *)hbnn_scratch(HBNN_SCR_XS, panel);
+        ch.xm = (uint64_t *)hbnn_scratch(HBNN_SCR_XM, panel);
+        ch.xidx = (int32_t *)hbnn_scratch(HBNN_SCR_XIDX, panel / 2);
+        ch.popx = (int32_t *)hbnn_scratch(HBNN_SCR_POPX, (size_t)(a->nx * nm_max * HBNN_NR) * 4);
+        ch.xn = (int32_t *)hbnn_scratch(HBNN_SCR_XN, (size_t)(a->nx * nm_max * HBNN_NR) * 4);
+        ch.xsc = (float *)hbnn_scratch(HBNN_SCR_XSC, (size_t)(a->nx * nm_max * HBNN_NR) * 4);
+        ch.xsum = (int64_t *)hbnn_scratch(HBNN_SCR_XSUM, (size_t)(a->nx * nm_max) * 8);
+        ch.xmsk = (uint8_t *)hbnn_scratch(HBNN_SCR_XMSK, (size_t)(a->nx * nm_max));
         ch.nmax = nm_max;
         ch.ps = ps;
         ch.pixp = pixp;
-        ch.xpix = (uint8_t *)hbnn_alloc((size_t)a->nx);
-        ch.stg = stage ? (float *)hbnn_alloc((size_t)((chunk + 1) * nq * HBNN_LANES) * sizeof(float)) : NULL;
-        ch.xtap = (uint8_t *)hbnn_alloc((size_t)a->nx);
-        ch.trow = (int32_t *)hbnn_alloc((size_t)(a->nx * a->kh * a->kw * nm_max * HBNN_NR) * 4);
-        ch.tcnt = (int32_t *)hbnn_alloc((size_t)(a->nx * a->kh * a->kw) * 4);
-        ch.ts = (uint64_t *)hbnn_alloc(panel); /* kwt = taps * cw words per row, as xs */
-        ch.tm = (uint64_t *)hbnn_alloc(panel);
-        ch.pacc = (int32_t *)hbnn_alloc((size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
-        ch.tacc = (int32_t *)hbnn_alloc((size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
+        ch.xpix = (uint8_t *)hbnn_scratch(HBNN_SCR_XPIX, (size_t)a->nx);
+        ch.stg = stage ? (float *)hbnn_scratch(HBNN_SCR_STG, (size_t)((chunk + 1) * nq * HBNN_LANES) * sizeof(float)) : NULL;
+        ch.xtap = (uint8_t *)hbnn_scratch(HBNN_SCR_XTAP, (size_t)a->nx);
+        ch.trow = (int32_t *)hbnn_scratch(HBNN_SCR_TROW, (size_t)(a->nx * a->kh * a->kw * nm_max * HBNN_NR) * 4);
+        ch.tcnt = (int32_t *)hbnn_scratch(HBNN_SCR_TCNT, (size_t)(a->nx * a->kh * a->kw) * 4);
+        ch.ts = (uint64_t *)hbnn_scratch(HBNN_SCR_TS, panel); /* kwt = taps * cw words per row, as xs */
+        ch.tm = (uint64_t *)hbnn_scratch(HBNN_SCR_TM, panel);
+        ch.pacc = (int32_t *)hbnn_scratch(HBNN_SCR_PACC, (size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
+        ch.tacc = (int32_t *)hbnn_scratch(HBNN_SCR_TACC, (size_t)(a->nw * a->nx * nm_max * HBNN_NR * HBNN_LANES) * 4);
         bad = !ch.xs || !ch.xm || !ch.xidx || !ch.popx || !ch.xn || !ch.xsc || !ch.xsum || !ch.xmsk || !ch.xtap ||
               !ch.trow || !ch.tcnt || !ch.ts || !ch.tm || !ch.pacc || !ch.tacc || !ch.xpix || (stage && !ch.stg);
         if (bad) {
@@ -484,11 +483,9 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
             }
             if (ch.stg) FN(unperm)(a, rows, &ch, &plan, nq * HBNN_LANES);
         }
-        free(ch.xs); free(ch.xm); free(ch.xidx); free(ch.popx); free(ch.xn); free(ch.xsc); free(ch.xsum);
-        free(ch.xmsk); free(ch.xtap); free(ch.trow); free(ch.tcnt); free(ch.ts); free(ch.tm); free(ch.pacc);
-        free(ch.tacc); free(ch.xpix); free(ch.stg);
+        /* ch's buffers are the thread's scratch (hbnn_scratch): kept for the next call */
     }
-    free(rows); free(ps); free(plan.qord); free(plan.bstart); free(plan.blk); free(plan.rstart); free(plan.run);
+    free(ps); free(plan.qord); free(plan.bstart); free(plan.blk); free(plan.rstart); free(plan.run);
     return failed ? -2 : 0;
 }
 

@@ -172,6 +172,27 @@ static void *hbnn_alloc(size_t bytes) {
     return p;
 }
 
+/* Grow-only per-thread scratch: slot k of the calling thread holds its largest request so far
+ * (64-byte aligned, kept for the thread's lifetime).  The GEMM's row list and per-thread
+ * panels come from here, so repeated calls neither call malloc nor touch fresh pages (a
+ * freed multi-MB block goes back to the OS and costs a page fault per 4 KB when reused).
+ * Contents are undefined on return; NULL if the allocation fails. */
+enum { HBNN_SCR_ROWS, HBNN_SCR_XS, HBNN_SCR_XM, HBNN_SCR_XIDX, HBNN_SCR_POPX, HBNN_SCR_XN, HBNN_SCR_XSC,
+       HBNN_SCR_XSUM, HBNN_SCR_XMSK, HBNN_SCR_XPIX, HBNN_SCR_STG, HBNN_SCR_XTAP, HBNN_SCR_TROW, HBNN_SCR_TCNT,
+       HBNN_SCR_TS, HBNN_SCR_TM, HBNN_SCR_PACC, HBNN_SCR_TACC, HBNN_SCR_SLOTS };
+static __thread struct { void *p; size_t n; } hbnn_scr[HBNN_SCR_SLOTS];
+
+static void *hbnn_scratch(int slot, size_t bytes) {
+    size_t n = (bytes + 63) / 64 * 64;
+    if (n == 0) n = 64;
+    if (hbnn_scr[slot].n < n) {
+        free(hbnn_scr[slot].p);
+        hbnn_scr[slot].p = hbnn_alloc(n);
+        hbnn_scr[slot].n = hbnn_scr[slot].p ? n : 0;
+    }
+    return hbnn_scr[slot].p;
+}
+
 /* Portable 64-bit popcount (SWAR, no multiply so it also vectorizes on plain SSE2). */
 static inline int64_t hbnn_pop_swar(uint64_t v) {
     v = v - ((v >> 1) & 0x5555555555555555ULL);
