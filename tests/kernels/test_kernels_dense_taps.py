@@ -87,7 +87,7 @@ def test_dense_taps_rectangular_dilated_every_variant(c_variants, gen, dense_cal
 
 
 def test_masked_weights_and_masked_activations(c_variants, gen, planes, dense_calls):
-    """Masked weights take the dense path (exact); masked activations fall back to the word-per-tap path."""
+    """Masked weights and masked activations take the dense path (exact)."""
     ws, wm, wsc = planes(gen, 3, (20, 16, 3, 3), True, True)
     w = pack_conv_weight(ws, wm, wsc)
     xs, xm, xsc = planes(gen, 2, (2, 16, 6, 7), False, False)
@@ -99,7 +99,42 @@ def test_masked_weights_and_masked_activations(c_variants, gen, planes, dense_ca
         for x in (xf, xmk):
             want = ref.binary_conv2d_ref(x, w, (1, 1), (1, 1), (1, 1))
             assert torch.equal(binary_conv2d(x, pw, padding=1, variant=v), want), v
-    assert dense_calls == [True, False] * len(c_variants)
+    assert dense_calls == [True, True] * len(c_variants)
+
+
+def _masked_input(gen, kind: str, nx: int, b: int, c: int, h: int, w: int):
+    """Activation planes with masks of one kind: ``entry`` (random entries), ``pixel`` (whole
+    pixels on/off, as per-pixel bitwidths give), ``absent`` (an upper plane with no entry)."""
+    signs = torch.rand(nx, b, c, h, w, generator=gen) > 0.5
+    if kind == "entry":
+        masks = torch.rand(nx, b, c, h, w, generator=gen) > 0.4
+    else:
+        masks = (torch.rand(nx, b, 1, h, w, generator=gen) > 0.6).expand(nx, b, c, h, w).clone()
+        if kind == "absent":
+            masks[-1] = False
+    masks[0] = True  # plane 0 is active everywhere (as in every packed activation)
+    return pack_conv_input(signs & masks, masks, torch.rand(nx, b, generator=gen) + 0.25)
+
+
+@pytest.mark.parametrize("kind", ["entry", "pixel", "absent"])
+@pytest.mark.parametrize("c, k, stride, pad", [(16, 3, 1, 1), (8, 3, 2, 1), (32, 3, 1, 0), (24, 5, 1, 2), (48, 3, 2, 1),
+                                                (3, 3, 1, 1)])
+def test_dense_taps_with_masked_activation_planes_every_variant(c_variants, gen, dense_calls, kind, c, k, stride, pad):
+    """Masked activation planes on dense taps (mask bits packed like the signs, border taps
+    absent): counts and floats equal the reference on every variant, full or masked weights."""
+    x = _masked_input(gen, kind, 3, 2, c, 9, 8)
+    for wmask in (False, True):
+        ws = torch.rand(2, 20, c, k, k, generator=gen) > 0.5
+        wm = torch.rand(2, 20, c, k, k, generator=gen) > 0.3 if wmask else torch.ones_like(ws)
+        wm[0] = True
+        w = pack_conv_weight(ws & wm, wm, torch.rand(2, 20, generator=gen) + 0.25)
+        want = ref.binary_conv2d_ref(x, w, (stride, stride), (pad, pad), (1, 1))
+        want_c = ref.binary_conv2d_counts_ref(x, w, (stride, stride), (pad, pad), (1, 1))
+        for v in c_variants:
+            pw = prepare_weight(w, variant=v)
+            assert torch.equal(binary_conv2d(x, pw, stride=stride, padding=pad, variant=v), want), (v, wmask)
+            assert torch.equal(binary_conv2d_counts(x, pw, stride=stride, padding=pad, variant=v), want_c), (v, wmask)
+    assert dense_calls and all(dense_calls)
 
 
 def test_dense_weight_is_the_ohwi_flatten(gen):

@@ -69,8 +69,8 @@ def _into(out: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
 def _run(lib, x: PackedPlanes, pw: PreparedWeight, geom, channels: int, counts: bool, variant, out=None):
     if pw.panels is None:  # planes given per call (or prepared without C): build the panels now
         pw = prepare_weight(pw.planes, backend="c", variant=variant)
-    # Narrow conv on full activation planes: dense taps (kh*kw*C bits in ceil(kh*kw*C/64) words).
-    dp = dense_panels(pw.panels) if all(x.full) else None
+    # Narrow conv: dense taps (kh*kw*C bits, masks likewise, in ceil(kh*kw*C/64) words).
+    dp = dense_panels(pw.panels)
     dense = dp is not None
     panels = dp if dense else pw.panels
     return _cbackend.gemm(lib, x, pw.planes, panels, geom, channels, want_y=not counts, want_counts=counts,

@@ -12,8 +12,10 @@
  * Zero padding: an out-of-image tap contributes zero words; on border micro-panels the
  * (full) activation plane is treated as masked with the valid-bit pattern (the C low bits
  * of each in-image tap), exactly as the word-per-tap layout does, so counts stay exact and
- * interior micro-panels run unmasked (FF).  Only full activation planes take this path
- * (the tap-compacted paths of tap_body.c assume the word-per-tap layout).
+ * interior micro-panels run unmasked (FF).  A masked activation plane packs its C mask bits
+ * per in-image tap the same way (mask popcount and present words per row, so x_status and
+ * the word lists work unchanged); the tap-compacted paths of tap_body.c assume the
+ * word-per-tap layout and are off under dense taps.
  */
 
 /* Row rw of plane j (micro-panel slot jm, lane rr) packed densely: signs, and for a plane
@@ -28,7 +30,9 @@ FN(pack_row_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rw, int interio
     const int64_t y0 = rw->y0, x0 = rw->x0, base = jm * kwt;
     const int masked = ch->xmsk[jm] != HBNN_ST_FULL;
     const uint64_t valid = C == 64 ? ~0ULL : (1ULL << C) - 1;
-    const uint64_t *restrict xs = a->x_signs + j * a->B * H * W + (rw->b * H + y0) * W + x0;
+    const int64_t pix0 = j * a->B * H * W + (rw->b * H + y0) * W + x0;
+    const uint64_t *restrict xs = a->x_signs + pix0;
+    const uint64_t *restrict xm = a->x_full[j] ? NULL : a->x_masks + pix0; /* a masked plane's masks */
     uint64_t *restrict dst = ch->xs + base * HBNN_NR + rr, *restrict dstm = ch->xm + base * HBNN_NR + rr;
     int32_t *idx = ch->xidx + (jm * HBNN_NR + rr) * kwt, ni = 0;
     uint64_t cs = 0, cm = 0; /* the open word of signs / valid bits, filled from bit pos up */
@@ -39,10 +43,11 @@ FN(pack_row_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rw, int interio
         for (kj = 0; kj < kw; kj++) {
             const int64_t ix = x0 + kj * dw;
             const int inb = interior || (row_in && ix >= 0 && ix < W);
-            const uint64_t v = inb ? xs[ki * dh * W + kj * dw] : 0, mv = inb ? valid : 0;
+            const int64_t off = ki * dh * W + kj * dw;
+            const uint64_t v = inb ? xs[off] : 0, mv = !inb ? 0 : xm ? xm[off] : valid;
             cs |= v << pos; /* pos < 64 */
             cm |= mv << pos;
-            pop += inb ? C : 0;
+            pop += xm ? HBNN_POP(mv) : inb ? C : 0;
             if (pos + C < 64) {
                 pos += C;
                 continue;

@@ -417,10 +417,6 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     }
     n_int = FN(row_order)(a, rows);
     for (j = 0; j < a->nx; j++) any_masked |= !a->x_full[j];
-    if (a->dense && any_masked) { /* dense taps take full activation planes only */
-        free(plan.qord); free(plan.bstart); free(plan.blk); free(plan.rstart); free(plan.run);
-        return -3;
-    }
     if (any_masked) {
         ps = (uint8_t *)hbnn_alloc((size_t)(a->nx * a->B * a->H * a->W));
         if (ps) FN(pixel_states)(a, ps, pixp);
@@ -429,7 +425,8 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         free(plan.qord); free(plan.bstart); free(plan.blk); free(ps); free(plan.rstart); free(plan.run);
         return -2;
     }
-    if (a->kh * a->kw == 1) memset(pixp, 0, sizeof(pixp)); /* no taps to compact in a GEMM */
+    /* No taps to compact in a GEMM; dense taps pack whole receptive fields, not taps. */
+    if (a->kh * a->kw == 1 || a->dense) memset(pixp, 0, sizeof(pixp));
     /* One parallel region with no barrier but its end: on a busy machine every barrier
      * waits for a descheduled thread. */
 #pragma omp parallel num_threads(nt)
@@ -473,7 +470,8 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
             int any_tap = 0;
             if (bad) continue; /* reported through `failed` */
             FN(pack_x)(a, rows, n_int, r0, r1, kwt, &ch);
-            FN(tap_lists)(a, rows, &ch, kwt);
+            if (a->dense) memset(ch.xtap, 0, (size_t)a->nx); /* the tap path needs word-per-tap rows */
+            else FN(tap_lists)(a, rows, &ch, kwt);
             for (j = 0; j < a->nx; j++) any_tap |= ch.xtap[j];
             for (q = g * nq / og; q < (g + 1) * nq / og; q++) {
                 const int64_t qq = plan.qord[q];
