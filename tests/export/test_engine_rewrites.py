@@ -40,7 +40,8 @@ def _binary_conv(c: int, act, backend: str) -> PackedConv2d:
 @pytest.mark.parametrize("act", [((1,), (1.0,), "entry"), ((2,), (1.0,), "entry"),
                                  ((1, 2, 3), (0.7, 0.2, 0.1), "entry"), ((1, 2, 3), (0.7, 0.2, 0.1), "pixel")])
 def test_packed_input_words_equal_row_by_row_packing(backend, c, act):
-    """Narrow rows (C | 64) are packed 64/C at a time and cut apart: the same words, masks and counts."""
+    """pack_input of a channels-last input is pack_activations of its NHWC rows (narrow rows,
+    C | 64, binarized 64/C at a time in C): the same words, masks and counts."""
     layer = _binary_conv(c, _act(*act), backend)
     gen = torch.Generator().manual_seed(2)
     for b in (64, 3):  # 1600 rows: merged for every C | 64; 75: row by row

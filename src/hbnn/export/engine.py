@@ -151,24 +151,9 @@ class PackedLayer(nn.Module):
         return PackedPlanes(p.signs, p.masks, p.full, p.scales, (b, h, w, c))
 
     def _pack_rows(self, rows: torch.Tensor, bitmap: torch.Tensor | None) -> PackedPlanes:
-        """:func:`hbnn.kernels.pack_activations` of ``[R, C]`` rows (and their map), narrow rows merged.
-
-        Rows of ``C < 64`` entries with ``64 % C == 0`` (16 or 32 channels) fill one word
-        each, mostly padding, and packing them costs per row; so ``g = 64 / C`` consecutive
-        rows are packed as one row of 64 entries (the same elementwise Eq. 5 residuals at
-        the same scales, so the same bits) and each word is then cut into its ``g`` rows,
-        ``word_r = (W >> C (r mod g)) & (2^C - 1)`` with ``W`` the merged word of ``r // g``
-        -- exactly the words of the row-by-row packing (padding bits zero in both).
-        """
-        r, c = rows.shape
-        g = 64 // c if c < 64 and 64 % c == 0 else 1
-        if g == 1 or r % g:
-            return pack_activations(rows, self.act.running_scales, bitmap, backend=self.backend)
-        wide = None if bitmap is None else bitmap.reshape(r // g, 64)
-        p = pack_activations(rows.reshape(r // g, 64), self.act.running_scales, wide, backend=self.backend)
-        shifts = torch.arange(0, 64, c, dtype=torch.int64)
-        cut = (lambda words: None if words is None else ((words >> shifts) & ((1 << c) - 1)).reshape(-1, r, 1))
-        return PackedPlanes(cut(p.signs), cut(p.masks), p.full, p.scales, (r, c))
+        """:func:`hbnn.kernels.pack_activations` of ``[R, C]`` rows and their map (rows of
+        ``C < 64`` entries with ``64 % C == 0`` are binarized ``64 / C`` at a time there)."""
+        return pack_activations(rows, self.act.running_scales, bitmap, backend=self.backend)
 
     CHANNEL_SHAPE: tuple[int, ...] = (1, -1)
 

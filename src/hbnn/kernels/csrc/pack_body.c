@@ -116,12 +116,47 @@ static inline void FN(row64)(const float *x, const int8_t *bitmap, int64_t base,
 }
 #endif
 
+/* Narrow rows (S = 1, K < 64 dividing 64): g = 64/K consecutive rows are 64 contiguous
+ * entries, binarized as one 64-entry row (the same elementwise residuals at the same scales,
+ * so the same bits) and cut into their g one-word rows: word of row t*g + i =
+ * (W >> K i) & (2^K - 1).  Saves the per-row cost of mostly-padding words. */
+static void FN(pack_narrow)(const float *x, const int8_t *bitmap, int64_t B, int64_t K, int64_t n,
+                            const float *mu, uint64_t *signs, uint64_t *masks, int64_t *active, int nt) {
+    const int64_t g = 64 / K, ng = (B + g - 1) / g;
+    const uint64_t field = (1ULL << K) - 1;
+    int64_t i;
+#pragma omp parallel num_threads(nt)
+    {
+        int64_t cnt[8] = {0, 0, 0, 0, 0, 0, 0, 0}, t;
+        uint64_t sw[8], mw[8];
+#pragma omp for schedule(static) nowait
+        for (t = 0; t < ng; t++) {
+            const int64_t rows = hbnn_min64(g, B - t * g);
+            int64_t p, r;
+            FN(row64)(x, bitmap, t * 64, rows * K, (int)n, mu, sw, mw);
+            for (p = 0; p < n; p++) {
+                for (r = 0; r < rows; r++) {
+                    signs[p * B + t * g + r] = (sw[p] >> (K * r)) & field;
+                    if (masks) masks[p * B + t * g + r] = (mw[p] >> (K * r)) & field;
+                }
+                cnt[p] += HBNN_POP(mw[p]);
+            }
+        }
+#pragma omp critical
+        for (i = 0; i < n; i++) active[i] += cnt[i];
+    }
+}
+
 static void FN(pack_residual)(const float *x, const int8_t *bitmap, int64_t B, int64_t K,
                               int64_t S, int64_t n, const float *mu, uint64_t *signs,
                               uint64_t *masks, int64_t *active, int nt) {
     const int64_t kwords = (K + 63) / 64, R = B * S, ntile = (S + HBNN_TS - 1) / HBNN_TS;
     int64_t i;
     for (i = 0; i < n; i++) active[i] = 0;
+    if (S == 1 && K < 64 && 64 % K == 0) {
+        FN(pack_narrow)(x, bitmap, B, K, n, mu, signs, masks, active, nt);
+        return;
+    }
 #pragma omp parallel num_threads(nt)
     {
         int64_t cnt[8] = {0, 0, 0, 0, 0, 0, 0, 0}, t;
