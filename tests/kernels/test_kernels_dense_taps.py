@@ -10,7 +10,7 @@ import torch
 from hbnn.kernels import _cbackend, binary_conv2d, binary_conv2d_counts, pack_conv_input, pack_conv_weight
 from hbnn.kernels import prepare_weight
 from hbnn.kernels import reference as ref
-from hbnn.kernels.prepared import dense_conv_weight, dense_panels
+from hbnn.kernels.prepared import dense_conv_weight
 
 CASES = [  # (C, k, stride, pad, nw, nx, B, H, W, O): B*OH*OW not a multiple of 12
     (1, 3, 1, 1, 1, 1, 2, 5, 7, 5),
@@ -146,9 +146,11 @@ def test_dense_weight_is_the_ohwi_flatten(gen):
 
 
 def test_prepared_weight_keeps_dense_panels_only_for_narrow_taps(c_variants, gen):
+    """A narrow conv weight is prepared as its dense-tap flatten only (ceil(144/64) = 3 words
+    per row for C 16 at 3x3); wide and pointwise convs keep one word run per tap."""
     narrow = pack_conv_weight(torch.rand(1, 4, 16, 3, 3, generator=gen) > 0.5, None, torch.ones(1))
     wide = pack_conv_weight(torch.rand(1, 4, 64, 3, 3, generator=gen) > 0.5, None, torch.ones(1))
     pointwise = pack_conv_weight(torch.rand(1, 4, 16, 1, 1, generator=gen) > 0.5, None, torch.ones(1))
-    assert dense_panels(prepare_weight(narrow).panels) is not None
-    assert dense_panels(prepare_weight(wide).panels) is None
-    assert dense_panels(prepare_weight(pointwise).panels) is None
+    pn, pw_, pp = prepare_weight(narrow), prepare_weight(wide), prepare_weight(pointwise)
+    assert pn.dense and not pw_.dense and not pp.dense
+    assert pn.panels["ws"].shape[2] == 3 and pw_.panels["ws"].shape[2] == 9 and pp.panels["ws"].shape[2] == 1

@@ -22,7 +22,7 @@ from hbnn.kernels import _build, _cbackend
 from hbnn.kernels import reference as ref
 from hbnn.kernels.layout import PackedPlanes
 from hbnn.kernels.packing import pack_conv_input, pack_conv_weight, pack_planes
-from hbnn.kernels.prepared import PreparedWeight, dense_panels, prepare_weight
+from hbnn.kernels.prepared import PreparedWeight, prepare_weight
 
 __all__ = [
     "binary_linear",
@@ -70,11 +70,8 @@ def _run(lib, x: PackedPlanes, pw: PreparedWeight, geom, channels: int, counts: 
     if pw.panels is None:  # planes given per call (or prepared without C): build the panels now
         pw = prepare_weight(pw.planes, backend="c", variant=variant)
     # Narrow conv: dense taps (kh*kw*C bits, masks likewise, in ceil(kh*kw*C/64) words).
-    dp = dense_panels(pw.panels)
-    dense = dp is not None
-    panels = dp if dense else pw.panels
-    return _cbackend.gemm(lib, x, pw.planes, panels, geom, channels, want_y=not counts, want_counts=counts,
-                          variant=variant, dense=dense, out=out)
+    return _cbackend.gemm(lib, x, pw.planes, pw.panels, geom, channels, want_y=not counts, want_counts=counts,
+                          variant=variant, dense=pw.dense, out=out)
 
 
 def _pair(v, name: str) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from hbnn.kernels import _cbackend
 from hbnn.kernels.layout import PackedPlanes, pack_bits, unpack_bits
 from hbnn.kernels.packing import pack_conv_weight, pack_planes
 
-__all__ = ["PreparedWeight", "prepare_weight", "dense_conv_weight", "dense_panels", "dense_taps_ok", "STATUS_NAMES"]
+__all__ = ["PreparedWeight", "prepare_weight", "dense_conv_weight", "dense_taps_ok", "STATUS_NAMES"]
 
 STATUS_NAMES = ("absent", "full", "masked", "sparse")
 
@@ -46,9 +46,9 @@ class PreparedWeight:
     Attributes:
         planes: the packed weight itself (the reference path and the shape checks read it).
         panels: ``{"ws", "wm", "popw", "wsc", "perm", "wst", "widx", "wn", "permuted"}`` as
-            built by ``hbnn_prepare_weight`` (csrc/hbnn_kernels.c), or None; a conv weight
-            with C < 64 and kh*kw > 1 also holds the same panels of its dense-tap flatten
-            (:func:`dense_conv_weight`) under ``"d_" + name`` (``d_permuted`` a bool tensor).
+            built by ``hbnn_prepare_weight`` (csrc/hbnn_kernels.c), or None; for a conv weight
+            with C < 64 and kh*kw > 1 (:attr:`dense`) they are the panels of its dense-tap
+            flatten (:func:`dense_conv_weight`), the only layout its convs run on.
     """
 
     planes: PackedPlanes
@@ -61,6 +61,11 @@ class PreparedWeight:
     scales = property(lambda self: self.planes.scales, doc="``planes.scales``")
     shape = property(lambda self: self.planes.shape, doc="logical shape ``(O, K)`` or ``(O, kh, kw, C)``")
     n = property(lambda self: self.planes.n, doc="number of planes")
+
+    @property
+    def dense(self) -> bool:
+        """Whether the panels are of the dense-tap flatten (a narrow conv, :func:`dense_taps_ok`)."""
+        return self.panels is not None and dense_taps_ok(self.planes.shape)
 
     @property
     def permuted(self) -> bool:
@@ -141,18 +146,6 @@ def prepare_weight(w, *, backend: str = "auto", variant: str | None = None) -> P
     lib = _cbackend.library(backend)
     if lib is None:
         return PreparedWeight(planes, None)
-    panels = _cbackend.prepare(lib, planes, variant)
-    if dense_taps_ok(planes.shape):  # narrow conv: also the dense-tap panels, keys "d_*" (flat: tensors only)
-        dense = _cbackend.prepare(lib, dense_conv_weight(planes), variant)
-        dense["permuted"] = torch.tensor(dense["permuted"])
-        panels.update({"d_" + k: v for k, v in dense.items()})
-    return PreparedWeight(planes, panels)
-
-
-def dense_panels(panels: dict) -> dict | None:
-    """The dense-tap panels stored under ``d_*`` keys by :func:`prepare_weight` (None if absent)."""
-    if "d_ws" not in panels:
-        return None
-    dense = {k[2:]: v for k, v in panels.items() if k.startswith("d_")}
-    dense["permuted"] = bool(dense["permuted"])
-    return dense
+    # A narrow conv runs on dense taps only (full or masked activations): prepare that layout.
+    layout = dense_conv_weight(planes) if dense_taps_ok(planes.shape) else planes
+    return PreparedWeight(planes, _cbackend.prepare(lib, layout, variant))
