@@ -92,23 +92,23 @@ class PackedLayer(nn.Module):
         #: back to the OS. A returned output is overwritten by the layer's next call, so
         #: :class:`PackedModel` copies its final output when it is such a buffer.
         self.reuse_output = True
-        self._out_bufs: dict[int, torch.Tensor] = {}
+        self._out_bufs: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}
 
-    def _out_buffer(self, numel: int) -> torch.Tensor | None:
-        """This thread's output buffer of ``numel`` float32 elements, or None (first call, other
-        size, or ``reuse_output`` off)."""
-        buf = self._out_bufs.get(threading.get_ident()) if self.reuse_output else None
-        return buf if buf is not None and buf.numel() == numel else None
+    def _out_buffer(self, xp: PackedPlanes) -> torch.Tensor | None:
+        """This thread's output buffer from its last call on an input of ``xp``'s shape, or None
+        (first call, another shape, or ``reuse_output`` off)."""
+        key, buf = self._out_bufs.get(threading.get_ident(), (None, None)) if self.reuse_output else (None, None)
+        return buf if key == xp.shape else None
 
-    def _kept(self, flat: torch.Tensor) -> torch.Tensor:
-        """Remember ``flat`` (the kernel's contiguous output buffer) for this thread's next call."""
+    def _kept(self, xp: PackedPlanes, flat: torch.Tensor) -> torch.Tensor:
+        """Remember ``flat`` (the kernel's contiguous output on ``xp``) for this thread's next call."""
         if self.reuse_output:
-            self._out_bufs[threading.get_ident()] = flat
+            self._out_bufs[threading.get_ident()] = (xp.shape, flat)
         return flat
 
     def output_buffers(self) -> list[torch.Tensor]:
         """The output buffers this layer reuses (one per calling thread)."""
-        return list(self._out_bufs.values())
+        return [buf for _, buf in self._out_bufs.values()]
 
     @property
     def binary(self) -> bool:
@@ -248,19 +248,11 @@ class PackedConv2d(PackedLayer):
         return binary_conv2d(xp, w, stride=self.stride, padding=self.padding, dilation=self.dilation,
                              backend=self.backend, out=out)
 
-    def _out_numel(self, xp: PackedPlanes) -> int:
-        """``B*OH*OW*O`` of this conv on packed input ``xp`` (``F.conv2d``'s output size)."""
-        b, h, w, _ = xp.shape
-        o, _, kh, kw = self.weight.shape
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        return b * oh * ow * o
-
     def kernel_op(self, xp) -> torch.Tensor:
         """``binary_conv2d`` of the packed input and weight (per group, concatenated, for a grouped conv)."""
         if self.group_weights is None:
-            y = self._conv(xp, self.kernel_weight, self._out_buffer(self._out_numel(xp)))
-            self._kept(y.permute(0, 2, 3, 1))  # the contiguous NHWC buffer y views
+            y = self._conv(xp, self.kernel_weight, self._out_buffer(xp))
+            self._kept(xp, y.permute(0, 2, 3, 1))  # the contiguous NHWC buffer y views
             return y
         return torch.cat([self._conv(p, w) for p, w in zip(xp, self.group_weights)], 1)
 
@@ -287,8 +279,7 @@ class PackedLinear(PackedLayer):
 
     def kernel_op(self, xp: PackedPlanes) -> torch.Tensor:
         """``binary_linear`` of the packed input and weight."""
-        out = self._out_buffer(xp.rows * self.weight.shape[0])
-        return self._kept(binary_linear(xp, self.kernel_weight, backend=self.backend, out=out))
+        return self._kept(xp, binary_linear(xp, self.kernel_weight, backend=self.backend, out=self._out_buffer(xp)))
 
     def extra_repr(self) -> str:
         o, k = self.weight.shape

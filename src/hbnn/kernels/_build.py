@@ -35,8 +35,8 @@ __all__ = ["ABI_VERSION", "ENV", "MODES", "mode", "cache_dir", "compiler", "load
 
 ABI_VERSION = 6
 _SRC_DIR = Path(__file__).resolve().parent / "csrc"
-_SOURCES = ("hbnn_kernels.c", "gemm_body.c", "dense_body.c", "prep_body.c", "tap_body.c", "pack_body.c", "gemm_portable.c",
-            "gemm_avx2.c", "gemm_avx512.c", "select_body.c")
+_SOURCES = ("hbnn_kernels.c", "gemm_body.c", "dense_body.c", "prep_body.c", "tap_body.c", "pack_body.c",
+            "gemm_portable.c", "gemm_avx2.c", "gemm_avx512.c", "select_body.c")
 _FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=off", "-shared", "-fPIC")
 _LIB_NAME = "libhbnn_kernels.so"
 _FLAG_SETS = (("-fopenmp", *_FLAGS), _FLAGS)  # OpenMP first; a compiler without it still gets 1 thread

@@ -19,7 +19,8 @@
  */
 
 /* Row rw of plane j (micro-panel slot jm, lane rr) packed densely: signs, and for a plane
- * treated as masked on this micro-panel its valid bits, their popcount and present words. */
+ * treated as masked on this micro-panel its mask bits (a masked plane's masks, else the
+ * valid bits of in-image taps), their popcount and present words. */
 static inline __attribute__((always_inline)) void
 FN(pack_row_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rw, int interior, int64_t kwt, hbnn_chunk *ch,
                         int64_t j, int64_t jm, int64_t rr, const int64_t C, const int64_t kh, const int64_t kw) {
@@ -29,7 +30,7 @@ FN(pack_row_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rw, int interio
     const int64_t dh = a->dh, dw = a->dw, H = a->H, W = a->W;
     const int64_t y0 = rw->y0, x0 = rw->x0, base = jm * kwt;
     const int masked = ch->xmsk[jm] != HBNN_ST_FULL;
-    const uint64_t valid = C == 64 ? ~0ULL : (1ULL << C) - 1;
+    const uint64_t valid = (1ULL << C) - 1; /* C < 64 */
     const int64_t pix0 = j * a->B * H * W + (rw->b * H + y0) * W + x0;
     const uint64_t *restrict xs = a->x_signs + pix0;
     const uint64_t *restrict xm = a->x_full[j] ? NULL : a->x_masks + pix0; /* a masked plane's masks */
@@ -64,13 +65,12 @@ FN(pack_row_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rw, int interio
         dst[w * HBNN_NR] = cs;
         if (masked) dstm[w * HBNN_NR] = cm;
     }
-    if (!masked) pop = 0;
     if (masked)
         for (k = 0; k < kwt; k++) {
             idx[ni] = (int32_t)k;
             ni += dstm[k * HBNN_NR] != 0;
         }
-    ch->popx[jm * HBNN_NR + rr] = (int32_t)pop;
+    ch->popx[jm * HBNN_NR + rr] = masked ? (int32_t)pop : 0;
     ch->xn[jm * HBNN_NR + rr] = ni;
     ch->xsc[jm * HBNN_NR + rr] = a->x_scales[a->x_scale_per_row ? j * a->B + rw->b : j];
 }
