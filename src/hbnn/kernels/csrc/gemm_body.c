@@ -253,7 +253,6 @@ static inline void FN(epilogue)(int mode, int nr, int32_t kfull, const int32_t *
     }
 }
 
-
 #define HBNN_G 4 /* activation micro-panels per tile group (weight-side word lists share them) */
 
 /* P (and T) of pair (i, j) on micro-panel jm by the dense micro-kernel or the activation-side
@@ -303,7 +302,6 @@ static void FN(wlist)(const hbnn_gemm_args *a, int64_t kwt, int64_t pan, int64_t
                  xs, xm, pp, tp);
     }
 }
-
 
 /* Tiles of panel q (panel rows 16q..16q+15) x micro-panels m0..m0+gn-1 (gn <= HBNN_G) of ch,
  * all plane pairs in the order i (weights) outer, j (activations) inner for every output
@@ -412,9 +410,7 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     stage = HBNN_UNPERM && a->y && a->p_permuted && og == 1 && chunk * nq * HBNN_LANES * 4 <= HBNN_STAGE_BYTES;
     rows = (hbnn_row *)hbnn_scratch(HBNN_SCR_ROWS, (size_t)R * sizeof(hbnn_row));
     if (!rows) return -2;
-    if (FN(out_plan)(a, nq, &plan) != 0) {
-        return -2;
-    }
+    if (FN(out_plan)(a, nq, &plan) != 0) return -2;
     n_int = FN(row_order)(a, rows);
     for (j = 0; j < a->nx; j++) any_masked |= !a->x_full[j];
     if (any_masked) {
@@ -422,7 +418,8 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         if (ps) FN(pixel_states)(a, ps, pixp);
     }
     if ((any_masked && !ps) || FN(x_sort)(a, ps, rows, n_int, R) != 0) {
-        free(plan.qord); free(plan.bstart); free(plan.blk); free(ps); free(plan.rstart); free(plan.run);
+        hbnn_plan_free(&plan);
+        free(ps);
         return -2;
     }
     /* No taps to compact in a GEMM; dense taps pack whole receptive fields, not taps. */
@@ -483,7 +480,8 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
         }
         /* ch's buffers are the thread's scratch (hbnn_scratch): kept for the next call */
     }
-    free(ps); free(plan.qord); free(plan.bstart); free(plan.blk); free(plan.rstart); free(plan.run);
+    hbnn_plan_free(&plan);
+    free(ps);
     return failed ? -2 : 0;
 }
 

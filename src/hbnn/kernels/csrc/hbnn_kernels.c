@@ -118,6 +118,11 @@ typedef struct {
     struct { int32_t start; uint32_t mask; } *run;
 } hbnn_plan;
 
+/* Free what out_plan allocated (every pointer may be NULL). */
+static void hbnn_plan_free(hbnn_plan *pl) {
+    free(pl->qord); free(pl->bstart); free(pl->blk); free(pl->rstart); free(pl->run);
+}
+
 /* An output row (pixel p = (b, oy, ox)) and the top-left input position of its window. */
 typedef struct {
     int64_t p, b, y0, x0;

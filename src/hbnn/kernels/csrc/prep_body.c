@@ -368,7 +368,8 @@ static int FN(out_plan)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
     pl->rstart = NULL;
     pl->run = NULL;
     if (a->p_permuted && FN(out_runs)(a, nq, pl) != 0) {
-        free(key); free(pl->qord); free(pl->bstart); free(pl->blk); free(pl->rstart); free(pl->run);
+        free(key);
+        hbnn_plan_free(pl);
         return -2;
     }
     qsort(key, (size_t)nq, 16, FN(cmp_key));
