@@ -40,14 +40,14 @@ def _binary_conv(c: int, act, backend: str) -> PackedConv2d:
 @pytest.mark.parametrize("act", [((1,), (1.0,), "entry"), ((2,), (1.0,), "entry"),
                                  ((1, 2, 3), (0.7, 0.2, 0.1), "entry"), ((1, 2, 3), (0.7, 0.2, 0.1), "pixel")])
 def test_packed_input_words_equal_row_by_row_packing(backend, c, act):
-    """pack_input of a channels-last input is pack_activations of its NHWC rows (narrow rows,
-    C | 64, binarized 64/C at a time in C): the same words, masks and counts."""
+    """pack_input of a channels-last input (narrow rows, C | 64, binarized 64/C at a time in C)
+    gives the words, masks and counts of the torch packer run row by row on its NHWC rows."""
     layer = _binary_conv(c, _act(*act), backend)
     gen = torch.Generator().manual_seed(2)
     for b in (64, 3):  # 1600 rows: merged for every C | 64; 75: row by row
         x = torch.randn(b, c, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
         rows = x.permute(0, 2, 3, 1).reshape(-1, c)
-        want = pack_activations(rows, layer.act.running_scales, layer.act.running_bitmap(rows), backend=backend)
+        want = pack_activations(rows, layer.act.running_scales, layer.act.running_bitmap(rows), backend="torch")
         got = layer.pack_input(x)
         assert torch.equal(got.signs, want.signs) and got.full == want.full and torch.equal(got.scales, want.scales)
         assert (got.masks is None) == (want.masks is None)
