@@ -75,6 +75,63 @@ FN(pack_row_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rw, int interio
     ch->xsc[jm * HBNN_NR + rr] = a->x_scales[a->x_scale_per_row ? j * a->B + rw->b : j];
 }
 
+/* The rows of an interior micro-panel of a full plane (status FULL: no bounds, no masks),
+ * C, KH, KW compile-time constants: each row's KH*KW taps are loaded and merged at constant
+ * bit offsets (k = t*C -> word k / 64, shift k % 64, the high part of a straddling tap into
+ * the next word) in registers, then stored once.  The same words as pack_row_dense_body,
+ * which border micro-panels and masked planes keep. */
+static inline __attribute__((always_inline)) void
+FN(pack_panel_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rows, int nrow, hbnn_chunk *ch, int64_t j,
+                          int64_t jm, const int64_t C, const int64_t KH, const int64_t KW) {
+    enum { MAXW = 8 };
+    const int64_t nwd = (KH * KW * C + 63) / 64, H = a->H, W = a->W, dh = a->dh, dw = a->dw;
+    const uint64_t *restrict xs = a->x_signs + j * a->B * H * W;
+    uint64_t *restrict dst = ch->xs + jm * nwd * HBNN_NR;
+    const float *sc = a->x_scales + (a->x_scale_per_row ? j * a->B : j);
+    int r;
+    for (r = 0; r < nrow; r++) {
+        const hbnn_row *rw = rows + r;
+        const uint64_t *restrict px = xs + (rw->b * H + rw->y0) * W + rw->x0;
+        uint64_t wd[MAXW] = {0};
+        int64_t ki, kj, w;
+#pragma GCC unroll 16
+        for (ki = 0; ki < KH; ki++)
+#pragma GCC unroll 16
+            for (kj = 0; kj < KW; kj++) {
+                const int64_t k = (ki * KW + kj) * C, sh = k % 64;
+                const uint64_t v = px[ki * dh * W + kj * dw];
+                wd[k / 64] |= v << sh;
+                if (sh + C > 64) wd[k / 64 + 1] |= v >> (64 - sh);
+            }
+#pragma GCC unroll 8
+        for (w = 0; w < nwd; w++) dst[w * HBNN_NR + r] = wd[w];
+        ch->popx[jm * HBNN_NR + r] = 0;
+        ch->xn[jm * HBNN_NR + r] = 0;
+        ch->xsc[jm * HBNN_NR + r] = sc[a->x_scale_per_row ? rw->b : 0];
+    }
+}
+
+/* Packs the full planes of interior micro-panel m (rows[0..nrow)) whose geometry has a
+ * constant-offset packer (3x3, C 8/16/32); returns the bit set of planes packed (0: none,
+ * pack_row packs every plane row by row). */
+static uint64_t FN(pack_panel_dense)(const hbnn_gemm_args *a, const hbnn_row *rows, int nrow, hbnn_chunk *ch,
+                                     int64_t m) {
+    uint64_t done = 0;
+    int64_t j;
+    if (!a->dense || a->kh != 3 || a->kw != 3 || (a->C != 8 && a->C != 16 && a->C != 32)) return 0;
+    for (j = 0; j < a->nx; j++) {
+        const int64_t jm = j * ch->nm + m;
+        if (ch->xpix[j] || ch->xmsk[jm] != HBNN_ST_FULL) continue;
+        switch (a->C) {
+        case 8: FN(pack_panel_dense_body)(a, rows, nrow, ch, j, jm, 8, 3, 3); break;
+        case 16: FN(pack_panel_dense_body)(a, rows, nrow, ch, j, jm, 16, 3, 3); break;
+        default: FN(pack_panel_dense_body)(a, rows, nrow, ch, j, jm, 32, 3, 3); break;
+        }
+        done |= 1ULL << j;
+    }
+    return done;
+}
+
 /* pack_row_dense_body with the common narrow 3x3 geometries as constants. */
 static void FN(pack_row_dense)(const hbnn_gemm_args *a, const hbnn_row *rw, int interior, int64_t kwt,
                                hbnn_chunk *ch, int64_t j, int64_t jm, int64_t rr) {

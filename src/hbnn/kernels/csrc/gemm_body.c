@@ -47,11 +47,12 @@
 
 #include "dense_body.c"
 
-/* One output row of the panel: its words (and masks) for every plane, gathered from the
- * input pixels it sees; out-of-image positions (border rows only) are zero words.  For a
- * plane treated as masked, also its mask popcount and its present (nonzero-mask) words. */
+/* One output row of the panel: its words (and masks) for every plane not in done (packed
+ * per micro-panel by pack_panel_dense), gathered from the input pixels it sees;
+ * out-of-image positions (border rows only) are zero words.  For a plane treated as
+ * masked, also its mask popcount and its present (nonzero-mask) words. */
 static void FN(pack_row)(const hbnn_gemm_args *a, const hbnn_row *rw, int interior,
-                         int64_t kwt, hbnn_chunk *ch, int64_t m, int64_t rr) {
+                         int64_t kwt, hbnn_chunk *ch, int64_t m, int64_t rr, uint64_t done) {
     const int64_t cw = a->cw, rin = a->B * a->H * a->W, nm = ch->nm;
     const int64_t pix0 = (rw->b * a->H + rw->y0) * a->W + rw->x0;
     int64_t ki, kj, j, c;
@@ -59,6 +60,7 @@ static void FN(pack_row)(const hbnn_gemm_args *a, const hbnn_row *rw, int interi
         const int64_t jm = j * nm + m, base = jm * kwt;
         const int masked = ch->xmsk[jm] != HBNN_ST_FULL, full = a->x_full[j];
         if (ch->xpix[j]) continue; /* packed per tap by tap_lists (pix_lists set its row data) */
+        if (done >> j & 1) continue;
         if (a->dense) {
             FN(pack_row_dense)(a, rw, interior, kwt, ch, j, jm, rr);
             continue;
@@ -123,6 +125,8 @@ static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_
                        int64_t r0, int64_t r1, int64_t kwt, hbnn_chunk *ch) {
     const int64_t nm = (r1 - r0 + HBNN_NR - 1) / HBNN_NR;
     const int32_t kfull = (int32_t)(a->kh * a->kw * a->C);
+    const uint64_t all = a->nx >= 64 ? ~0ULL : (1ULL << a->nx) - 1;
+    uint64_t done;
     int64_t m, rr, j, k;
     ch->nm = nm;
     ch->r0 = r0;
@@ -133,10 +137,11 @@ static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_
         const int border = last >= n_int;
         for (j = 0; j < a->nx; j++)
             if (!ch->xpix[j]) ch->xmsk[j * nm + m] = !a->x_full[j] || border ? HBNN_ST_MASKED : HBNN_ST_FULL;
+        done = border ? 0 : FN(pack_panel_dense)(a, rows + first, (int)(last - first + 1), ch, m);
         for (rr = 0; rr < HBNN_NR; rr++) {
             const int64_t idx = first + rr;
             if (idx <= last) {
-                FN(pack_row)(a, rows + idx, idx < n_int, kwt, ch, m, rr);
+                if (done != all) FN(pack_row)(a, rows + idx, idx < n_int, kwt, ch, m, rr, done);
                 continue;
             }
             for (j = 0; j < a->nx; j++) { /* padding row of the last micro-panel */
