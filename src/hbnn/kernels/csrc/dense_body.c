@@ -76,34 +76,38 @@ FN(pack_row_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rw, int interio
 }
 
 /* The rows of an interior micro-panel of a full plane (status FULL: no bounds, no masks),
- * C, KH, KW compile-time constants: each row's KH*KW taps are loaded and merged at constant
- * bit offsets (k = t*C -> word k / 64, shift k % 64, the high part of a straddling tap into
- * the next word) in registers, then stored once.  The same words as pack_row_dense_body,
- * which border micro-panels and masked planes keep. */
+ * with the geometry as compile-time constants: tap t of a row reads CW words of its input
+ * pixel and places word c at bit k = t*TB + 64 c of the row (word k / 64, shift k % 64, the
+ * high part of a straddling word into the next one), all in registers, then stores the
+ * row once.  Dense taps (a->dense, C < 64): TB = C, CW = 1, the same words as
+ * pack_row_dense_body; word-per-tap rows: TB = 64 CW, a plain copy of each tap's words,
+ * the same words as pack_row.  Border micro-panels and masked planes keep those. */
 static inline __attribute__((always_inline)) void
-FN(pack_panel_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rows, int nrow, hbnn_chunk *ch, int64_t j,
-                          int64_t jm, const int64_t C, const int64_t KH, const int64_t KW) {
-    enum { MAXW = 8 };
-    const int64_t nwd = (KH * KW * C + 63) / 64, H = a->H, W = a->W, dh = a->dh, dw = a->dw;
-    const uint64_t *restrict xs = a->x_signs + j * a->B * H * W;
+FN(pack_panel_body)(const hbnn_gemm_args *a, const hbnn_row *rows, int nrow, hbnn_chunk *ch, int64_t j,
+                    int64_t jm, const int64_t TB, const int64_t CW, const int64_t KH, const int64_t KW) {
+    enum { MAXW = 18 };
+    const int64_t nwd = (KH * KW * TB + 63) / 64, H = a->H, W = a->W, dh = a->dh, dw = a->dw;
+    const uint64_t *restrict xs = a->x_signs + j * a->B * H * W * CW;
     uint64_t *restrict dst = ch->xs + jm * nwd * HBNN_NR;
     const float *sc = a->x_scales + (a->x_scale_per_row ? j * a->B : j);
     int r;
     for (r = 0; r < nrow; r++) {
         const hbnn_row *rw = rows + r;
-        const uint64_t *restrict px = xs + (rw->b * H + rw->y0) * W + rw->x0;
+        const uint64_t *restrict px = xs + ((rw->b * H + rw->y0) * W + rw->x0) * CW;
         uint64_t wd[MAXW] = {0};
-        int64_t ki, kj, w;
+        int64_t ki, kj, c, w;
 #pragma GCC unroll 16
         for (ki = 0; ki < KH; ki++)
 #pragma GCC unroll 16
-            for (kj = 0; kj < KW; kj++) {
-                const int64_t k = (ki * KW + kj) * C, sh = k % 64;
-                const uint64_t v = px[ki * dh * W + kj * dw];
-                wd[k / 64] |= v << sh;
-                if (sh + C > 64) wd[k / 64 + 1] |= v >> (64 - sh);
-            }
-#pragma GCC unroll 8
+            for (kj = 0; kj < KW; kj++)
+#pragma GCC unroll 4
+                for (c = 0; c < CW; c++) {
+                    const int64_t k = (ki * KW + kj) * TB + 64 * c, sh = k % 64;
+                    const uint64_t v = px[(ki * dh * W + kj * dw) * CW + c];
+                    wd[k / 64] |= v << sh;
+                    if (sh + TB > 64) wd[k / 64 + 1] |= v >> (64 - sh);
+                }
+#pragma GCC unroll 18
         for (w = 0; w < nwd; w++) dst[w * HBNN_NR + r] = wd[w];
         ch->popx[jm * HBNN_NR + r] = 0;
         ch->xn[jm * HBNN_NR + r] = 0;
@@ -111,21 +115,24 @@ FN(pack_panel_dense_body)(const hbnn_gemm_args *a, const hbnn_row *rows, int nro
     }
 }
 
-/* Packs the full planes of interior micro-panel m (rows[0..nrow)) whose geometry has a
- * constant-offset packer (3x3, C 8/16/32); returns the bit set of planes packed (0: none,
- * pack_row packs every plane row by row). */
-static uint64_t FN(pack_panel_dense)(const hbnn_gemm_args *a, const hbnn_row *rows, int nrow, hbnn_chunk *ch,
-                                     int64_t m) {
+/* Packs the full planes of interior micro-panel m (rows[0..nrow)) of the 3x3 geometries with
+ * a constant-offset packer (dense taps C 8/16/32; word-per-tap C 64/128, i.e. cw 1/2);
+ * returns the bit set of planes packed (0: none, pack_row packs every plane row by row). */
+static uint64_t FN(pack_panel)(const hbnn_gemm_args *a, const hbnn_row *rows, int nrow, hbnn_chunk *ch, int64_t m) {
+    const int dense = a->dense && (a->C == 8 || a->C == 16 || a->C == 32);
+    const int wide = !a->dense && (a->C == 64 || a->C == 128);
     uint64_t done = 0;
     int64_t j;
-    if (!a->dense || a->kh != 3 || a->kw != 3 || (a->C != 8 && a->C != 16 && a->C != 32)) return 0;
+    if (a->kh != 3 || a->kw != 3 || !(dense || wide)) return 0;
     for (j = 0; j < a->nx; j++) {
         const int64_t jm = j * ch->nm + m;
         if (ch->xpix[j] || ch->xmsk[jm] != HBNN_ST_FULL) continue;
         switch (a->C) {
-        case 8: FN(pack_panel_dense_body)(a, rows, nrow, ch, j, jm, 8, 3, 3); break;
-        case 16: FN(pack_panel_dense_body)(a, rows, nrow, ch, j, jm, 16, 3, 3); break;
-        default: FN(pack_panel_dense_body)(a, rows, nrow, ch, j, jm, 32, 3, 3); break;
+        case 8: FN(pack_panel_body)(a, rows, nrow, ch, j, jm, 8, 1, 3, 3); break;
+        case 16: FN(pack_panel_body)(a, rows, nrow, ch, j, jm, 16, 1, 3, 3); break;
+        case 32: FN(pack_panel_body)(a, rows, nrow, ch, j, jm, 32, 1, 3, 3); break;
+        case 64: FN(pack_panel_body)(a, rows, nrow, ch, j, jm, 64, 1, 3, 3); break;
+        default: FN(pack_panel_body)(a, rows, nrow, ch, j, jm, 128, 2, 3, 3); break;
         }
         done |= 1ULL << j;
     }

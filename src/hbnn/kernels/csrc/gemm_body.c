@@ -48,7 +48,7 @@
 #include "dense_body.c"
 
 /* One output row of the panel: its words (and masks) for every plane not in done (packed
- * per micro-panel by pack_panel_dense), gathered from the input pixels it sees;
+ * per micro-panel by pack_panel), gathered from the input pixels it sees;
  * out-of-image positions (border rows only) are zero words.  For a plane treated as
  * masked, also its mask popcount and its present (nonzero-mask) words. */
 static void FN(pack_row)(const hbnn_gemm_args *a, const hbnn_row *rw, int interior,
@@ -137,7 +137,7 @@ static void FN(pack_x)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t n_
         const int border = last >= n_int;
         for (j = 0; j < a->nx; j++)
             if (!ch->xpix[j]) ch->xmsk[j * nm + m] = !a->x_full[j] || border ? HBNN_ST_MASKED : HBNN_ST_FULL;
-        done = border ? 0 : FN(pack_panel_dense)(a, rows + first, (int)(last - first + 1), ch, m);
+        done = border ? 0 : FN(pack_panel)(a, rows + first, (int)(last - first + 1), ch, m);
         for (rr = 0; rr < HBNN_NR; rr++) {
             const int64_t idx = first + rr;
             if (idx <= last) {
