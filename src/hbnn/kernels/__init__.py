@@ -8,7 +8,7 @@ warning) when no compiler is available. ``$HBNN_KERNELS=auto|off|require`` decid
 whether C runs (``toolchain``). The same library carries the bit-map selection passes
 (``selection``, ``csrc/select_body.c``) that :mod:`hbnn.quant.select_c` drives.
 
-Imports flow one way: ``layout`` and ``_build`` are leaves; ``_cbackend`` (ctypes
+Imports flow one way: ``layout``, ``epilogue`` and ``_build`` are leaves; ``_cbackend`` (ctypes
 bindings) reads both; then ``packing``, ``prepared``, ``reference``, ``dispatch``, ``toolchain``
 in that order; ``selection`` reads only ``_cbackend``; ``commands`` (the CLI) imports ``toolchain``
 in its handlers. Outside this package only the names here and ``selection`` are public.
@@ -30,12 +30,14 @@ from hbnn.kernels.dispatch import (
     binary_linear_counts,
     cpu_features,
 )
+from hbnn.kernels.epilogue import Epilogue
 from hbnn.kernels.layout import PackedPlanes
 from hbnn.kernels.packing import pack_activations, pack_conv_input, pack_conv_weight, pack_planes
 from hbnn.kernels.prepared import PreparedWeight, prepare_weight
 from hbnn.kernels.toolchain import build, status
 
 __all__ = [
+    "Epilogue",
     "PackedPlanes",
     "PreparedWeight",
     "prepare_weight",

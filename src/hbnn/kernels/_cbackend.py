@@ -37,7 +37,9 @@ class _GemmArgs(ctypes.Structure):
     )] + [(name, _I) for name in (
         "nw", "nx", "O", "B", "H", "W", "C", "cw", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow",
         "w_scale_per_row", "x_scale_per_row", "nthreads",
-    )] + [("p_" + name, _P) for name in _PREPARED] + [("p_permuted", _I), ("dense", _I)]
+    )] + [("p_" + name, _P) for name in _PREPARED] + [("p_permuted", _I), ("dense", _I), ("e_bias", _P),
+                                                         ("e_res", _P), ("e_clamp", _I), ("e_lo", ctypes.c_float),
+                                                         ("e_hi", ctypes.c_float)]
 
 
 @dataclass(frozen=True)
@@ -185,14 +187,17 @@ def prepare(lib: ctypes.CDLL, w: PackedPlanes, variant: str | None = None) -> di
 def gemm(
     lib: ctypes.CDLL, x: PackedPlanes, w: PackedPlanes, prepared: dict, geom: ConvGeometry, channels: int,
     *, want_y: bool, want_counts: bool, variant: str | None = None, dense: bool = False,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+    clamp: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
     """Run ``hbnn_gemm`` with ``w`` prepared by :func:`prepare`: ``(y [R, O] float32, counts [nw, nx, R, O] int32, variant)``.
 
     ``dense``: dense taps (csrc/dense_body.c); ``prepared`` must then be the panels of the
     weight's ``(O, kh*kw*C)`` flatten (``prepared["dense"]`` of a conv weight with C < 64).
     ``out``: a contiguous float32 buffer of ``R*O`` elements that ``y`` is written into (a
-    view of it is returned), checked by the caller.
+    view of it is returned), checked by the caller.  ``bias`` (contiguous ``[O]``),
+    ``residual`` (contiguous ``[R, O]``, not overlapping ``y``) and ``clamp`` (``(lo, hi)``):
+    the epilogue of :class:`~hbnn.kernels.epilogue.Epilogue`, checked by the caller.
     """
     vid = variant_id(lib, variant)
     oh, ow = geom.out_hw
@@ -208,6 +213,8 @@ def gemm(
         ph=geom.ph, pw=geom.pw, dh=geom.dh, dw=geom.dw, oh=oh, ow=ow,
         w_scale_per_row=int(w.per_row_scales), x_scale_per_row=int(x.per_row_scales),
         nthreads=torch.get_num_threads(), p_permuted=int(prepared["permuted"]), dense=int(dense),
+        e_bias=_ptr(bias), e_res=_ptr(residual), e_clamp=int(clamp is not None),
+        e_lo=clamp[0] if clamp else 0.0, e_hi=clamp[1] if clamp else 0.0,
         **{"p_" + k: _ptr(prepared[k]) for k in _PREPARED},
     )
     rc = lib.hbnn_gemm(vid, ctypes.byref(a))

@@ -20,6 +20,7 @@ import torch
 
 from hbnn.kernels import _build, _cbackend
 from hbnn.kernels import reference as ref
+from hbnn.kernels.epilogue import Epilogue
 from hbnn.kernels.layout import PackedPlanes
 from hbnn.kernels.packing import pack_conv_input, pack_conv_weight, pack_planes
 from hbnn.kernels.prepared import PreparedWeight, prepare_weight
@@ -66,12 +67,25 @@ def _into(out: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
     return y if out is None else out.view(y.shape).copy_(y)
 
 
-def _run(lib, x: PackedPlanes, pw: PreparedWeight, geom, channels: int, counts: bool, variant, out=None):
+def _epilogue_args(epi: Epilogue | None, rows: torch.Tensor | None, out: torch.Tensor | None) -> dict:
+    """The C kernel's epilogue arguments: contiguous ``bias``, the residual as contiguous
+    ``[R, O]`` rows (``rows``: a view of it in the kernel's row order, copied if needed) and
+    ``clamp``; ValueError if the residual shares memory with ``out``."""
+    if epi is None or epi.empty:
+        return {}
+    res = None if rows is None else rows.contiguous()
+    if res is not None and out is not None and res.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+        raise ValueError("epilogue: the residual must not share memory with out")
+    bias = None if epi.bias is None else epi.bias.contiguous()
+    return {"bias": bias, "residual": res, "clamp": epi.clamp}
+
+
+def _run(lib, x: PackedPlanes, pw: PreparedWeight, geom, channels: int, counts: bool, variant, out=None, epi=None):
     if pw.panels is None:  # planes given per call (or prepared without C): build the panels now
         pw = prepare_weight(pw.planes, backend="c", variant=variant)
     # Narrow conv: dense taps (kh*kw*C bits, masks likewise, in ceil(kh*kw*C/64) words).
     return _cbackend.gemm(lib, x, pw.planes, pw.panels, geom, channels, want_y=not counts, want_counts=counts,
-                          variant=variant, dense=pw.dense, out=out)
+                          variant=variant, dense=pw.dense, out=out, **(epi or {}))
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -81,7 +95,8 @@ def _pair(v, name: str) -> tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
-def _linear(x: Planes, w: Weight, backend: str, variant: str | None, counts: bool, out=None) -> torch.Tensor:
+def _linear(x: Planes, w: Weight, backend: str, variant: str | None, counts: bool, out=None,
+            epilogue: Epilogue | None = None) -> torch.Tensor:
     x = _as_packed(x, pack_planes, "binary_linear: x", backend)
     pw = _as_weight(w, pack_planes, "binary_linear: w", backend)
     w = pw.planes
@@ -90,21 +105,27 @@ def _linear(x: Planes, w: Weight, backend: str, variant: str | None, counts: boo
     if x.k != w.k:
         raise ValueError(f"binary_linear: x has K={x.k} entries per row but w has K={w.k}")
     _check_out(out, x.rows * w.shape[0], "binary_linear")
+    if epilogue is not None:
+        epilogue.check((*x.shape[:-1], w.shape[0]), w.shape[0], "binary_linear")
     lib = _cbackend.library(backend)
     if lib is None:
-        return ref.binary_linear_counts_ref(x, w) if counts else _into(out, ref.binary_linear_ref(x, w))
+        if counts:
+            return ref.binary_linear_counts_ref(x, w)
+        y = _into(out, ref.binary_linear_ref(x, w))
+        return y if epilogue is None else epilogue.apply_(y, -1)
     rows, lead = x.rows, x.shape[:-1]
     # A linear layer is a 1x1 conv on 1x1 images; per-row x scales index shape[0].
     geom = _cbackend.ConvGeometry(B=rows, H=1, W=1)
     if x.per_row_scales and rows != x.shape[0]:
         x = PackedPlanes(x.signs, x.masks, x.full, x.scales.repeat_interleave(rows // x.shape[0], dim=1),
                          (rows, x.k))
-    y, c, _ = _run(lib, x, pw, geom, x.k, counts, variant, out)
+    res = None if epilogue is None or epilogue.residual is None else epilogue.residual.reshape(rows, w.shape[0])
+    y, c, _ = _run(lib, x, pw, geom, x.k, counts, variant, out, _epilogue_args(epilogue, res, out))
     return c if counts else y.reshape(*lead, w.shape[0])
 
 
 def binary_linear(x: Planes, w: Weight, *, backend: str = "auto", variant: str | None = None,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
+                  out: torch.Tensor | None = None, epilogue: Epilogue | None = None) -> torch.Tensor:
     """Binary linear layer ``y = x_hat @ w_hat.T`` by xnor/and-popcount over bit planes.
 
     ``y[b, o] = sum_i sum_j a_w_i[o] a_x_j[b] sum_k m_w_i m_x_j (+-1)`` (see :mod:`reference`).
@@ -117,11 +138,13 @@ def binary_linear(x: Planes, w: Weight, *, backend: str = "auto", variant: str |
         variant: force a C variant (``"portable"``, ``"avx2"``, ``"avx512"``).
         out: optional contiguous float32 buffer of ``rows * O`` elements to write into (the
             result is then a view of it): lets a caller reuse memory across calls.
+        epilogue: optional :class:`~hbnn.kernels.epilogue.Epilogue` (bias ``[O]``, residual
+            ``[..., O]``, clamp) applied before the store, bit-identical to applying it after.
 
     Returns:
-        float32 ``[..., O]`` (add the bias yourself).
+        float32 ``[..., O]``.
     """
-    return _linear(x, w, backend, variant, counts=False, out=out)
+    return _linear(x, w, backend, variant, counts=False, out=out, epilogue=epilogue)
 
 
 def binary_linear_counts(x: Planes, w: Weight, *, backend: str = "auto", variant: str | None = None) -> torch.Tensor:
@@ -129,7 +152,7 @@ def binary_linear_counts(x: Planes, w: Weight, *, backend: str = "auto", variant
     return _linear(x, w, backend, variant, counts=True)
 
 
-def _conv(x, w, stride, padding, dilation, backend, variant, counts, out=None):
+def _conv(x, w, stride, padding, dilation, backend, variant, counts, out=None, epilogue=None):
     x = _as_packed(x, pack_conv_input, "binary_conv2d: x", backend)
     pw = _as_weight(w, pack_conv_weight, "binary_conv2d: w", backend)
     w = pw.planes
@@ -143,20 +166,24 @@ def _conv(x, w, stride, padding, dilation, backend, variant, counts, out=None):
     if oh < 1 or ow < 1:
         raise ValueError(f"binary_conv2d: kernel {kh}x{kw} does not fit the padded {h}x{wd} input")
     _check_out(out, b * oh * ow * o, "binary_conv2d")
+    if epilogue is not None:
+        epilogue.check((b, o, oh, ow), o, "binary_conv2d")
     lib = _cbackend.library(backend)
     if lib is None:
         if counts:
             return ref.binary_conv2d_counts_ref(x, w, stride, padding, dilation)
         y = ref.binary_conv2d_ref(x, w, stride, padding, dilation)
-        return y if out is None else _into(out, y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = y if out is None else _into(out, y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return y if epilogue is None else epilogue.apply_(y, 1)
     geom = _cbackend.ConvGeometry(b, h, wd, kh, kw, *stride, *padding, *dilation)
-    y, cnt, _ = _run(lib, x, pw, geom, c, counts, variant, out)
+    res = None if epilogue is None or epilogue.residual is None else epilogue.residual.permute(0, 2, 3, 1)
+    y, cnt, _ = _run(lib, x, pw, geom, c, counts, variant, out, _epilogue_args(epilogue, res, out))
     return cnt if counts else y.reshape(b, oh, ow, o).permute(0, 3, 1, 2)
 
 
 def binary_conv2d(
     x: Planes, w: Weight, *, stride=1, padding=0, dilation=1, backend: str = "auto", variant: str | None = None,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, epilogue: Epilogue | None = None,
 ) -> torch.Tensor:
     """Binary 2-d convolution ``F.conv2d(x_hat, w_hat, stride, padding, dilation)``.
 
@@ -172,11 +199,14 @@ def binary_conv2d(
         stride, padding, dilation: as ``F.conv2d`` (groups = 1).
         out: optional contiguous float32 buffer of ``B*OH*OW*O`` elements, the NHWC buffer
             the result is a view of (reuse across calls saves the allocation and its page faults).
+        epilogue: optional :class:`~hbnn.kernels.epilogue.Epilogue` (bias ``[O]``, residual
+            ``[B, O, OH, OW]`` in any memory format, channels-last is read without a copy;
+            clamp) applied before the store, bit-identical to applying it after.
 
     Returns:
         float32 ``[B, O, OH, OW]`` (a channels-last view of an NHWC buffer).
     """
-    return _conv(x, w, stride, padding, dilation, backend, variant, counts=False, out=out)
+    return _conv(x, w, stride, padding, dilation, backend, variant, counts=False, out=out, epilogue=epilogue)
 
 
 def binary_conv2d_counts(

@@ -92,6 +92,14 @@ typedef struct {
      * in tap-major, channel-minor (OHWI) order, kwt = ceil(kh*kw*C/64) words, and the
      * prepared weight is the (O, kh*kw*C) flatten packed the same way (dense_body.c). */
     int64_t dense;
+    /* Epilogue on y (not on counts), in this order, each a float32 op as torch does it:
+     * y = y + e_bias[o] (e_bias [O] or NULL); y = y + e_res[row][o] (e_res [B*OH*OW][O], the
+     * layout of y, not overlapping it, or NULL); if e_clamp: y = min(max(y, e_lo), e_hi) with
+     * NaN kept (ReLU: lo 0, hi +inf). */
+    const float *e_bias;
+    const float *e_res;
+    int64_t e_clamp;
+    float e_lo, e_hi;
 } hbnn_gemm_args;
 
 /* Where a tile row's 16 lanes go in an output row: one entry per 16-column block of the
