@@ -159,14 +159,16 @@ def _capture_model_inputs(model, names, x) -> dict:
 
 
 def _capture_engine_inputs(engine, names, x) -> dict:
-    """The same inputs as the engine computes them (its layers are named after the model's)."""
+    """The same inputs as the engine computes them (its layers are named after the model's;
+    run one node at a time so that the hooks of fused layers fire)."""
     layers = dict(engine.named_layers())
     seen, hooks = {}, []
     for name in names:
         hooks.append(layers[name].register_forward_pre_hook(
             lambda m, a, name=name: seen.__setitem__(name, a[0].contiguous().clone())))
     try:
-        engine(x)
+        with engine.node_by_node():
+            engine(x)
     finally:
         for h in hooks:
             h.remove()

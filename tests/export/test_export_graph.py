@@ -187,7 +187,7 @@ def test_grouped_kernel_path_equals_the_float_grouped_conv(exported):
     x = torch.randn(4, 8, 8, 8)
     with torch.no_grad():
         kernel = dw(x)
-        ref = dw._finish(dw.float_op(dw.quantize_input(x), None), dw.CHANNEL_SHAPE, scaled=False)
+        ref = dw._finish(dw.float_op(dw.quantize_input(x), None), dw.CHANNEL_SHAPE)
     torch.testing.assert_close(kernel, ref, atol=1e-5, rtol=1e-5)
 
 

@@ -23,18 +23,21 @@ is the training-time computation.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Callable
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hbnn.kernels import (
+    Epilogue,
     PackedPlanes,
     PreparedWeight,
     binary_conv2d,
     binary_linear,
+    conv_output_hw,
     pack_activations,
     pack_conv_weight,
     pack_planes,
@@ -44,8 +47,8 @@ from hbnn.export.ops import Add, Cat, ConstantOp, GlobalAvgPool, Mul, PadChannel
 from hbnn.export.topology import last_uses
 from hbnn.quant import ActQuantizer, QuantSpec
 
-__all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "AddInto", "MaxPool2x2", "make_act_quantizer",
-           "optimize_chain", "optimize_graph", "chain_inputs"]
+__all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "Step", "AddInto", "MaxPool2x2",
+           "make_act_quantizer", "optimize_chain", "optimize_graph", "chain_inputs"]
 
 
 def make_act_quantizer(bits, fractions, heuristic: str, scales, thresholds, mean_abs,
@@ -124,9 +127,10 @@ class PackedLayer(nn.Module):
             scales = scales[:, None]
         return (scales * self.out_scale[None, :]).contiguous()
 
-    def _finish(self, y: torch.Tensor, channel_shape: tuple[int, ...], scaled: bool) -> torch.Tensor:
-        """Apply ``out_scale`` (unless already in the kernel scales) and the bias, in place on ``y``."""
-        if not scaled and self.out_scale is not None:
+    def _finish(self, y: torch.Tensor, channel_shape: tuple[int, ...]) -> torch.Tensor:
+        """Apply ``out_scale`` and the bias, in place on ``y`` (the float path; the kernel path
+        has ``out_scale`` in its weight scales and the bias in its epilogue)."""
+        if self.out_scale is not None:
             y.mul_(self.out_scale.reshape(channel_shape))
         if self.bias is not None:
             y.add_(self.bias.reshape(channel_shape))
@@ -161,13 +165,20 @@ class PackedLayer(nn.Module):
         """``op(x, weight) + bias`` on float tensors (the training-time computation)."""
         raise NotImplementedError
 
-    def kernel_op(self, xp: PackedPlanes) -> torch.Tensor:
-        """The bit-serial op on packed input planes, ``out_scale`` included (no bias)."""
+    def kernel_op(self, xp: PackedPlanes, epilogue: Epilogue) -> torch.Tensor:
+        """The bit-serial op on packed input planes, ``out_scale`` included, then ``epilogue``."""
         raise NotImplementedError
 
-    def compute(self, xp: PackedPlanes) -> torch.Tensor:
-        """Kernel path after packing: :meth:`kernel_op` plus the bias."""
-        return self._finish(self.kernel_op(xp), self.CHANNEL_SHAPE, scaled=True)
+    def output_shape(self, xp: PackedPlanes) -> tuple[int, ...]:
+        """Shape of the layer's output on packed input ``xp``."""
+        raise NotImplementedError
+
+    def compute(self, xp: PackedPlanes, residual: torch.Tensor | None = None,
+                clamp: tuple[float, float] | None = None) -> torch.Tensor:
+        """Kernel path after packing: :meth:`kernel_op` with the bias, then ``+ residual`` (of
+        :meth:`output_shape`) and ``clamp`` (``(lo, hi)``), fused into the kernel's store
+        (:class:`hbnn.kernels.Epilogue`: bit-identical to the separate ops)."""
+        return self.kernel_op(xp, Epilogue(self.bias, residual, clamp))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``out_scale * op(Q_a(x), W) + bias`` (bit-serial when binary)."""
@@ -176,7 +187,7 @@ class PackedLayer(nn.Module):
         xq = self.quantize_input(x)
         if self.out_scale is None:  # bias inside the op, exactly as the float layer computes it
             return self.float_op(xq, self.bias)
-        return self._finish(self.float_op(xq, None), self.CHANNEL_SHAPE, scaled=False)
+        return self._finish(self.float_op(xq, None), self.CHANNEL_SHAPE)
 
     def train(self, mode: bool = True) -> "PackedLayer":
         """Packed layers are inference-only: they stay in eval mode."""
@@ -244,17 +255,26 @@ class PackedConv2d(PackedLayer):
         """``conv2d(x, weight, bias)`` with the layer's geometry."""
         return F.conv2d(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def _conv(self, xp: PackedPlanes, w: PreparedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    def _conv(self, xp: PackedPlanes, w: PreparedWeight, out: torch.Tensor | None = None,
+              epilogue: Epilogue | None = None) -> torch.Tensor:
         return binary_conv2d(xp, w, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                             backend=self.backend, out=out)
+                             backend=self.backend, out=out, epilogue=epilogue)
 
-    def kernel_op(self, xp) -> torch.Tensor:
-        """``binary_conv2d`` of the packed input and weight (per group, concatenated, for a grouped conv)."""
+    def kernel_op(self, xp, epilogue: Epilogue) -> torch.Tensor:
+        """``binary_conv2d`` of the packed input and weight with ``epilogue`` (per group,
+        concatenated, then the epilogue in torch, for a grouped conv)."""
         if self.group_weights is None:
-            y = self._conv(xp, self.kernel_weight, self._out_buffer(xp))
+            y = self._conv(xp, self.kernel_weight, self._out_buffer(xp), epilogue)
             self._kept(xp, y.permute(0, 2, 3, 1))  # the contiguous NHWC buffer y views
             return y
-        return torch.cat([self._conv(p, w) for p, w in zip(xp, self.group_weights)], 1)
+        y = torch.cat([self._conv(p, w) for p, w in zip(xp, self.group_weights)], 1)
+        return epilogue.apply_(y, 1)
+
+    def output_shape(self, xp) -> tuple[int, ...]:
+        """``(B, O, OH, OW)`` (``xp``: packed NHWC input, or one per group)."""
+        b, h, w, _ = (xp[0] if isinstance(xp, list) else xp).shape
+        oh, ow = conv_output_hw(h, w, tuple(self.weight.shape[2:]), self.stride, self.padding, self.dilation)
+        return b, self.weight.shape[0], oh, ow
 
     def extra_repr(self) -> str:
         o, c, kh, kw = self.weight.shape
@@ -277,9 +297,14 @@ class PackedLinear(PackedLayer):
         """``linear(x, weight, bias)``."""
         return F.linear(x, self.weight, bias)
 
-    def kernel_op(self, xp: PackedPlanes) -> torch.Tensor:
-        """``binary_linear`` of the packed input and weight."""
-        return self._kept(xp, binary_linear(xp, self.kernel_weight, backend=self.backend, out=self._out_buffer(xp)))
+    def kernel_op(self, xp: PackedPlanes, epilogue: Epilogue) -> torch.Tensor:
+        """``binary_linear`` of the packed input and weight with ``epilogue``."""
+        return self._kept(xp, binary_linear(xp, self.kernel_weight, backend=self.backend, out=self._out_buffer(xp),
+                                            epilogue=epilogue))
+
+    def output_shape(self, xp: PackedPlanes) -> tuple[int, ...]:
+        """``(..., O)``."""
+        return (*xp.shape[:-1], self.weight.shape[0])
 
     def extra_repr(self) -> str:
         o, k = self.weight.shape
@@ -401,6 +426,17 @@ def chain_inputs(n: int) -> list[list[int]]:
     return [[i - 1] for i in range(n)]
 
 
+class Step(NamedTuple):
+    """One step of a :class:`PackedModel`'s execution: ``module(*values of inputs)`` is the
+    value of graph node ``node``; ``nodes`` are the graph nodes it computes (one, or a fused
+    chain such as conv -> add -> ReLU, :mod:`hbnn.export.fusion`), first node first."""
+
+    node: int
+    module: nn.Module
+    inputs: list[int]
+    nodes: tuple[int, ...]
+
+
 class PackedModel(nn.Module):
     """A graph of packed and float layers read from a packed file (inference only).
 
@@ -409,10 +445,14 @@ class PackedModel(nn.Module):
     after its last consumer, and the last node's value is the output. A chain is the case
     ``inputs[i] = [i - 1]``.
 
+    The graph (``layers``, ``inputs``) is what the file says; it runs as ``steps``, one per
+    node unless :meth:`set_steps` gave a plan that computes some chains in one step.
+
     Attributes:
         names: the source model's node names, one per entry of ``layers``.
         inputs: each node's inputs as node indices (``-1``: the model input).
         header: the file's JSON header (format, version, model config, layer records).
+        steps: the execution plan (:class:`Step` list).
     """
 
     def __init__(self, layers: list[tuple[str, nn.Module]], header: dict, inputs: list[list[int]] | None = None):
@@ -420,9 +460,30 @@ class PackedModel(nn.Module):
         self.names = [n for n, _ in layers]
         self.layers = nn.ModuleList(m for _, m in layers)
         self.inputs = [list(i) for i in inputs] if inputs is not None else chain_inputs(len(layers))
-        self._frees = last_uses(self.inputs)
         self.header = header
+        self.set_steps(self.graph_steps())
         self.eval()
+
+    def graph_steps(self) -> list[Step]:
+        """One step per graph node, each module called as a module (forward hooks fire)."""
+        return [Step(i, m, ins, (i,)) for i, (m, ins) in enumerate(zip(self.layers, self.inputs))]
+
+    @contextlib.contextmanager
+    def node_by_node(self) -> Iterator["PackedModel"]:
+        """Within the block the model runs :meth:`graph_steps` (every node's module is called,
+        so hooks on any layer fire; same outputs), then its plan again."""
+        steps = self.steps
+        self.set_steps(self.graph_steps())
+        try:
+            yield self
+        finally:
+            self.set_steps(steps)
+
+    def set_steps(self, steps: list[Step]) -> None:
+        """Run the graph as ``steps`` (each value freed after the last step that reads it; the
+        last step's value is the output)."""
+        self.steps = list(steps)
+        self._frees = last_uses([st.inputs for st in self.steps])
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -446,18 +507,18 @@ class PackedModel(nn.Module):
                 ``i`` becomes ``on_error(i, exc)`` (raised instead).
         """
         values: dict[int, torch.Tensor] = {-1: x}
-        for i, layer in enumerate(self.layers):
-            args = [values[j] for j in self.inputs[i]]
-            for j in self._frees[i]:
+        for k, st in enumerate(self.steps):
+            args = [values[j] for j in st.inputs]
+            for j in self._frees[k]:
                 del values[j]
             if on_error is None:
-                values[i] = layer(*args)
+                values[st.node] = st.module(*args)
                 continue
             try:
-                values[i] = layer(*args)
+                values[st.node] = st.module(*args)
             except (RuntimeError, ValueError, IndexError) as exc:
-                raise on_error(i, exc) from None
-        return values[len(self.layers) - 1]
+                raise on_error(st.nodes[0], exc) from None
+        return values[self.steps[-1].node]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the graph on ``x``, a batch ``[N, *input_shape]`` (no autograd).

@@ -47,6 +47,7 @@ from hbnn import __version__
 from hbnn.errors import FormatError
 from hbnn.export.capture import GraphNode, capture, verify_capture
 from hbnn.export.engine import PackedModel, optimize_graph
+from hbnn.export.fusion import fuse_epilogues
 from hbnn.export.records import build_layer, can_fold, layer_record
 from hbnn.export.shapes import check_shapes
 from hbnn.export.topology import input_indices
@@ -241,7 +242,8 @@ def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) 
             from ``input_shape`` by :func:`read_packed` in any case).
 
     The engine runs the records' graph (:mod:`hbnn.export.topology`) and applies
-    :func:`hbnn.export.engine.optimize_graph` (exact rewrites).
+    :func:`hbnn.export.engine.optimize_graph` (exact rewrites); a bit-serial layer and the
+    residual add and activation after it run as one step (:mod:`hbnn.export.fusion`).
 
     Raises:
         FormatError: see :func:`read_packed`; also unknown layer ops, tensors that do not
@@ -254,7 +256,9 @@ def load(path: str | os.PathLike, *, backend: str = "auto", check: bool = True) 
     if check:
         _check_chain(PackedModel(layers, header, inputs), header["input_shape"], check_shapes(header, where),
                      Path(path))
-    return PackedModel(optimize_graph(layers, inputs), header, inputs)
+    model = PackedModel(optimize_graph(layers, inputs), header, inputs)
+    model.set_steps(fuse_epilogues(model))
+    return model
 
 
 # ----------------------------------------------------------------------------- size report

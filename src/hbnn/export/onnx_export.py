@@ -295,11 +295,13 @@ def build_onnx(model: PackedModel, *, input_shape=None):
 
 
 def _input_ranks(model: PackedModel, shape) -> list[int]:
-    """The rank (batch included) of each node's first input, from a one-sample run."""
+    """The rank (batch included) of each node's first input, from a one-sample run of the
+    graph one node at a time (fused steps would skip nodes)."""
     ranks: list[int] = []
     hooks = [layer.register_forward_pre_hook(lambda m, args: ranks.append(args[0].dim())) for layer in model.layers]
     try:
-        model(torch.zeros(1, *shape))
+        with model.node_by_node():
+            model(torch.zeros(1, *shape))
     finally:
         for h in hooks:
             h.remove()

@@ -34,6 +34,7 @@ from hbnn.kernels.epilogue import Epilogue
 from hbnn.kernels.layout import PackedPlanes
 from hbnn.kernels.packing import pack_activations, pack_conv_input, pack_conv_weight, pack_planes
 from hbnn.kernels.prepared import PreparedWeight, prepare_weight
+from hbnn.kernels.reference import conv_output_hw
 from hbnn.kernels.toolchain import build, status
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "binary_linear_counts",
     "binary_conv2d",
     "binary_conv2d_counts",
+    "conv_output_hw",
     "available_backends",
     "cpu_features",
     "build",

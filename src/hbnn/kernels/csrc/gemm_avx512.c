@@ -250,14 +250,29 @@ static void uksw_avx512(int G, int mm, int64_t n, const int32_t *idx, const uint
 }
 #define HBNN_HAVE_UKS 1
 
+/* The epilogue of hbnn_gemm_args on the 16 values v of output columns base.. (lanes of k):
+ * + bias, + residual row res (NULL: none), then the clamp; max(lo, v) / min(hi, v) return v
+ * when v is NaN, as the scalar v < lo ? lo : v / v > hi ? hi : v do. */
+static inline __m512 epi_avx512(const hbnn_gemm_args *epi, __m512 v, const float *res, int64_t base, __mmask16 k) {
+    if (epi->e_bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, epi->e_bias + base));
+    if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, res + base));
+    if (epi->e_clamp) {
+        v = _mm512_max_ps(_mm512_set1_ps(epi->e_lo), v);
+        v = _mm512_min_ps(_mm512_set1_ps(epi->e_hi), v);
+    }
+    return v;
+}
+
 /* One tile row into an output row by the panel's blocks (gemm_body.c put_row contract): per
  * block one vpermd placing the lanes and one masked 64-byte store. */
-static inline void put_row_avx512(void *dst, const void *src, const hbnn_blk *b, int nb) {
+static inline void put_row_avx512(void *dst, const void *src, const hbnn_blk *b, int nb, const hbnn_gemm_args *epi,
+                                  const float *res) {
     const __m512i v = _mm512_loadu_si512(src);
     int e;
     for (e = 0; e < nb; e++) {
         int32_t *d = (int32_t *)dst + b[e].base;
-        const __m512i p = _mm512_permutexvar_epi32(_mm512_loadu_si512(b[e].idx), v);
+        __m512i p = _mm512_permutexvar_epi32(_mm512_loadu_si512(b[e].idx), v);
+        if (epi) p = _mm512_castps_si512(epi_avx512(epi, _mm512_castsi512_ps(p), res, b[e].base, (__mmask16)b[e].mask));
         if (b[e].mask == 0xFFFFu) _mm512_storeu_si512(d, p);
         else _mm512_mask_storeu_epi32(d, (__mmask16)b[e].mask, p);
     }
@@ -271,15 +286,18 @@ static void unperm_avx512(const hbnn_gemm_args *a, const hbnn_row *rows, const h
                           int64_t Op) {
     const int64_t nn = (a->O + HBNN_LANES - 1) / HBNN_LANES;
     const __mmask16 tail = (__mmask16)(a->O % HBNN_LANES ? (1u << (a->O % HBNN_LANES)) - 1u : 0xFFFFu);
+    const int epi = a->e_bias || a->e_res || a->e_clamp;
     int64_t rr, n;
     int32_t k;
     for (rr = 0; rr < ch->r1 - ch->r0; rr++) {
         const float *src = ch->stg + rr * Op;
-        float *dst = a->y + rows[ch->r0 + rr].p * a->O;
+        const int64_t p = rows[ch->r0 + rr].p;
+        float *dst = a->y + p * a->O;
         for (n = 0; n < nn; n++) {
             __m512 v = _mm512_setzero_ps();
             for (k = pl->rstart[n]; k < pl->rstart[n + 1]; k++)
                 v = _mm512_mask_expand_ps(v, (__mmask16)pl->run[k].mask, _mm512_loadu_ps(src + pl->run[k].start));
+            if (epi) v = epi_avx512(a, v, a->e_res ? a->e_res + p * a->O : NULL, n * HBNN_LANES, n < nn - 1 ? 0xFFFFu : tail);
             if (n < nn - 1) _mm512_storeu_ps(dst + n * HBNN_LANES, v);
             else _mm512_mask_storeu_ps(dst + n * HBNN_LANES, tail, v);
         }

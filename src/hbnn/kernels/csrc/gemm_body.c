@@ -308,40 +308,6 @@ static void FN(wlist)(const hbnn_gemm_args *a, int64_t kwt, int64_t pan, int64_t
     }
 }
 
-/* The epilogue of hbnn_gemm_args (bias, residual, clamp) on the nr finished rows of tile yt,
- * panel q: lane l is output column o0 + l, or perm[o0 + l] (-1: padding) for a permuted
- * weight.  One loop per step, so each vectorizes and every element sees the same float ops
- * in the same order as the unfused y + bias, + residual, clamp. */
-static void FN(post)(const hbnn_gemm_args *a, float *restrict yt, int nr, const hbnn_row *rows, int64_t o0,
-                     int64_t ov) {
-    int r, l;
-    for (r = 0; r < nr; r++) {
-        float *restrict y = yt + r * HBNN_LANES;
-        const float *res = a->e_res ? a->e_res + rows[r].p * a->O : NULL;
-        if (a->p_permuted) {
-            for (l = 0; l < ov; l++) {
-                const int64_t col = a->p_perm[o0 + l];
-                if (col < 0) continue;
-                if (a->e_bias) y[l] = y[l] + a->e_bias[col];
-                if (res) y[l] = y[l] + res[col];
-            }
-        } else {
-            const float *restrict bias = a->e_bias ? a->e_bias + o0 : NULL, *restrict rs = res ? res + o0 : NULL;
-            if (bias)
-                for (l = 0; l < ov; l++) y[l] = y[l] + bias[l];
-            if (rs)
-                for (l = 0; l < ov; l++) y[l] = y[l] + rs[l];
-        }
-        if (a->e_clamp) {
-            const float lo = a->e_lo, hi = a->e_hi;
-            for (l = 0; l < HBNN_LANES; l++) {
-                const float v = y[l] < lo ? lo : y[l];
-                y[l] = v > hi ? hi : v;
-            }
-        }
-    }
-}
-
 /* Tiles of panel q (panel rows 16q..16q+15) x micro-panels m0..m0+gn-1 (gn <= HBNN_G) of ch,
  * all plane pairs in the order i (weights) outer, j (activations) inner for every output
  * element.  A pair with an ABSENT side is skipped: its counts are 0 and y + (a_w a_x) * 0 == y
@@ -357,6 +323,7 @@ static void FN(tiles)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, 
     const int nblk = pl->bstart[q + 1] - pl->bstart[q];
     int nr[HBNN_G], yinit[HBNN_G], mode[HBNN_G], lf[HBNN_G], lm[HBNN_G];
     const int32_t *pp[HBNN_G], *tp[HBNN_G]; /* P / T of micro-panel e: P[e] or the tap sums */
+    const hbnn_gemm_args *epi; /* a when y has an epilogue (put_row), else NULL */
     int64_t i, j, r;
     int e;
     for (e = 0; e < gn; e++) {
@@ -411,20 +378,21 @@ static void FN(tiles)(const hbnn_gemm_args *a, const hbnn_row *rows, int64_t R, 
                 if (a->counts)
                     for (r = 0; r < nr[e]; r++)
                         FN(put_row)(a->counts + ((i * a->nx + j) * R + rows[first + r].p) * a->O, ct + r * HBNN_LANES,
-                                    blk, nblk);
+                                    blk, nblk, NULL, NULL);
             }
         }
     }
     if (!a->y) return;
+    epi = a->e_bias || a->e_res || a->e_clamp ? a : NULL;
     for (e = 0; e < gn; e++) {
         const int64_t first = ch->r0 + (m0 + e) * HBNN_NR;
         if (!yinit[e]) memset(yt[e], 0, sizeof(yt[e]));
-        if (a->e_bias || a->e_res || a->e_clamp) FN(post)(a, yt[e], nr[e], rows + first, o0, ov);
         for (r = 0; r < nr[e]; r++) {
             if (ch->stg) /* staged in panel order; unpermuted once the chunk is done */
                 memcpy(ch->stg + (first + r - ch->r0) * Op + o0, yt[e] + r * HBNN_LANES, HBNN_LANES * sizeof(float));
             else
-                FN(put_row)(a->y + rows[first + r].p * a->O, yt[e] + r * HBNN_LANES, blk, nblk);
+                FN(put_row)(a->y + rows[first + r].p * a->O, yt[e] + r * HBNN_LANES, blk, nblk, epi,
+                            a->e_res ? a->e_res + rows[first + r].p * a->O : NULL);
         }
     }
 }

@@ -380,14 +380,29 @@ static int FN(out_plan)(const hbnn_gemm_args *a, int64_t nq, hbnn_plan *pl) {
 
 #ifndef HBNN_HAVE_PUT
 /* One tile row src[0..16) (32-bit floats or counts) into the output row dst by the panel's
- * blocks b[0..nb) (hbnn_blk): dst[base + c] = src[idx[c]] for each bit c of mask. */
-static inline void FN(put_row)(void *dst, const void *src, const hbnn_blk *b, int nb) {
+ * blocks b[0..nb) (hbnn_blk): dst[base + c] = src[idx[c]] for each bit c of mask.  With epi
+ * (floats only) each value first gets the epilogue of hbnn_gemm_args at its column col:
+ * + e_bias[col], + res[col] (res: the residual's row, or NULL), then the clamp. */
+static inline void FN(put_row)(void *dst, const void *src, const hbnn_blk *b, int nb, const hbnn_gemm_args *epi,
+                               const float *res) {
     int e;
     for (e = 0; e < nb; e++) {
         uint32_t m = b[e].mask;
         while (m) {
             const int c = __builtin_ctz(m);
-            memcpy((char *)dst + (b[e].base + c) * 4, (const char *)src + b[e].idx[c] * 4, 4);
+            const int64_t col = b[e].base + c;
+            if (epi) {
+                float v = ((const float *)src)[b[e].idx[c]];
+                if (epi->e_bias) v = v + epi->e_bias[col];
+                if (res) v = v + res[col];
+                if (epi->e_clamp) {
+                    v = v < epi->e_lo ? epi->e_lo : v;
+                    v = v > epi->e_hi ? epi->e_hi : v;
+                }
+                ((float *)dst)[col] = v;
+            } else {
+                memcpy((char *)dst + col * 4, (const char *)src + b[e].idx[c] * 4, 4);
+            }
             m &= m - 1;
         }
     }
