@@ -28,10 +28,11 @@ less sensitive to other processes on a shared machine), so every ratio compares 
 measured together. ``targets`` lists the issues' whole-net goals with their measured
 ratios (``met``).
 
-``profile_ms`` splits one packed forward pass by stage, timing each node of the engine's
-graph on its real inputs (warm buffers; medians, ``profile_min_ms`` the fastest runs):
+``profile_ms`` splits one packed forward pass by stage, timing each step of the engine's
+plan on its real inputs (warm buffers; medians, ``profile_min_ms`` the fastest runs):
 ``float_layers`` (float convs/linears), ``act_binarize_pack`` (binarize + pack the input of
-a bit-serial layer), ``binary_kernels`` (bit-serial conv/linear and bias), ``residual_add``,
+a bit-serial layer), ``binary_kernels`` (bit-serial conv/linear with its fused epilogue: bias, and where the
+plan fuses them the residual add and ReLU/Hardtanh after it), ``residual_add`` (adds left unfused),
 ``shortcut`` (nodes of shortcut paths: subsample, channel padding, identity, projection
 conv) and ``other`` (pooling, activations, flatten). Parity of each engine against its model
 is checked on the batch (prediction mismatches, largest logit difference).
@@ -172,15 +173,18 @@ def _in_place(layer) -> bool:
 def profile_packed(engine, x: torch.Tensor, reps: int) -> tuple[dict, dict, list]:
     """``(median ms per stage, fastest ms per stage, rows)`` of one packed forward pass on ``x``.
 
-    Stages are :data:`STAGES` (sums over nodes of each node's median, or fastest, of
-    ``reps``); ``rows`` has one entry per node (``layer``, ``op``, ``stage``, median ``ms`` or
-    ``pack_ms`` and ``kernel_ms`` for a bit-serial layer).
+    Stages are :data:`STAGES` (sums over steps of each step's median, or fastest, of
+    ``reps``); ``rows`` has one entry per step (``layer``, ``op``, ``stage``, median ``ms`` or
+    ``pack_ms`` and ``kernel_ms`` for a bit-serial layer; ``fused``: the graph nodes a fused
+    step computes, e.g. ``[conv2, add, act2]``, whose add and activation are then inside
+    ``binary_kernels``).
 
-    Walks the engine's graph in its execution order: node ``i`` is timed on its real inputs
-    (the values of ``engine.inputs[i]``), on fresh copies when it writes into an input;
-    a bit-serial layer is timed as packing and kernel apart.
+    Walks the engine's execution plan (``engine.steps``, :mod:`hbnn.export.fusion`): step
+    ``k`` is timed on its real inputs, on fresh copies when it writes into an input; a
+    bit-serial layer (fused or not) is timed as packing and kernel apart.
     """
     from hbnn.export.engine import PackedLayer
+    from hbnn.export.fusion import FusedEpilogue
     from hbnn.export.topology import last_uses
 
     stages, fastest = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
@@ -188,17 +192,23 @@ def profile_packed(engine, x: torch.Tensor, reps: int) -> tuple[dict, dict, list
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)  # as PackedModel.forward does
     values = {-1: x}
-    frees = last_uses(engine.inputs)
+    frees = last_uses([st.inputs for st in engine.steps])
     with torch.no_grad():
-        for i, (name, layer) in enumerate(engine.named_layers()):
-            args = [values[j] for j in engine.inputs[i]]
+        for k, st in enumerate(engine.steps):
+            args = [values[j] for j in st.inputs]
+            layer, name = st.module, engine.names[st.nodes[0]]
             row = {"layer": name, "op": type(layer).__name__}
-            if isinstance(layer, PackedLayer) and layer.binary:
-                xp = layer.pack_input(args[0])
-                timed = {"act_binarize_pack": _times_ms(layer.pack_input, reps, lambda: (args[0],)),
-                         "binary_kernels": _times_ms(layer.compute, reps, lambda: (xp,))}
+            fused = isinstance(layer, FusedEpilogue)
+            inner = layer.layer if fused else layer
+            if isinstance(inner, PackedLayer) and inner.binary:
+                xp = inner.pack_input(args[0])
+                epi = (args[1] if len(args) > 1 else None, layer.clamp) if fused else (None, None)
+                timed = {"act_binarize_pack": _times_ms(inner.pack_input, reps, lambda: (args[0],)),
+                         "binary_kernels": _times_ms(inner.compute, reps, lambda: (xp, *epi))}
                 row.update(stage="binary", pack_ms=timed["act_binarize_pack"][0], kernel_ms=timed["binary_kernels"][0])
-                out = layer.compute(xp)
+                if fused:
+                    row["fused"] = [engine.names[n] for n in st.nodes]
+                out = inner.compute(xp, *epi)
             else:
                 setup = (lambda: tuple(a.clone() for a in args)) if _in_place(layer) else (lambda: tuple(args))
                 row["stage"] = _stage(name, layer)
@@ -209,9 +219,9 @@ def profile_packed(engine, x: torch.Tensor, reps: int) -> tuple[dict, dict, list
                 stages[stage] += med
                 fastest[stage] += low
             rows.append(row)
-            for j in frees[i]:
+            for j in frees[k]:
                 del values[j]
-            values[i] = out
+            values[st.node] = out
     return stages, fastest, rows
 
 

@@ -409,22 +409,26 @@ static int FN(hbnn_gemm)(const hbnn_gemm_args *a) {
     hbnn_plan plan;
     uint8_t *ps = NULL, pixp[8] = {0};
     int64_t j;
-    int any_masked = 0, stage;
+    int any_masked = 0, stage, rslot, rhit;
     if (R == 0) return 0;
     nch = (R + chunk - 1) / chunk;
     og = nch >= 2 * nt ? 1 : hbnn_min64(nq, nt);
     /* Permuted weights with a whole chunk per item: stage y in panel order when the chunk's
      * rows fit in L2 (HBNN_STAGE_BYTES) and unpermute each finished row (AVX-512 only). */
     stage = HBNN_UNPERM && a->y && a->p_permuted && og == 1 && chunk * nq * HBNN_LANES * 4 <= HBNN_STAGE_BYTES;
-    rows = (hbnn_row *)hbnn_scratch(HBNN_SCR_ROWS, (size_t)R * sizeof(hbnn_row));
+    rows = hbnn_rows(a, R, &n_int, &rslot, &rhit);
     if (!rows) return -2;
     if (FN(out_plan)(a, nq, &plan) != 0) return -2;
-    n_int = FN(row_order)(a, rows);
+    if (!rhit) {
+        n_int = FN(row_order)(a, rows);
+        hbnn_rows_built(a, rslot, n_int);
+    }
     for (j = 0; j < a->nx; j++) any_masked |= !a->x_full[j];
     if (any_masked) {
         ps = (uint8_t *)hbnn_alloc((size_t)(a->nx * a->B * a->H * a->W));
         if (ps) FN(pixel_states)(a, ps, pixp);
     }
+    if (any_masked) hbnn_rows_forget(rslot); /* x_sort may reorder the list for this call's maps */
     if ((any_masked && !ps) || FN(x_sort)(a, ps, rows, n_int, R) != 0) {
         hbnn_plan_free(&plan);
         free(ps);

@@ -190,7 +190,7 @@ static void *hbnn_alloc(size_t bytes) {
  * panels come from here, so repeated calls neither call malloc nor touch fresh pages (a
  * freed multi-MB block goes back to the OS and costs a page fault per 4 KB when reused).
  * Contents are undefined on return; NULL if the allocation fails. */
-enum { HBNN_SCR_ROWS, HBNN_SCR_XS, HBNN_SCR_XM, HBNN_SCR_XIDX, HBNN_SCR_POPX, HBNN_SCR_XN, HBNN_SCR_XSC,
+enum { HBNN_SCR_XS, HBNN_SCR_XM, HBNN_SCR_XIDX, HBNN_SCR_POPX, HBNN_SCR_XN, HBNN_SCR_XSC,
        HBNN_SCR_XSUM, HBNN_SCR_XMSK, HBNN_SCR_XPIX, HBNN_SCR_STG, HBNN_SCR_XTAP, HBNN_SCR_TROW, HBNN_SCR_TCNT,
        HBNN_SCR_TS, HBNN_SCR_TM, HBNN_SCR_PACC, HBNN_SCR_TACC, HBNN_SCR_SLOTS };
 static __thread struct { void *p; size_t n; } hbnn_scr[HBNN_SCR_SLOTS];
@@ -205,6 +205,65 @@ static void *hbnn_scratch(int slot, size_t bytes) {
     }
     return hbnn_scr[slot].p;
 }
+
+/* Per-thread cache of the GEMM's row lists (prep_body.c row_order): the list depends only on
+ * the conv geometry, and a network calls the same few geometries over and over (ResNet-20:
+ * four), so the last HBNN_ROW_SLOTS lists are kept, each in its own grow-only buffer, and
+ * the least recently used one is rebuilt on a miss.  hbnn_rows returns the slot's buffer
+ * for R rows and sets *hit (the list and *n_int are valid) or clears it (the caller builds
+ * the list and calls hbnn_rows_built); NULL if the allocation fails. */
+enum { HBNN_ROW_SLOTS = 4, HBNN_ROW_KEY = 13 };
+static __thread struct {
+    int64_t key[HBNN_ROW_KEY], n_int;
+    uint64_t used;
+    void *p;
+    size_t n;
+} hbnn_rowc[HBNN_ROW_SLOTS];
+static __thread uint64_t hbnn_row_clock;
+
+static void hbnn_row_key(const hbnn_gemm_args *a, int64_t *k) {
+    const int64_t v[HBNN_ROW_KEY] = {a->B, a->H, a->W, a->kh, a->kw, a->sh, a->sw, a->ph, a->pw, a->dh, a->dw,
+                                     a->oh, a->ow};
+    memcpy(k, v, sizeof(v));
+}
+
+/* Drops slot's list (a call that reordered it by its activation states, x_sort). */
+static void hbnn_rows_forget(int slot) {
+    memset(hbnn_rowc[slot].key, 0xff, sizeof(hbnn_rowc[slot].key));
+}
+
+static hbnn_row *hbnn_rows(const hbnn_gemm_args *a, int64_t R, int64_t *n_int, int *slot, int *hit) {
+    int64_t key[HBNN_ROW_KEY];
+    size_t n = ((size_t)R * sizeof(hbnn_row) + 63) / 64 * 64;
+    int s, lru = 0;
+    hbnn_row_key(a, key);
+    for (s = 0; s < HBNN_ROW_SLOTS; s++) {
+        if (hbnn_rowc[s].p && !memcmp(hbnn_rowc[s].key, key, sizeof(key))) {
+            hbnn_rowc[s].used = ++hbnn_row_clock;
+            *n_int = hbnn_rowc[s].n_int;
+            *slot = s;
+            *hit = 1;
+            return (hbnn_row *)hbnn_rowc[s].p;
+        }
+        if (hbnn_rowc[s].used < hbnn_rowc[lru].used) lru = s;
+    }
+    if (hbnn_rowc[lru].n < n) {
+        free(hbnn_rowc[lru].p);
+        hbnn_rowc[lru].p = hbnn_alloc(n ? n : 64);
+        hbnn_rowc[lru].n = hbnn_rowc[lru].p ? n : 0;
+    }
+    hbnn_rows_forget(lru); /* invalid until hbnn_rows_built */
+    hbnn_rowc[lru].used = ++hbnn_row_clock;
+    *slot = lru;
+    *hit = 0;
+    return (hbnn_row *)hbnn_rowc[lru].p;
+}
+
+static void hbnn_rows_built(const hbnn_gemm_args *a, int slot, int64_t n_int) {
+    hbnn_row_key(a, hbnn_rowc[slot].key);
+    hbnn_rowc[slot].n_int = n_int;
+}
+
 
 /* Portable 64-bit popcount (SWAR, no multiply so it also vectorizes on plain SSE2). */
 static inline int64_t hbnn_pop_swar(uint64_t v) {
