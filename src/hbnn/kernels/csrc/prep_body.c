@@ -175,11 +175,9 @@ static void FN(pixel_states)(const hbnn_gemm_args *a, uint8_t *ps, uint8_t *pixp
     const int64_t rin = a->B * a->H * a->W, cw = a->cw;
     int64_t j, p, c;
     for (j = 0; j < a->nx; j++) {
-        int pix = 1;
         pixp[j] = 0;
         if (a->x_full[j]) continue;
-#pragma omp parallel for num_threads(a->nthreads > 0 ? (int)a->nthreads : 1) schedule(static) private(c) \
-        reduction(& : pix)
+        pixp[j] = 1;
         for (p = 0; p < rin; p++) {
             const uint64_t *m = a->x_masks + (j * rin + p) * cw;
             int nz = 0, full = 1;
@@ -188,9 +186,8 @@ static void FN(pixel_states)(const hbnn_gemm_args *a, uint8_t *ps, uint8_t *pixp
                 full &= m[c] == hbnn_valid_word(c, cw, a->C);
             }
             ps[j * rin + p] = (uint8_t)(full ? HBNN_ST_FULL : nz ? HBNN_ST_MASKED : HBNN_ST_ABSENT);
-            pix &= full || !nz;
+            pixp[j] &= full || !nz;
         }
-        pixp[j] = (uint8_t)pix;
     }
 }
 
@@ -261,18 +258,10 @@ static int FN(x_sort)(const hbnn_gemm_args *a, const uint8_t *ps, hbnn_row *rows
         free(key); free(start); free(tmp);
         return -2;
     }
-    {
-        const int64_t key0 = FN(row_key)(a, ps, rows, &uni);
-        /* The keys are independent (9 pixel states per row and plane): on all threads, so the
-         * others do not wait in the spin loop for this serial pass. */
-#pragma omp parallel for num_threads(a->nthreads > 0 ? (int)a->nthreads : 1) schedule(static) \
-        reduction(+ : nuni) reduction(| : differ)
-        for (r = 0; r < R; r++) {
-            int u;
-            key[r] = FN(row_key)(a, ps, rows + r, &u);
-            nuni += u;
-            differ |= key[r] != key0;
-        }
+    for (r = 0; r < R; r++) {
+        key[r] = FN(row_key)(a, ps, rows + r, &uni);
+        nuni += uni;
+        differ |= key[r] != key[0];
     }
     if (differ && 2 * nuni >= R) {
         FN(sort_range)(rows, key, 0, n_int, nkeys, start, tmp);
