@@ -44,7 +44,7 @@ from hbnn.kernels import (
     prepare_weight,
 )
 from hbnn.export.ops import Add, Cat, ConstantOp, GlobalAvgPool, Mul, PadChannels, Reshape
-from hbnn.export.topology import last_uses
+from hbnn.export.topology import consumers, last_uses
 from hbnn.quant import ActQuantizer, QuantSpec
 
 __all__ = ["PackedLayer", "PackedConv2d", "PackedLinear", "PackedModel", "Step", "AddInto", "MaxPool2x2",
@@ -372,14 +372,6 @@ def _with_inplace(act: nn.Module) -> nn.Module:
     return nn.ReLU(inplace=True) if isinstance(act, nn.ReLU) else nn.Hardtanh(act.min_val, act.max_val, inplace=True)
 
 
-def _consumers(inputs: list[list[int]]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for i, ins in enumerate(inputs):
-        for j in ins:
-            out.setdefault(j, []).append(i)
-    return out
-
-
 def optimize_graph(layers: list[tuple[str, nn.Module]], inputs: list[list[int]]) -> list[tuple[str, nn.Module]]:
     """Exact rewrites of a graph's modules for speed (the wiring ``inputs`` is unchanged).
 
@@ -394,7 +386,7 @@ def optimize_graph(layers: list[tuple[str, nn.Module]], inputs: list[list[int]])
     * A 2x2/2 max-pool becomes :class:`MaxPool2x2` (the same maxima, faster on channels-last).
     """
     out = list(layers)
-    users = _consumers(inputs)
+    users = consumers(inputs)
     for i in range(len(out)):
         after = users.get(i, [])
         if isinstance(out[i][1], _MONOTONE) and len(after) == 1:

@@ -22,6 +22,7 @@ from torch import nn
 
 from hbnn.export.engine import PackedLayer, PackedModel, Step
 from hbnn.export.ops import Add
+from hbnn.export.topology import consumers
 
 __all__ = ["FusedEpilogue", "fuse_epilogues", "clamp_of"]
 
@@ -64,26 +65,26 @@ def _only_user(users: dict[int, list[int]], i: int) -> int | None:
     return after[0] if len(after) == 1 else None
 
 
-def _chain(model: PackedModel, users: dict[int, list[int]], i: int) -> tuple[int | None, int | None, int]:
-    """``(add node or None, residual input or None, last node)`` of the chain fused onto node ``i``."""
-    add = res = None
-    last = i
+def _chain(model: PackedModel, users: dict[int, list[int]], i: int) -> tuple[list[int], int | None, tuple | None]:
+    """``(nodes, residual input or None, clamp or None)`` of the chain fused onto node ``i``:
+    ``nodes`` is ``[i]``, then the add it alone feeds (if any), then the clamp activation
+    that alone reads the last of those (if any)."""
+    nodes, res, clamp = [i], None, None
     k = _only_user(users, i)
     if k is not None and isinstance(model.layers[k], Add) and len(model.inputs[k]) == 2 \
             and model.inputs[k].count(i) == 1:
-        add, res, last = k, next(j for j in model.inputs[k] if j != i), k
-    r = _only_user(users, last)
-    if r is not None and clamp_of(model.layers[r]) is not None and model.inputs[r] == [last]:
-        last = r
-    return add, res, last
+        nodes.append(k)
+        res = next(j for j in model.inputs[k] if j != i)
+    r = _only_user(users, nodes[-1])
+    if r is not None and clamp_of(model.layers[r]) is not None and model.inputs[r] == [nodes[-1]]:
+        nodes.append(r)
+        clamp = clamp_of(model.layers[r])
+    return nodes, res, clamp
 
 
 def fuse_epilogues(model: PackedModel) -> list[Step]:
     """The model's execution plan with every fusable chain (module docstring) as one step."""
-    users: dict[int, list[int]] = {}
-    for i, ins in enumerate(model.inputs):
-        for j in ins:
-            users.setdefault(j, []).append(i)
+    users = consumers(model.inputs)
     steps: list[Step] = []
     absorbed: set[int] = set()
     pending: dict[int, Step] = {}  # add node -> the fused step that runs in its place
@@ -93,20 +94,20 @@ def fuse_epilogues(model: PackedModel) -> list[Step]:
             continue
         if i in absorbed:
             continue
+        single = Step(i, layer, model.inputs[i], (i,))
         if not (isinstance(layer, PackedLayer) and layer.binary and len(model.inputs[i]) == 1):
-            steps.append(Step(i, layer, model.inputs[i], (i,)))
+            steps.append(single)
             continue
-        add, res, last = _chain(model, users, i)
+        nodes, res, clamp = _chain(model, users, i)
+        add = nodes[1] if res is not None else None
         if add in pending:  # both inputs of an add are bit-serial layers: the first one takes it
-            add, res, last = None, None, i
-        if last == i:
-            steps.append(Step(i, layer, model.inputs[i], (i,)))
+            nodes, res, clamp, add = [i], None, None, None
+        if len(nodes) == 1:
+            steps.append(single)
             continue
-        nodes = tuple(n for n in (i, add, last if last != add else None) if n is not None)
-        clamp = clamp_of(model.layers[last]) if last not in (i, add) else None
         fused = FusedEpilogue(layer, clamp, tuple(model.names[n] for n in nodes))
-        step = Step(last, fused, model.inputs[i] + ([] if res is None else [res]), nodes)
-        absorbed.update(n for n in nodes if n != i)
+        step = Step(nodes[-1], fused, model.inputs[i] + ([] if res is None else [res]), tuple(nodes))
+        absorbed.update(nodes[1:])
         if add is None:
             steps.append(step)
         else:

@@ -20,7 +20,7 @@ from typing import Any
 from hbnn.errors import FormatError
 from hbnn.export.ops import INPUT, arity
 
-__all__ = ["input_indices", "last_uses"]
+__all__ = ["input_indices", "last_uses", "consumers"]
 
 
 def _arity_text(op: str) -> str:
@@ -99,4 +99,13 @@ def last_uses(inputs: list[list[int]]) -> list[list[int]]:
     out: list[list[int]] = [[] for _ in inputs]
     for j, i in last.items():
         out[i].append(j)
+    return out
+
+
+def consumers(inputs: list[list[int]]) -> dict[int, list[int]]:
+    """For each value (node index, ``-1`` = the input), the nodes that read it, in order."""
+    out: dict[int, list[int]] = {}
+    for i, ins in enumerate(inputs):
+        for j in ins:
+            out.setdefault(j, []).append(i)
     return out
